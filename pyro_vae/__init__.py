@@ -1,0 +1,42 @@
+"""pyro-vae: variational autoencoders written the probabilistic-programming way."""
+
+__version__ = "0.1.0"
+
+from pyro_vae.config import TrainConfig  # noqa: E402
+from pyro_vae.data import ImageData, load_images  # noqa: E402
+from pyro_vae.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DatasetUnavailableError,
+    PyroVAEError,
+)
+from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, Likelihood  # noqa: E402
+from pyro_vae.networks import MLPDecoder, MLPEncoder  # noqa: E402
+from pyro_vae.priors import PRIORS, Prior, StandardNormal  # noqa: E402
+from pyro_vae.runs import load_run, read_config, read_metrics  # noqa: E402
+from pyro_vae.training import train  # noqa: E402
+from pyro_vae.vae import VAE  # noqa: E402
+
+__all__ = [
+    "LIKELIHOODS",
+    "PRIORS",
+    "VAE",
+    "BernoulliLikelihood",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetUnavailableError",
+    "ImageData",
+    "Likelihood",
+    "MLPDecoder",
+    "MLPEncoder",
+    "Prior",
+    "PyroVAEError",
+    "StandardNormal",
+    "TrainConfig",
+    "__version__",
+    "load_images",
+    "load_run",
+    "read_config",
+    "read_metrics",
+    "train",
+]

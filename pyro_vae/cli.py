@@ -1,0 +1,167 @@
+"""The ``pyro-vae`` command line: a thin layer over the library.
+
+Errors the user can fix (:class:`~pyro_vae.errors.PyroVAEError`) are printed as
+one line on stderr with exit status 2, never as a traceback.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pyro_vae import __version__
+from pyro_vae.config import BINARIZE_CHOICES, DEVICE_CHOICES, TrainConfig
+from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT
+from pyro_vae.errors import PyroVAEError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.priors import PRIORS
+from pyro_vae.training import train
+
+DEFAULTS = TrainConfig()
+
+
+def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a VAE and write its run directory",
+        description="Train a VAE with SVI. Writes config.json, checkpoint.pt and metrics.jsonl "
+        "to --out, one checkpoint and one metrics line per epoch.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default=DEFAULTS.dataset,
+        help="image dataset (50k train / last 10k of train as validation / 10k test)",
+    )
+    data.add_argument(
+        "--data-root",
+        default=None,
+        help=f"where to look for (and download) the data; default {DEFAULT_DATA_ROOT} "
+        "(or $PYRO_VAE_DATA), then the system copy",
+    )
+    data.add_argument(
+        "--binarize",
+        choices=BINARIZE_CHOICES,
+        default=DEFAULTS.binarize,
+        help="dynamic: resample binary training images every epoch, binarize "
+        "val/test once with a fixed seed; none: keep grey levels in [0, 1]",
+    )
+    data.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="train on the first N training images only (quick runs)",
+    )
+    model = p.add_argument_group("model")
+    model.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim, help="size of z")
+    model.add_argument(
+        "--hidden-dim",
+        type=int,
+        nargs="+",
+        default=list(DEFAULTS.hidden_dims),
+        dest="hidden_dims",
+        metavar="H",
+        help="hidden layer widths of the MLP encoder (decoder mirrors them)",
+    )
+    model.add_argument("--prior", choices=list(PRIORS), default=DEFAULTS.prior, help="prior p(z)")
+    model.add_argument(
+        "--likelihood",
+        choices=list(LIKELIHOODS),
+        default=DEFAULTS.likelihood,
+        help="likelihood p(x|z)",
+    )
+    opt = p.add_argument_group("objective and optimization")
+    opt.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default=DEFAULTS.objective,
+        help="elbo: Trace_ELBO; analytic-kl: TraceMeanField_ELBO; "
+        "iwae: importance-weighted bound with --particles samples",
+    )
+    opt.add_argument(
+        "--particles",
+        type=int,
+        default=DEFAULTS.particles,
+        metavar="K",
+        help="samples of z per example in the objective",
+    )
+    opt.add_argument(
+        "--beta",
+        type=float,
+        default=DEFAULTS.beta,
+        help="weight of the KL term (beta-VAE); must be > 0",
+    )
+    opt.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=DEFAULTS.warmup_epochs,
+        help="raise beta linearly from ~0 to --beta over this many epochs (0: off)",
+    )
+    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="number of epochs")
+    opt.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="batch size")
+    opt.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+    run = p.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed")
+    run.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default=DEFAULTS.device,
+        help="auto: CUDA when available, else CPU",
+    )
+    run.add_argument("--out", default="runs/vae", help="run directory to write")
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    config = TrainConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        binarize=args.binarize,
+        latent_dim=args.latent_dim,
+        hidden_dims=tuple(args.hidden_dims),
+        prior=args.prior,
+        likelihood=args.likelihood,
+        objective=args.objective,
+        particles=args.particles,
+        beta=args.beta,
+        warmup_epochs=args.warmup_epochs,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        subset=args.subset,
+    )
+    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"run written to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae",
+        description="Variational autoencoders with Pyro: train, evaluate and inspect them.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
+    subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    _add_train_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except PyroVAEError as error:
+        print(f"pyro-vae: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+    return 0

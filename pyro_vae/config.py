@@ -1,0 +1,110 @@
+"""Training configuration: every option of ``pyro-vae train``, validated on creation."""
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.priors import PRIORS
+from pyro_vae.vae import VAE
+
+BINARIZE_CHOICES = ("dynamic", "none")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """What to train and how. Saved as ``config.json`` in the run directory."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    binarize: str = "dynamic"
+    latent_dim: int = 50
+    hidden_dims: tuple[int, ...] = (400,)
+    prior: str = "normal"
+    likelihood: str = "bernoulli"
+    objective: str = "elbo"
+    particles: int = 1
+    beta: float = 1.0
+    warmup_epochs: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    subset: int | None = None
+    #: Set from the data when training starts (flattened size = product).
+    image_shape: tuple[int, ...] = (1, 28, 28)
+
+    def __post_init__(self) -> None:
+        self.hidden_dims = tuple(self.hidden_dims)
+        self.image_shape = tuple(self.image_shape)
+        for name in ("latent_dim", "epochs", "batch_size", "particles"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
+                )
+        if any(width <= 0 for width in self.hidden_dims):
+            raise ConfigError(f"hidden-dim widths must be positive, got {list(self.hidden_dims)}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ConfigError(
+                f"beta must be a positive number (it scales the KL term), got {self.beta}"
+            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup-epochs must be 0 or more, got {self.warmup_epochs}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.subset is not None and self.subset <= 0:
+            raise ConfigError(f"subset must be positive, got {self.subset}")
+        for name, choices in (
+            ("binarize", BINARIZE_CHOICES),
+            ("device", DEVICE_CHOICES),
+            ("prior", tuple(PRIORS)),
+            ("likelihood", tuple(LIKELIHOODS)),
+            ("objective", tuple(OBJECTIVES)),
+        ):
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}"
+                )
+
+        if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
+            raise ConfigError(
+                "--objective iwae has no separate KL term to scale; drop --beta/--warmup-epochs "
+                "or use --objective elbo"
+            )
+
+    @property
+    def data_dim(self) -> int:
+        return math.prod(self.image_shape)
+
+    def build_vae(self) -> VAE:
+        """A freshly initialized VAE of this configuration."""
+        return VAE(
+            data_dim=self.data_dim,
+            latent_dim=self.latent_dim,
+            hidden_dims=self.hidden_dims,
+            prior=PRIORS[self.prior](self.latent_dim),
+            likelihood=LIKELIHOODS[self.likelihood](),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**values)
+
+    def differences(self, other: "TrainConfig", ignore: tuple[str, ...] = ()) -> dict[str, tuple]:
+        """Fields whose values differ, as ``{name: (self's, other's)}``."""
+        return {
+            f.name: (getattr(self, f.name), getattr(other, f.name))
+            for f in fields(self)
+            if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
+        }

@@ -1,0 +1,72 @@
+r"""Likelihoods p(x|z).
+
+A likelihood maps the decoder's output to a Pyro distribution over a flattened
+data vector (``event_shape == (data_dim,)``), declares the data it accepts and
+rejects anything else with a message saying what to do.
+
+To add a likelihood, write the class and add one line to :data:`LIKELIHOODS`.
+"""
+
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule
+
+from pyro_vae.errors import ConfigError
+
+
+class Likelihood(PyroModule):
+    """Base class.
+
+    ``params_per_dim``: how many decoder outputs each data dimension needs
+    (the decoder's output width is ``params_per_dim * data_dim``).
+    """
+
+    params_per_dim: int = 1
+    #: Human-readable description of the accepted data, used in error messages.
+    domain: str = "real numbers"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[x|z]: what figures show instead of noisy draws."""
+        return self(params).mean
+
+    def in_domain(self, x: torch.Tensor) -> bool:
+        return bool(torch.isfinite(x).all())
+
+    def validate(self, x: torch.Tensor) -> None:
+        """Raise :class:`ConfigError` if ``x`` is outside this likelihood's domain."""
+        if not torch.isfinite(x).all():
+            raise ConfigError("the data contains NaN or infinite values; clean or impute it first")
+        if not self.in_domain(x):
+            lo, hi = x.min().item(), x.max().item()
+            raise ConfigError(
+                f"{type(self).__name__} expects {self.domain}, but the data ranges over "
+                f"[{lo:g}, {hi:g}]; rescale the data (e.g. divide 8-bit pixels by 255) "
+                "or choose another likelihood"
+            )
+
+
+class BernoulliLikelihood(Likelihood):
+    r""":math:`p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \sigma(\ell_i(z)))`, from logits.
+
+    Accepts values in [0, 1]: binary data gives a normalized likelihood; grey
+    levels give the usual cross-entropy, which is not a normalized density (use
+    the continuous Bernoulli for that).
+    """
+
+    domain = "values in [0, 1]"
+
+    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
+        # validate_args=False: grey-level targets are allowed (see class docstring).
+        return dist.Bernoulli(logits=params, validate_args=False).to_event(1)
+
+    def in_domain(self, x: torch.Tensor) -> bool:
+        return bool(((x >= 0) & (x <= 1)).all())
+
+
+#: Registry of likelihoods by CLI name.
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": BernoulliLikelihood,
+}

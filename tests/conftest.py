@@ -1,0 +1,61 @@
+import gzip
+import struct
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from pyro_vae.data import ImageData
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+
+
+def prototype_images(num: int, side: int = 8, num_classes: int = 4, seed: int = 0):
+    """Grey images made of a few fixed blocky prototypes plus noise: learnable in seconds."""
+    generator = torch.Generator().manual_seed(seed)
+    prototypes = (torch.rand(num_classes, side * side, generator=generator) > 0.5).float()
+    labels = torch.randint(num_classes, (num,), generator=generator)
+    noise = 0.1 * torch.rand(num, side * side, generator=generator)
+    images = (prototypes[labels] * 0.8 + noise).clamp(0, 1)
+    return images, labels
+
+
+@pytest.fixture
+def tiny_data() -> ImageData:
+    """512/128/128 synthetic 8x8 images, dynamically binarized."""
+    images, labels = prototype_images(768)
+    generator = torch.Generator().manual_seed(1)
+    val = torch.bernoulli(images[512:640], generator=generator)
+    test = torch.bernoulli(images[640:], generator=generator)
+    return ImageData(
+        train=images[:512], train_labels=labels[:512],
+        val=val, val_labels=labels[512:640],
+        test=test, test_labels=labels[640:],
+        image_shape=(1, 8, 8), class_names=("a", "b", "c", "d"), binarize=True,
+    )  # fmt: skip
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor in the (gzipped) IDX format that MNIST-style datasets use."""
+    header = struct.pack(">I", 0x0800 + array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.to(torch.uint8).numpy().tobytes())
+
+
+@pytest.fixture
+def fake_fashion_dir(tmp_path: Path) -> Path:
+    """A folder laid out like Debian's dataset-fashion-mnist, with 10_100 + 50 small images."""
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for prefix, count in (("train", 10_100), ("t10k", 50)):
+        images = torch.randint(0, 256, (count, 28, 28), generator=generator)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(count) % 10)
+    return folder

@@ -1,0 +1,92 @@
+import json
+
+import pytest
+import torch
+
+from pyro_vae import CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
+from pyro_vae.training import kl_weight
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    options = dict(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=2, device="cpu")
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def params(model):
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def test_training_reduces_the_loss_and_writes_the_run(tmp_path, tiny_data):
+    vae = train(tiny_config(epochs=10), tmp_path / "run", data=tiny_data, progress=False)
+    metrics = read_metrics(tmp_path / "run")
+    assert [row["epoch"] for row in metrics] == list(range(1, 11))
+    assert set(metrics[0]) >= {"epoch", "train_loss", "val_elbo", "beta", "seconds"}
+    losses = [row["train_loss"] for row in metrics]
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False))
+    assert losses[-1] < 0.8 * losses[0]
+    assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["latent_dim"] == 4 and saved["image_shape"] == [1, 8, 8]
+    loaded = load_run(tmp_path / "run")
+    for name, value in params(vae).items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_data):
+    straight = train(tiny_config(epochs=2), tmp_path / "a", data=tiny_data, progress=False)
+
+    first = train(tiny_config(epochs=1), tmp_path / "b", data=tiny_data, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(params(first).values(),
+               params(load_run(tmp_path / "b")).values(), strict=True))  # fmt: skip
+    resumed = train(tiny_config(epochs=2), tmp_path / "b", data=tiny_data, resume=True,
+                    progress=False)  # fmt: skip
+
+    second_epoch = [read_metrics(tmp_path / run)[1]["train_loss"] for run in ("a", "b")]
+    assert second_epoch[0] == second_epoch[1]
+    for name, value in params(straight).items():
+        assert torch.equal(params(resumed)[name], value), name
+
+
+def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path, tiny_data):
+    train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a trained run"):
+        train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
+    with pytest.raises(CheckpointError, match="latent_dim: saved 4, requested 5"):
+        train(tiny_config(epochs=2, latent_dim=5), tmp_path / "run", data=tiny_data,
+              resume=True, progress=False)  # fmt: skip
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        train(tiny_config(), tmp_path / "empty", data=tiny_data, resume=True, progress=False)
+
+
+def test_beta_warmup_is_linear_and_positive(tmp_path, tiny_data):
+    config = tiny_config(beta=2.0, warmup_epochs=2)
+    betas = [kl_weight(config, step, steps_per_epoch=10) for step in range(30)]
+    assert betas[0] == pytest.approx(0.1) and betas[0] > 0
+    assert betas[19] == pytest.approx(2.0) and betas[29] == 2.0
+    steps = [b2 - b1 for b1, b2 in zip(betas[:19], betas[1:20], strict=True)]
+    assert steps == pytest.approx([0.1] * 19)
+    train(tiny_config(beta=2.0, warmup_epochs=2, epochs=3), tmp_path / "run", data=tiny_data,
+          progress=False)  # fmt: skip
+    assert [row["beta"] for row in read_metrics(tmp_path / "run")] == [1.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"latent_dim": 0}, "latent-dim must be positive"),
+        ({"beta": -1.0}, "beta must be a positive number"),
+        ({"prior": "cauchy"}, "unknown prior 'cauchy'; choose one of: normal"),
+        ({"objective": "iwae", "beta": 2.0}, "no separate KL term"),
+    ],
+)
+def test_invalid_config_is_rejected(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)
+
+
+def test_batch_larger_than_data_is_rejected(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match="larger than the 512 training images"):
+        train(tiny_config(batch_size=1000), tmp_path / "run", data=tiny_data, progress=False)
