@@ -27,6 +27,7 @@ interface, summarized per dimension by :func:`prior_marginals`:
   per-dimension KL). Spherical interpolation is omitted: its rationale is the Gaussian shell.
 """
 
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,9 +326,9 @@ def traversals_figure(inputs: FigureInputs, steps: int = 7, example: int = 0) ->
     m, s = inputs.marginals.loc, inputs.marginals.scale
     z[torch.arange(latent_dim), :, order] = m[order, None] + t * s[order, None]
     labels = [f"z{d + 1}  KL {inputs.kl[d]:.2f}" for d in order.tolist()]
-    fig = _grid_figure(latent_dim, steps, label_inches=1.8, extent=2 * GRID_INCHES)  # tall
+    fig = _grid_figure(latent_dim, steps, label_inches=1.8, extent=2.5 * GRID_INCHES)  # tall
     ax = fig.subplots()
-    cols = [f"{round(v, 1) + 0.0:+.1f}" for v in t.tolist()]  # no "-0.0"
+    cols = [f"{round(v, 2) + 0.0:g}" for v in t.tolist()]  # + 0.0: no "-0"
     _show_grid(ax, inputs.vae.decode(z).flatten(0, 1), inputs.image_shape, steps, labels, cols)
     ax.set_xlabel("t: z_d = m_d + t·s_d  (prior marginal location m_d, scale s_d)")
     ax.set_title(
@@ -351,7 +352,7 @@ def latent_figure(inputs: FigureInputs) -> Figure:
     elif latent_dim > 2:
         xy, ratio = principal_components(z)
         axes = tuple(f"PC{i + 1} ({r:.0%} of variance)" for i, r in enumerate(ratio.tolist()))
-        how = f"first two principal components of the {latent_dim}-D posterior means"
+        how = f"PCA of the {latent_dim}-D posterior means"
     else:
         jitter = torch.rand(len(labels), generator=torch.Generator().manual_seed(PLOT_SEED))
         xy = torch.stack([z[:, 0], labels + 0.6 * (jitter - 0.5)], dim=1)
@@ -367,7 +368,7 @@ def latent_figure(inputs: FigureInputs) -> Figure:
         ax.set_yticks(range(len(inputs.class_names)), inputs.class_names)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
-    ax.set_title(f"Latent space of {len(labels)} test images: {how}")
+    ax.set_title(f"Latent space: {how} of {len(labels)} test images")
     return fig
 
 
@@ -447,12 +448,12 @@ FIGURES: dict[str, Callable[[FigureInputs], Figure]] = {
 
 
 def save_png(fig: Figure, path: str | Path) -> None:
-    """Render ``fig`` and write it losslessly as 8-bit greyscale when it has no colour, else RGB.
-
-    Image grids are grey, and one channel instead of matplotlib's four halves their PNGs.
+    """Write ``fig`` cropped to its content, losslessly, as 8-bit greyscale when it has no
+    colour, else RGB: image grids are grey, and one channel instead of four halves their PNGs.
     """
-    fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]  # opaque white background
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+    rgb = np.asarray(Image.open(buffer).convert("RGB"))  # opaque white background
     grey = bool((rgb == rgb[..., :1]).all())
     Image.fromarray(rgb[..., 0] if grey else rgb).save(path, format="png", optimize=True)
 
