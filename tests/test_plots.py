@@ -1,5 +1,6 @@
 """Figures: every PNG is written, readable and drawn from the model it claims to show."""
 
+import re
 import statistics
 from pathlib import Path
 
@@ -280,3 +281,14 @@ def test_train_plot_and_plot_write_the_figures_of_a_fashion_mnist_run(tmp_path, 
     for name in FIGURES:
         copy = (tmp_path / "figs" / f"{name}.png").read_bytes()
         assert copy == (run / "figures" / f"{name}.png").read_bytes()
+
+
+def test_readme_figures_exist_and_are_pngs():
+    root = Path(__file__).parents[1]
+    linked = re.findall(
+        r"!\[[^\]]*\]\((docs/figures/[^)]+\.png)\)", (root / "README.md").read_text()
+    )
+    assert {"docs/figures/samples.png", "docs/figures/reconstructions.png",
+            "docs/figures/manifold.png"} <= set(linked)  # fmt: skip
+    for path in linked:
+        check_png(root / path)
