@@ -4,6 +4,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
+from pyro_vae.data import ImageData, load_images
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
@@ -12,6 +15,17 @@ from pyro_vae.vae import VAE
 
 BINARIZE_CHOICES = ("dynamic", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
+        )
+    return torch.device(name)
 
 
 @dataclass
@@ -88,6 +102,16 @@ class TrainConfig:
             hidden_dims=self.hidden_dims,
             prior=PRIORS[self.prior](self.latent_dim),
             likelihood=LIKELIHOODS[self.likelihood](),
+        )
+
+    def load_data(self, device: torch.device | str = "cpu") -> ImageData:
+        """The dataset this configuration trains on (``subset`` trims the training split only)."""
+        return load_images(
+            self.dataset,
+            self.data_root,
+            binarize=self.binarize == "dynamic",
+            subset=self.subset,
+            device=device,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import runs
-from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, load_images
+from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.data import ImageData
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluation import elbo_per_example
 from pyro_vae.objectives import OBJECTIVES
@@ -31,17 +31,6 @@ EVAL_SEED = 12345
 RESUMABLE_CHANGES = ("epochs", "device", "data_root")
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
-        )
-    return torch.device(name)
 
 
 def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -115,13 +104,7 @@ def train(
     pyro.set_rng_seed(config.seed)
 
     if data is None:
-        data = load_images(
-            config.dataset,
-            config.data_root,
-            binarize=config.binarize == "dynamic",
-            subset=config.subset,
-            device=device,
-        )
+        data = config.load_data(device)
     else:
         data = data.to(device)
     config.image_shape = data.image_shape
