@@ -1,16 +1,19 @@
 """The ``pyro-vae`` command line: a thin layer over the library.
 
-Errors the user can fix (:class:`~pyro_vae.errors.PyroVAEError`) are printed as
-one line on stderr with exit status 2, never as a traceback.
+Errors the user can fix (:class:`~pyro_vae.errors.PyroVAEError`, and bad
+arguments) are printed as one line on stderr with exit status 2, never as a
+traceback. An interrupted run (Ctrl-C, SIGTERM) exits with ``128 + signal``.
 """
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pyro_vae import __version__
-from pyro_vae.config import BINARIZE_CHOICES, DEVICE_CHOICES, TrainConfig
+from pyro_vae.config import BINARIZE_CHOICES, DEVICE_CHOICES, ON_NAN_CHOICES, TrainConfig
 from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH
@@ -21,6 +24,13 @@ from pyro_vae.runs import EVAL_FILES, evaluate_run
 from pyro_vae.training import train
 
 DEFAULTS = TrainConfig()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage block), like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -119,6 +129,20 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULTS.checkpoint_every,
+        metavar="N",
+        help="also checkpoint every N steps (0: only at the end of each epoch, and on Ctrl-C)",
+    )
+    run.add_argument(
+        "--on-nan",
+        choices=ON_NAN_CHOICES,
+        default=DEFAULTS.on_nan,
+        help="on a non-finite loss or gradient: stop (the last checkpoint stays good), or "
+        "roll back to the last checkpoint and halve the learning rate",
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -141,6 +165,8 @@ def _run_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=args.device,
         subset=args.subset,
+        checkpoint_every=args.checkpoint_every,
+        on_nan=args.on_nan,
     )
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")
@@ -208,7 +234,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyro-vae",
         description="Variational autoencoders with Pyro: train, evaluate and inspect them.",
     )
@@ -226,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PyroVAEError as error:
         print(f"pyro-vae: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pyro-vae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # TrainingInterrupted says where it saved
+        print(f"pyro-vae: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(interrupt, "signum", signal.SIGINT)
     return 0

@@ -36,14 +36,14 @@ class Likelihood(PyroModule):
     def in_domain(self, x: torch.Tensor) -> bool:
         return bool(torch.isfinite(x).all())
 
-    def validate(self, x: torch.Tensor) -> None:
-        """Raise :class:`ConfigError` if ``x`` is outside this likelihood's domain."""
+    def validate(self, x: torch.Tensor, what: str = "the data") -> None:
+        """Raise :class:`ConfigError` if ``x`` (named ``what`` in the message) is out of domain."""
         if not torch.isfinite(x).all():
-            raise ConfigError("the data contains NaN or infinite values; clean or impute it first")
+            raise ConfigError(f"{what} contain NaN or infinite values; clean or impute them first")
         if not self.in_domain(x):
             lo, hi = x.min().item(), x.max().item()
             raise ConfigError(
-                f"{type(self).__name__} expects {self.domain}, but the data ranges over "
+                f"{type(self).__name__} expects {self.domain}, but {what} range over "
                 f"[{lo:g}, {hi:g}]; rescale the data (e.g. divide 8-bit pixels by 255) "
                 "or choose another likelihood"
             )
