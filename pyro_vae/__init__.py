@@ -7,8 +7,11 @@ from pyro_vae.data import ImageData, load_images  # noqa: E402
 from pyro_vae.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
+    ConfigTypeError,
     DatasetUnavailableError,
+    NumericalError,
     PyroVAEError,
+    TrainingInterrupted,
 )
 from pyro_vae.likelihoods import LIKELIHOODS, BernoulliLikelihood, Likelihood  # noqa: E402
 from pyro_vae.networks import MLPDecoder, MLPEncoder  # noqa: E402
@@ -24,15 +27,18 @@ __all__ = [
     "BernoulliLikelihood",
     "CheckpointError",
     "ConfigError",
+    "ConfigTypeError",
     "DatasetUnavailableError",
     "ImageData",
     "Likelihood",
     "MLPDecoder",
     "MLPEncoder",
+    "NumericalError",
     "Prior",
     "PyroVAEError",
     "StandardNormal",
     "TrainConfig",
+    "TrainingInterrupted",
     "__version__",
     "load_images",
     "load_run",

@@ -1,10 +1,16 @@
 """Training configuration: every option of ``pyro-vae train``, validated on creation."""
 
 import math
-from dataclasses import asdict, dataclass, fields
+import numbers
+import os
+import typing
+from dataclasses import Field, asdict, dataclass, fields
 from typing import Any
 
-from pyro_vae.errors import ConfigError
+import torch
+
+from pyro_vae.data import DATASETS, ImageData, load_images
+from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.priors import PRIORS
@@ -12,6 +18,21 @@ from pyro_vae.vae import VAE
 
 BINARIZE_CHOICES = ("dynamic", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: What training does on a non-finite loss or gradient (see :func:`pyro_vae.train`).
+ON_NAN_CHOICES = ("stop", "rollback")
+#: Seeds are handed to NumPy too, which takes 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
+        )
+    return torch.device(name)
 
 
 @dataclass
@@ -35,12 +56,16 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     subset: int | None = None
+    #: Also checkpoint every N optimizer steps (0: only at the end of each epoch).
+    checkpoint_every: int = 0
+    #: ``stop``: stop at a non-finite step; ``rollback``: restore the last checkpoint, halve lr.
+    on_nan: str = "stop"
     #: Set from the data when training starts (flattened size = product).
     image_shape: tuple[int, ...] = (1, 28, 28)
 
     def __post_init__(self) -> None:
-        self.hidden_dims = tuple(self.hidden_dims)
-        self.image_shape = tuple(self.image_shape)
+        for field in fields(self):
+            setattr(self, field.name, _coerce(field, getattr(self, field.name)))
         for name in ("latent_dim", "epochs", "batch_size", "particles"):
             if getattr(self, name) <= 0:
                 raise ConfigError(
@@ -58,16 +83,26 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
         if self.subset is not None and self.subset <= 0:
             raise ConfigError(f"subset must be positive, got {self.subset}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                "checkpoint-every must be 0 (only at epoch ends) or more, "
+                f"got {self.checkpoint_every}"
+            )
         for name, choices in (
+            ("dataset", tuple(DATASETS)),
             ("binarize", BINARIZE_CHOICES),
             ("device", DEVICE_CHOICES),
             ("prior", tuple(PRIORS)),
             ("likelihood", tuple(LIKELIHOODS)),
             ("objective", tuple(OBJECTIVES)),
+            ("on_nan", ON_NAN_CHOICES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(
-                    f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(choices)}"
+                    f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
+                    f"choose one of: {', '.join(choices)}"
                 )
 
         if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
@@ -90,11 +125,23 @@ class TrainConfig:
             likelihood=LIKELIHOODS[self.likelihood](),
         )
 
+    def load_data(self, device: torch.device | str = "cpu") -> ImageData:
+        """The dataset this configuration trains on (``subset`` trims the training split only)."""
+        return load_images(
+            self.dataset,
+            self.data_root,
+            binarize=self.binarize == "dynamic",
+            subset=self.subset,
+            device=device,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ConfigTypeError(f"a config must be a dict, got {type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -108,3 +155,37 @@ class TrainConfig:
             for f in fields(self)
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
         }
+
+
+def _coerce(field: Field, value: Any) -> Any:
+    """``value`` as the plain type ``field`` declares, or :class:`ConfigTypeError`.
+
+    Accepts what a caller would reasonably pass (NumPy integers, ints for
+    floats, lists for tuples, paths for strings) and rejects the rest, so a
+    wrong type gets a message instead of a confusing error deep in training.
+    """
+    name, kind = field.name.replace("_", "-"), field.type
+    args = typing.get_args(kind)
+    if type(None) in args:  # ``X | None``
+        if value is None:
+            return None
+        (kind,) = (arg for arg in args if arg is not type(None))
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
+            raise ConfigTypeError(
+                f"{name} must be a sequence of integers such as (400,), got {value!r}"
+            )
+        return tuple(_coerce_scalar(name, item, int) for item in value)
+    return _coerce_scalar(name, value, kind)
+
+
+def _coerce_scalar(name: str, value: Any, kind: type) -> Any:
+    accepted = {
+        int: numbers.Integral,
+        float: numbers.Real,
+        str: (str, os.PathLike),
+    }[kind]
+    if isinstance(value, bool) or not isinstance(value, accepted):
+        wanted = {int: "an integer", float: "a number", str: "a string"}[kind]
+        raise ConfigTypeError(f"{name} must be {wanted}, got {value!r} ({type(value).__name__})")
+    return os.fspath(value) if kind is str else kind(value)

@@ -11,16 +11,19 @@ epoch (dynamic binarization); validation and test images are binarized once
 with a fixed seed, so every run is evaluated on the same binary images.
 """
 
+import gzip
+import math
 import os
 import shutil
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torchvision import datasets
-from torchvision.datasets.utils import extract_archive
 
-from pyro_vae.errors import ConfigError, DatasetUnavailableError
+from pyro_vae.errors import ConfigError, ConfigTypeError, DatasetUnavailableError
+from pyro_vae.files import atomic_write
 
 #: Seed of the one-off binarization of validation and test images.
 EVAL_BINARIZATION_SEED = 0
@@ -73,7 +76,10 @@ class ImageData:
     """Train/validation/test images as flat float tensors on one device.
 
     ``train`` holds grey levels in [0, 1]; ``val`` and ``test`` are already
-    binarized when ``binarize`` is set.
+    binarized when ``binarize`` is set. Checked on creation: images are finite
+    float tensors of shape ``(N, prod(image_shape))`` with one label each, and
+    train/val are not empty; :class:`ConfigError` (or :class:`ConfigTypeError`)
+    says what to fix.
     """
 
     train: torch.Tensor
@@ -86,6 +92,47 @@ class ImageData:
     class_names: tuple[str, ...]
     binarize: bool
 
+    def __post_init__(self) -> None:
+        self.image_shape = tuple(self.image_shape)
+        width = math.prod(self.image_shape)
+        for split in ("train", "val", "test"):
+            images, labels = getattr(self, split), getattr(self, f"{split}_labels")
+            for name, value in ((split, images), (f"{split}_labels", labels)):
+                if not isinstance(value, torch.Tensor):
+                    raise ConfigTypeError(
+                        f"ImageData.{name} must be a torch.Tensor, got {type(value).__name__}"
+                    )
+            if not images.is_floating_point():
+                raise ConfigTypeError(
+                    f"{split} images are {images.dtype}; convert them to floats in [0, 1] "
+                    "(e.g. images.float() / 255)"
+                )
+            if images.dim() != 2 or images.shape[1] != width:
+                raise ConfigError(
+                    f"{split} images have shape {tuple(images.shape)}, but image_shape "
+                    f"{self.image_shape} needs (N, {width}): one flattened image per row "
+                    "(use images.flatten(1), or fix image_shape)"
+                )
+            if labels.shape != images.shape[:1]:
+                raise ConfigError(
+                    f"{split} has {images.shape[0]} images but labels of shape "
+                    f"{tuple(labels.shape)}; give one label per image"
+                )
+            bad = (~torch.isfinite(images)).sum().item()
+            if bad:
+                raise ConfigError(
+                    f"{split} images contain {bad} NaN or infinite values; clean or impute them"
+                )
+        for split in ("train", "val"):
+            if getattr(self, split).shape[0] == 0:
+                raise ConfigError(f"{split} holds no images; training needs at least one")
+        if self.binarize and not bool(((self.train >= 0) & (self.train <= 1)).all()):
+            raise ConfigError(
+                "binarize=True draws Bernoulli(pixel) training images, which needs grey levels in "
+                f"[0, 1], but train ranges over [{self.train.min().item():g}, "
+                f"{self.train.max().item():g}]; rescale the data or set binarize=False"
+            )
+
     @property
     def data_dim(self) -> int:
         return self.train.shape[1]
@@ -95,12 +142,12 @@ class ImageData:
         return torch.bernoulli(self.train) if self.binarize else self.train
 
     def to(self, device: torch.device | str) -> "ImageData":
+        """A copy on ``device`` (of the same class, so subclasses survive)."""
         tensors = {
             name: getattr(self, name).to(device)
             for name in ("train", "train_labels", "val", "val_labels", "test", "test_labels")
         }
-        return ImageData(**tensors, image_shape=self.image_shape,
-                         class_names=self.class_names, binarize=self.binarize)  # fmt: skip
+        return replace(self, **tensors)
 
 
 def _find_raw_dir(directory: Path) -> Path | None:
@@ -115,15 +162,30 @@ def _find_raw_dir(directory: Path) -> Path | None:
 
 
 def _install_raw_files(source: Path, raw_folder: Path) -> None:
-    """Copy (or un-gzip) the IDX files into torchvision's ``raw`` folder."""
+    """Copy (or un-gzip) the IDX files into torchvision's ``raw`` folder.
+
+    Each file is written atomically, so an interrupted copy leaves no torn file
+    that would later look like a complete dataset.
+    """
     raw_folder.mkdir(parents=True, exist_ok=True)
     for name in _IDX_FILES:
         if (raw_folder / name).is_file():
             continue
-        if (source / name).is_file():
-            shutil.copyfile(source / name, raw_folder / name)
-        else:
-            extract_archive(str(source / f"{name}.gz"), str(raw_folder))
+        plain = (source / name).is_file()
+        opener = open if plain else gzip.open
+        with opener(source / (name if plain else f"{name}.gz"), "rb") as src:
+            atomic_write(raw_folder / name, lambda dst, src=src: shutil.copyfileobj(src, dst))
+
+
+def _check_data_root(root: Path) -> None:
+    """A given data root may be missing (it is created for the download) but must be usable."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--data-root {root} is a file, not a directory; pass a directory")
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        raise ConfigError(
+            f"--data-root {root} is not readable (permission denied); "
+            "fix its permissions or pass another directory"
+        )
 
 
 def load_torchvision(
@@ -134,19 +196,35 @@ def load_torchvision(
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     spec = DATASETS[name]
     root = Path(data_root) if data_root is not None else DEFAULT_DATA_ROOT
+    _check_data_root(root)
     cls = spec.torchvision_class
     raw_folder = root / cls.__name__ / "raw"
 
     local = [d for d in (root, root / cls.__name__, *spec.system_dirs) if _find_raw_dir(d)]
     if local and not all((raw_folder / f).is_file() for f in _IDX_FILES):
+        source = _find_raw_dir(local[0])
         try:
-            _install_raw_files(_find_raw_dir(local[0]), raw_folder)
+            _install_raw_files(source, raw_folder)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:  # a torn or foreign .gz
+            raise DatasetUnavailableError(
+                f"the {name} files in {source} are truncated or corrupted ({error}); "
+                "replace them with intact copies"
+            ) from error
         except OSError as error:
             raise DatasetUnavailableError(
-                f"found {name} in {local[0]} but could not copy it to {raw_folder}: {error}; "
+                f"found {name} in {source} but could not copy it to {raw_folder}: {error}; "
                 "pass a writable --data-root"
             ) from error
 
+    if all((raw_folder / f).is_file() for f in _IDX_FILES):
+        try:
+            return cls(str(root), train=True), cls(str(root), train=False)
+        except Exception as error:  # torchvision raises many types for a damaged IDX file
+            raise DatasetUnavailableError(
+                f"the {name} files in {raw_folder} are truncated or corrupted "
+                f"({type(error).__name__}: {error}); delete {raw_folder} so that they are "
+                "copied or downloaded again"
+            ) from error
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)

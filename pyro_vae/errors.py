@@ -1,8 +1,11 @@
 """Errors whose message tells the user what went wrong and how to fix it.
 
 The CLI prints these as one line on stderr and exits with status 2; anything
-else is a bug and keeps its traceback.
+else is a bug and keeps its traceback. :class:`TrainingInterrupted` is not an
+error: the CLI prints it as one line and exits with status ``128 + signal``.
 """
+
+import signal
 
 
 class PyroVAEError(Exception):
@@ -13,9 +16,33 @@ class ConfigError(PyroVAEError, ValueError):
     """An option, argument or input value is invalid."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """An option or argument has the wrong type (also a :class:`ConfigError`)."""
+
+
 class DatasetUnavailableError(PyroVAEError, FileNotFoundError):
-    """No local copy of a dataset was found and it could not be downloaded."""
+    """No local copy of a dataset was found, it could not be read, or not downloaded."""
 
 
 class CheckpointError(PyroVAEError, RuntimeError):
     """A run directory or checkpoint is missing, corrupted or does not match the request."""
+
+
+class NumericalError(PyroVAEError, ArithmeticError):
+    """Training produced a non-finite loss, gradient or state; the last good checkpoint is kept.
+
+    ``recoverable`` is false when the cause is in the data, which a rollback
+    with a smaller learning rate cannot fix.
+    """
+
+    def __init__(self, message: str, recoverable: bool = True):
+        super().__init__(message)
+        self.recoverable = recoverable
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint to resume from."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum

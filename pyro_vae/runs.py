@@ -1,42 +1,45 @@
 """Run directories: ``config.json``, ``checkpoint.pt`` and ``metrics.jsonl``.
 
-Checkpoints are written atomically (temporary file, fsync, rename), so a crash
-at any moment leaves either the previous checkpoint or the new one, never a
-torn file.
+Every file is written atomically (:func:`pyro_vae.files.atomic_write`), so a
+crash at any moment leaves either the previous version or the new one, never a
+torn file. A checkpoint with a non-finite value is refused rather than written
+over a good one, and a checkpoint that is truncated, corrupted, incomplete or
+does not fit the model raises :class:`CheckpointError` with what to do.
+
+A checkpoint is a dict with the keys of :data:`CHECKPOINT_KEYS`: the model's and
+optimizer's state, the position (``epoch`` epochs done and ``step`` steps into
+the next), the RNG state, the config, the metrics rows so far and the number of
+training images. Mid-epoch checkpoints (``step > 0``) also hold ``epoch_rng``,
+``loss_sum`` and ``seconds`` of the epoch in progress (see :mod:`pyro_vae.training`).
 """
 
 import json
-import os
 import random
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
-from pyro_vae.config import TrainConfig
-from pyro_vae.errors import CheckpointError
+from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
+from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
+from pyro_vae.files import atomic_write
 from pyro_vae.vae import VAE
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+#: Evaluation results by split.
+EVAL_FILES = {"test": "eval.json", "val": "eval_val.json"}
 
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Run ``write(file)`` on a temporary file beside ``path``, fsync, rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # umask applies
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+#: Version of the checkpoint layout; bumped when keys change meaning.
+CHECKPOINT_FORMAT = 2
+CHECKPOINT_KEYS = ("format", "model", "optimizer", "epoch", "step", "rng", "config", "metrics",
+                   "num_train")  # fmt: skip
+#: Extra keys of a checkpoint taken in the middle of an epoch.
+MID_EPOCH_KEYS = ("epoch_rng", "loss_sum", "seconds")
 
 
 def save_config(run_dir: Path, config: TrainConfig) -> None:
@@ -53,7 +56,7 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         )
     try:
         return TrainConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as error:
+    except (ValueError, TypeError) as error:  # bad JSON, or values TrainConfig rejects
         raise CheckpointError(f"{path} is not a valid pyro-vae config ({error})") from error
 
 
@@ -70,20 +73,66 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    """Restore what :func:`rng_state` returned; a damaged state raises :class:`CheckpointError`."""
+    try:
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(
+            f"the checkpoint's random number generator state is damaged "
+            f"({type(error).__name__}: {error}); restore the checkpoint from a backup"
+        ) from error
+
+
+def _float_tensors(value: Any, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every floating-point tensor inside nested dicts/lists/tuples, with its path."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            yield name, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _float_tensors(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _float_tensors(item, f"{name}[{i}]")
+
+
+def nonfinite_entries(state: Any) -> list[str]:
+    """Paths of the floating-point tensors in ``state`` that hold NaN or infinity."""
+    return [name for name, tensor in _float_tensors(state) if not torch.isfinite(tensor).all()]
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    atomic_write(run_dir / CHECKPOINT_FILE, lambda f: torch.save(state, f))
+    """Write ``state`` atomically; refuse non-finite values so a good checkpoint is never lost."""
+    path = run_dir / CHECKPOINT_FILE
+    bad = nonfinite_entries(state)
+    if bad:
+        raise NumericalError(
+            f"refusing to write a checkpoint with non-finite values in {', '.join(bad[:3])}"
+            f"{' and more' if len(bad) > 3 else ''}; the previous checkpoint in {path} is unchanged"
+        )
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as error:
+        raise CheckpointError(
+            f"could not write {path} ({error}); the previous checkpoint is unchanged. "
+            "Free disk space or fix permissions, then continue with --resume"
+        ) from error
 
 
 def load_checkpoint(
-    run_dir: str | Path, map_location: str | torch.device = "cpu"
+    run_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    keys: Sequence[str] = ("model",),
 ) -> dict[str, Any]:
+    """The checkpoint of ``run_dir``, checked to hold ``keys`` (but not yet to fit a model).
+
+    Resuming needs :data:`CHECKPOINT_KEYS` (and :data:`MID_EPOCH_KEYS` mid-epoch);
+    loading a trained model needs only ``model``.
+    """
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise CheckpointError(
@@ -91,11 +140,76 @@ def load_checkpoint(
         )
     try:
         # weights_only=False: the checkpoint holds Python RNG state tuples; it is our own file.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # torch raises many types for a torn or foreign file
         raise CheckpointError(
             f"{path} is corrupted or not a pyro-vae checkpoint ({type(error).__name__}: {error}); "
-            "delete it to start over, or restore it from a backup"
+            "restore it from a backup, or delete the run directory to start over"
+        ) from error
+    if not isinstance(state, dict):
+        raise CheckpointError(
+            f"{path} holds a {type(state).__name__}, not a pyro-vae checkpoint; "
+            "restore it from a backup, or delete the run directory to start over"
+        )
+    missing = [key for key in keys if key not in state]
+    if not missing and state.get("step"):
+        missing = [key for key in MID_EPOCH_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"{path} is incomplete (missing {', '.join(missing)}): it is damaged or was not "
+            "written by this version of pyro-vae; restore it from a backup, or delete the run "
+            "directory to start over"
+        )
+    if "format" in keys and state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']!r}, this pyro-vae reads format "
+            f"{CHECKPOINT_FORMAT}; use the pyro-vae version that wrote it"
+        )
+    return state
+
+
+def checkpoint_config(state: dict[str, Any], run_dir: str | Path) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a checkpoint."""
+    try:
+        return TrainConfig.from_dict(state["config"])
+    except (ConfigError, TypeError) as error:
+        raise CheckpointError(
+            f"{Path(run_dir) / CHECKPOINT_FILE} holds an invalid configuration ({error}); "
+            "restore it from a backup"
+        ) from error
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``Optimizer.load_state_dict`` accepts moments of the wrong shape; fail here instead."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entry in state.get("state", {}).items():
+        if not isinstance(index, int) or not 0 <= index < len(params):
+            raise ValueError(f"state for unknown parameter {index!r}")
+        shape = params[index].shape
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != shape:
+                raise ValueError(
+                    f"{key} of parameter {index} has shape {tuple(value.shape)}, "
+                    f"the parameter has {tuple(shape)}"
+                )
+
+
+def restore(
+    target: torch.nn.Module | torch.optim.Optimizer, state: Any, run_dir: str | Path
+) -> None:
+    """``target.load_state_dict(state)``, any mismatch raised as :class:`CheckpointError`."""
+    what = "optimizer" if isinstance(target, torch.optim.Optimizer) else "model"
+    try:
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a state dict, got {type(state).__name__}")
+        if isinstance(target, torch.optim.Optimizer):
+            _check_optimizer_shapes(target, state)
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        detail = " ".join(str(error).split())  # torch's message spans lines
+        raise CheckpointError(
+            f"the {what} state in {Path(run_dir) / CHECKPOINT_FILE} does not fit the configured "
+            f"model ({detail[:300]}); it is damaged or belongs to another run"
         ) from error
 
 
@@ -104,18 +218,28 @@ def append_metrics(run_dir: Path, row: dict[str, Any]) -> None:
         file.write(json.dumps(row) + "\n")
 
 
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` by ``rows`` (the checkpoint's copy is the reference)."""
+    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    atomic_write(run_dir / METRICS_FILE, lambda f: f.write(text))
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_metrics(run_dir: Path, last_epoch: int) -> None:
-    """Drop rows of epochs after ``last_epoch`` (written before a crash lost their checkpoint)."""
-    rows = [row for row in read_metrics(run_dir) if row["epoch"] <= last_epoch]
-    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    atomic_write(run_dir / METRICS_FILE, lambda f: f.write(text))
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise CheckpointError(
+                f"{path} line {number} is not valid JSON ({error}); the run was probably "
+                "killed while writing it: continue it with --resume, which rewrites the file"
+            ) from error
+    return rows
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
@@ -123,5 +247,51 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     config = read_config(run_dir)
     checkpoint = load_checkpoint(run_dir, map_location=device)
     vae = config.build_vae()
-    vae.load_state_dict(checkpoint["model"])
+    restore(vae, checkpoint["model"], run_dir)
     return vae.to(device).eval()
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_samples: int = 5000,
+    subset: int | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split)
+    or ``eval_val.json`` (validation split) into the run directory and returns its contents.
+
+    :param subset: evaluate the first ``subset`` images of the split only.
+    """
+    if split not in EVAL_FILES:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(EVAL_FILES)}")
+    if num_samples <= 0 or max_batch <= 0:
+        raise ConfigError(
+            f"num-samples and max-batch must be positive, got {num_samples}, {max_batch}"
+        )
+    if subset is not None and subset <= 0:
+        raise ConfigError(f"subset must be positive, got {subset}")
+    config = read_config(run_dir)
+    torch_device = resolve_device(device)
+    vae = load_run(run_dir, torch_device)
+    data = config.load_data(torch_device)
+    images = (data.test if split == "test" else data.val)[:subset]
+    vae.likelihood.validate(images)
+    estimates = estimate_log_likelihood(
+        vae.model, vae.guide, images, num_samples=num_samples, max_batch=max_batch,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    result = {
+        "split": split,
+        **estimates.summary(prefix=split),
+        "latent_dim": config.latent_dim,
+        "device": str(torch_device),
+        "seed": seed,
+    }
+    text = (json.dumps(result, indent=2) + "\n").encode()
+    atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
+    return result

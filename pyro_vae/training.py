@@ -6,42 +6,63 @@ plain ``torch.optim.Adam`` step over the VAE's parameters: the same objective as
 optimizers. Data stays on the device as one tensor; batches are index slices of
 a fresh permutation each epoch. The running loss is accumulated on the device and
 read only when the progress bar refreshes.
+
+Nothing trained is lost:
+
+* a checkpoint is written atomically before the first step, at the end of every
+  epoch and every ``checkpoint_every`` steps, so SIGKILL at any moment leaves
+  one to resume from;
+* SIGINT/SIGTERM stop after the current step, save, and raise
+  :class:`~pyro_vae.errors.TrainingInterrupted`;
+* a non-finite loss or gradient is caught before ``optimizer.step()``
+  (:func:`nonfinite_step`); training stops with :class:`~pyro_vae.errors.NumericalError`
+  or, with ``on_nan="rollback"``, restores the last checkpoint and halves the
+  learning rate;
+* resuming is exact, also from the middle of an epoch: a mid-epoch checkpoint
+  holds the RNG state of the epoch's start, so the epoch's binarized images and
+  permutation are drawn again identically, then the RNG state after the last
+  step is restored. On CPU a resumed run ends with the same parameters and
+  metrics as an uninterrupted one.
 """
 
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyro
+import pyro.distributions as dist
 import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import runs
-from pyro_vae.config import TrainConfig
-from pyro_vae.data import ImageData, load_images
-from pyro_vae.errors import CheckpointError, ConfigError
+from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.data import ImageData
+from pyro_vae.errors import (
+    CheckpointError,
+    ConfigError,
+    ConfigTypeError,
+    NumericalError,
+    TrainingInterrupted,
+)
 from pyro_vae.evaluation import elbo_per_example
+from pyro_vae.files import remove_stale_temporaries
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.vae import VAE
 
 #: Seed of the validation ELBO's latent samples, so epochs and runs compare fairly.
 EVAL_SEED = 12345
 #: Options that may change when a run is resumed.
-RESUMABLE_CHANGES = ("epochs", "device", "data_root")
+RESUMABLE_CHANGES = ("epochs", "device", "data_root", "lr", "checkpoint_every", "on_nan")
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
-        )
-    return torch.device(name)
+#: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
+MAX_ROLLBACKS = 10
 
 
 def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -50,6 +71,33 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if warmup_steps == 0:
         return config.beta
     return config.beta * min(1.0, (step + 1) / warmup_steps)
+
+
+def nonfinite_step(loss: torch.Tensor, parameters: Sequence[torch.Tensor]) -> str | None:
+    """``"loss"`` or ``"gradient"`` when that is NaN/infinite after ``backward()``, else None.
+
+    One check per step: the loss and the gradient norms are stacked and tested
+    together, with a single read on the host. Call it before ``optimizer.step()``
+    so that a bad step never reaches the parameters. (A total gradient norm that
+    overflows float32 also counts: Adam's second moment would overflow too.)
+    """
+    norms = [torch.linalg.vector_norm(p.grad) for p in parameters if p.grad is not None]
+    finite = torch.isfinite(torch.stack([loss.detach(), *norms]))
+    if bool(finite.all()):
+        return None
+    return "loss" if not bool(finite[0]) else "gradient"
+
+
+@contextmanager
+def _nan_reported_by_the_step_check() -> Iterator[None]:
+    """Let a NaN reach the loss, where :func:`nonfinite_step` reports it with its step.
+
+    Otherwise Pyro's distribution validation raises a bare ``ValueError`` deep in
+    the forward pass, and its ``warn_if_nan`` prints a warning besides the message.
+    """
+    with dist.validation_enabled(False), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
+        yield
 
 
 @torch.no_grad()
@@ -67,6 +115,8 @@ def validation_elbo(vae: VAE, images: torch.Tensor) -> float:
 
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
     """Create ``out`` or check it for resuming; return the checkpoint to resume from."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
     has_checkpoint = (out / runs.CHECKPOINT_FILE).exists()
     if not resume:
         if has_checkpoint:
@@ -74,13 +124,19 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
                 f"{out} already holds a trained run; pass --resume to continue it, "
                 "or choose another --out"
             )
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create the run directory {out} ({error}); choose another --out"
+            ) from error
         return None
     if not has_checkpoint:
         raise CheckpointError(
             f"--resume was given but {out} holds no checkpoint; drop --resume to start"
         )
-    saved = runs.read_config(out)
+    checkpoint = runs.load_checkpoint(out, keys=runs.CHECKPOINT_KEYS)
+    saved = runs.checkpoint_config(checkpoint, out)
     changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, "image_shape"))
     if changed:
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())
@@ -88,7 +144,29 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
             f"cannot resume {out}: its configuration differs ({listed}); "
             "use the saved options or another --out"
         )
-    return runs.load_checkpoint(out)
+    done, step = checkpoint["epoch"], checkpoint["step"]
+    if done > config.epochs or (done == config.epochs and step):
+        raise ConfigError(
+            f"{out} has already trained {done} epochs{f' and {step} steps' if step else ''}; "
+            f"pass --epochs {done + 1} or more to continue it"
+        )
+    return checkpoint
+
+
+def _training_data(config: TrainConfig, data: ImageData | None, device: torch.device) -> ImageData:
+    """``data`` on ``device``, or the configured dataset loaded there."""
+    if data is None:
+        return config.load_data(device)
+    if not isinstance(data, ImageData):
+        raise ConfigTypeError(
+            f"data must be an ImageData (see pyro_vae.load_images), got {type(data).__name__}"
+        )
+    if config.subset is not None:
+        raise ConfigError(
+            "subset selects from a loaded dataset and cannot apply to data passed in; "
+            "slice the ImageData yourself or leave subset=None"
+        )
+    return data.to(device)
 
 
 def train(
@@ -102,29 +180,33 @@ def train(
 ) -> VAE:
     """Train a VAE as ``config`` says, writing the run to ``out``; return the model.
 
-    :param resume: continue the run in ``out`` from its last checkpoint (with RNG
-        state restored, so the result is identical to an uninterrupted run on CPU).
+    :param resume: continue the run in ``out`` from its last checkpoint, also one
+        taken mid-epoch (with RNG state restored, so the result is identical to an
+        uninterrupted run on CPU). A missing, damaged or mismatched checkpoint is
+        a :class:`~pyro_vae.errors.CheckpointError`, never a silent fresh start.
     :param data: images to use instead of loading ``config.dataset``.
     :param progress: show a progress bar per epoch.
-    :param log: receives the one-line summary of each epoch.
+    :param log: receives the one-line summary of each epoch, and of each rollback.
+    :raises NumericalError: on a non-finite loss or gradient (the checkpoint on disk
+        is the last good one).
+    :raises TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
     """
+    if not isinstance(config, TrainConfig):
+        raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     out = Path(out)
     checkpoint = _prepare_run_dir(out, config, resume)
+    remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
     device = resolve_device(config.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
 
-    if data is None:
-        data = load_images(
-            config.dataset,
-            config.data_root,
-            binarize=config.binarize == "dynamic",
-            subset=config.subset,
-            device=device,
-        )
-    else:
-        data = data.to(device)
+    data = _training_data(config, data, device)
     config.image_shape = data.image_shape
+    if checkpoint is not None and tuple(checkpoint["config"]["image_shape"]) != data.image_shape:
+        raise CheckpointError(
+            f"cannot resume {out}: it was trained on images of shape "
+            f"{tuple(checkpoint['config']['image_shape'])}, the data has {data.image_shape}"
+        )
     if data.train.shape[0] < config.batch_size:
         raise ConfigError(
             f"batch-size {config.batch_size} is larger than the {data.train.shape[0]} training "
@@ -132,67 +214,266 @@ def train(
         )
 
     vae = config.build_vae().to(device)
-    for images in (data.train, data.val):
-        vae.likelihood.validate(images)
+    for name, images in (("training", data.train), ("validation", data.val)):
+        vae.likelihood.validate(images, f"the {name} images")
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    loss_fn = OBJECTIVES[config.objective](config.particles)
-
-    start_epoch = 1
-    if checkpoint is not None:
-        vae.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        runs.set_rng_state(checkpoint["rng"])
-        start_epoch = checkpoint["epoch"] + 1
-        runs.truncate_metrics(out, checkpoint["epoch"])
-        log(f"resuming {out} after epoch {checkpoint['epoch']}")
+    trainer = _Trainer(config, out, vae, optimizer, data, progress, log)
+    # A checkpoint is checked through before anything in ``out`` is written.
+    start = trainer.restore(checkpoint) if checkpoint is not None else None
     runs.save_config(out, config)
+    if start is None:
+        start = trainer.start()
+    else:
+        log(f"resuming {out} {trainer.saved_at}")
+    trainer.run(start)
+    return vae.eval()
 
-    num_train = data.train.shape[0]
-    steps_per_epoch = math.ceil(num_train / config.batch_size)
-    for epoch in range(start_epoch, config.epochs + 1):
-        started = time.perf_counter()
-        vae.train()
-        images = data.training_images()
-        order = torch.randperm(num_train, device=device)
-        loss_sum = torch.zeros((), device=device)
-        bar = tqdm(
-            total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-            disable=not progress, unit="step",
-        )  # fmt: skip
-        for i, first in enumerate(range(0, num_train, config.batch_size)):
-            beta = kl_weight(config, (epoch - 1) * steps_per_epoch + i, steps_per_epoch)
-            batch = images[order[first : first + config.batch_size]]
-            loss = loss_fn(vae.model, vae.guide, batch, beta=beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
-            if progress and (i + 1) % PROGRESS_EVERY == 0:
-                seen = min(num_train, (i + 1) * config.batch_size)
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
-            bar.update()
-        bar.close()
 
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / num_train,
-            "val_elbo": validation_elbo(vae, data.val),
-            "beta": beta,
-            "seconds": time.perf_counter() - started,
-        }
+class _StopSignals:
+    """Turn SIGINT/SIGTERM into a request to stop after the current step.
+
+    A second signal aborts at once with :class:`KeyboardInterrupt` (the
+    checkpoint on disk, written atomically, stays intact). Outside the main
+    thread signals cannot be caught and are left alone.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> "_StopSignals":
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class _Trainer:
+    """The loop over epochs and steps, and the checkpoints that let it stop and resume."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: Path,
+        vae: VAE,
+        optimizer: torch.optim.Optimizer,
+        data: ImageData,
+        progress: bool,
+        log: Callable[[str], None],
+    ):
+        self.config, self.out, self.vae, self.optimizer = config, out, vae, optimizer
+        self.data, self.progress, self.log = data, progress, log
+        self.device = data.train.device
+        self.parameters = [p for p in vae.parameters() if p.requires_grad]
+        self.loss_fn = OBJECTIVES[config.objective](config.particles)
+        self.num_train = data.train.shape[0]
+        self.steps_per_epoch = math.ceil(self.num_train / config.batch_size)
+        self.metrics: list[dict[str, Any]] = []
+        self.saved_at = ""  # where the checkpoint on disk stands, for messages
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / runs.CHECKPOINT_FILE
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _position(self, done: int, step: int) -> str:
+        if step:
+            return f"at epoch {done + 1}, step {step} of {self.steps_per_epoch}"
+        return f"after epoch {done}" if done else "at the start of training"
+
+    def run(self, start: dict[str, Any]) -> None:
+        """Train from ``start`` (see :meth:`start`, :meth:`restore`) to ``config.epochs``."""
+        rollbacks = 0
+        while True:
+            try:
+                with _StopSignals() as stop, _nan_reported_by_the_step_check():
+                    self._epochs(start, stop)
+                return
+            except NumericalError as fault:
+                if self.config.on_nan != "rollback" or not fault.recoverable:
+                    raise
+                if rollbacks == MAX_ROLLBACKS:
+                    raise NumericalError(
+                        f"{fault} (gave up after {MAX_ROLLBACKS} rollbacks, each halving the "
+                        "learning rate; check the data and the model)",
+                        recoverable=False,
+                    ) from fault
+                rollbacks += 1
+                checkpoint = runs.load_checkpoint(self.out, keys=runs.CHECKPOINT_KEYS)
+                for group in checkpoint["optimizer"]["param_groups"]:
+                    group["lr"] /= 2
+                start = self.restore(checkpoint)
+                self.log(
+                    f"{str(fault).partition(';')[0]}: rolled back to the checkpoint "
+                    f"{self.saved_at} and halved the learning rate to {self.lr:.3g}"
+                )
+
+    def start(self) -> dict[str, Any]:
+        """Save the untrained state, so that there is a checkpoint from the very first step."""
+        self.metrics = []
+        runs.write_metrics(self.out, [])
+        self._save(0, 0)
+        return {"epoch": 0, "step": 0}
+
+    def restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Load a checkpoint's model, optimizer, RNG and metrics; return it as the start."""
+        path = self.checkpoint_path
+        done, step = checkpoint["epoch"], checkpoint["step"]
+        if checkpoint["num_train"] != self.num_train:
+            raise CheckpointError(
+                f"cannot resume {self.out}: it was trained on {checkpoint['num_train']} images "
+                f"per epoch, the data has {self.num_train}; use the same data"
+            )
+        if not (isinstance(done, int) and isinstance(step, int) and done >= 0
+                and 0 <= step <= self.steps_per_epoch):  # fmt: skip
+            raise CheckpointError(f"{path} holds an impossible position: epoch {done}, step {step}")
+        saved_lr = checkpoint["config"]["lr"]
+        runs.restore(self.vae, checkpoint["model"], self.out)
+        runs.restore(self.optimizer, checkpoint["optimizer"], self.out)
+        if self.config.lr != saved_lr:  # --lr changed on resume: it replaces the saved one
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr
+        bad = runs.nonfinite_entries({"model": checkpoint["model"]})
+        if bad:
+            raise CheckpointError(f"{path} holds non-finite parameters ({', '.join(bad[:3])})")
+        runs.set_rng_state(checkpoint["rng"])
+        self.metrics = list(checkpoint["metrics"])
+        runs.write_metrics(self.out, self.metrics)
+        self.saved_at = self._position(done, step)
+        return checkpoint
+
+    def _save(self, done: int, step: int, **epoch_in_progress: Any) -> None:
         runs.save_checkpoint(
-            out,
+            self.out,
             {
-                "model": vae.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
+                "format": runs.CHECKPOINT_FORMAT,
+                "model": self.vae.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "epoch": done,
+                "step": step,
                 "rng": runs.rng_state(),
-                "config": config.to_dict(),
+                "config": self.config.to_dict(),
+                "metrics": self.metrics,
+                "num_train": self.num_train,
+                **epoch_in_progress,
             },
         )
-        runs.append_metrics(out, row)
-        log(
+        self.saved_at = self._position(done, step)
+
+    def _epochs(self, start: dict[str, Any], stop: _StopSignals) -> None:
+        if start["epoch"] == self.config.epochs:
+            self.log(f"{self.out} has already trained all {self.config.epochs} epochs")
+        for epoch in range(start["epoch"] + 1, self.config.epochs + 1):
+            self._epoch(epoch, stop, start if start["step"] else None)
+            start = {"epoch": epoch, "step": 0}
+
+    def _epoch(self, epoch: int, stop: _StopSignals, partial: dict[str, Any] | None) -> None:
+        """Train one epoch, or its rest when ``partial`` is a mid-epoch checkpoint of it."""
+        config, spe = self.config, self.steps_per_epoch
+        started = time.perf_counter()
+        self.vae.train()
+        # The epoch's images and order come from the RNG state at its start, so that a
+        # mid-epoch resume draws them again identically instead of storing them.
+        epoch_rng = partial["epoch_rng"] if partial else runs.rng_state()
+        if partial:
+            runs.set_rng_state(epoch_rng)
+        images = self.data.training_images()
+        order = torch.randperm(self.num_train, device=self.device)
+        first, loss_sum, seconds, train_seconds = 0, torch.zeros((), device=self.device), 0.0, 0.0
+        if partial:
+            runs.set_rng_state(partial["rng"])
+            first, seconds = partial["step"], partial["seconds"]
+            train_seconds = partial.get("train_seconds", 0.0)
+            loss_sum = partial["loss_sum"].to(self.device)
+
+        bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch}/{config.epochs}", leave=False,
+                   disable=not self.progress, unit="step")  # fmt: skip
+        steps_started = time.perf_counter()
+        with bar:
+            for i in range(first, spe):
+                global_step = (epoch - 1) * spe + i
+                batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]]
+                loss = self.loss_fn(self.vae.model, self.vae.guide, batch,
+                                    beta=kl_weight(config, global_step, spe))  # fmt: skip
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                fault = nonfinite_step(loss, self.parameters)
+                if fault:
+                    raise self._fault(fault, epoch, i + 1, loss, batch)
+                self.optimizer.step()
+                loss_sum += loss.detach()
+                if self.progress and (i + 1) % PROGRESS_EVERY == 0:
+                    seen = min(self.num_train, (i + 1) * config.batch_size)
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
+                bar.update()
+                every = config.checkpoint_every
+                if stop.signum or (every and (global_step + 1) % every == 0 and i + 1 < spe):
+                    now = time.perf_counter()
+                    self._save(epoch - 1, i + 1, epoch_rng=epoch_rng, loss_sum=loss_sum,
+                               seconds=seconds + now - started,
+                               train_seconds=train_seconds + now - steps_started)  # fmt: skip
+                    if stop.signum:
+                        raise self._interrupted(stop.signum)
+
+        train_seconds += time.perf_counter() - steps_started
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / self.num_train,
+            "val_elbo": validation_elbo(self.vae, self.data.val),
+            "beta": kl_weight(config, epoch * spe - 1, spe),
+            "lr": self.lr,
+            "seconds": seconds + time.perf_counter() - started,
+            # the training steps alone (no validation, no checkpoint): throughput
+            "train_seconds": train_seconds,
+        }
+        self.metrics.append(row)
+        self._save(epoch, 0)
+        runs.append_metrics(self.out, row)
+        self.log(
             f"epoch {epoch}/{config.epochs}  train_loss {row['train_loss']:.2f}  "
-            f"val_elbo {row['val_elbo']:.2f}  beta {beta:.3g}  {row['seconds']:.1f}s"
+            f"val_elbo {row['val_elbo']:.2f}  beta {row['beta']:.3g}  {row['seconds']:.1f}s"
         )
-    return vae.eval()
+        if stop.signum:
+            raise self._interrupted(stop.signum)
+
+    def _fault(
+        self, what: str, epoch: int, step: int, loss: torch.Tensor, batch: torch.Tensor
+    ) -> NumericalError:
+        """The error for a non-finite step, diagnosed (this path is rare, so checks are cheap)."""
+        where = f"epoch {epoch}, step {step} of {self.steps_per_epoch}"
+        kept = f"the last good checkpoint ({self.saved_at}) is unchanged in {self.checkpoint_path}"
+        if not bool(torch.isfinite(batch).all()):
+            return NumericalError(
+                f"non-finite {what} at {where}: the training batch holds NaN or infinite "
+                f"values; {kept}. Fix the data, then continue with --resume",
+                recoverable=False,
+            )
+        advice = (
+            f". Continue with --resume and a lower --lr (now {self.lr:g}), or with "
+            "--on-nan rollback to halve it automatically"
+            if self.config.on_nan == "stop"
+            else ""
+        )
+        return NumericalError(
+            f"non-finite {what} (loss {loss.item():g}) at {where}; training stopped and "
+            f"{kept}{advice}"
+        )
+
+    def _interrupted(self, signum: int) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"stopped by {signal.Signals(signum).name} {self.saved_at}; the checkpoint is saved "
+            f"in {self.checkpoint_path}; continue with the same command plus --resume",
+            signum,
+        )

@@ -8,6 +8,10 @@ import torch
 
 from pyro_vae.data import ImageData
 
+# The test models are tiny: more threads only add overhead (much of it when other
+# processes share the cores) and make float results depend on the core count.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro():
@@ -29,6 +33,11 @@ def prototype_images(num: int, side: int = 8, num_classes: int = 4, seed: int = 
 @pytest.fixture
 def tiny_data() -> ImageData:
     """512/128/128 synthetic 8x8 images, dynamically binarized."""
+    return make_tiny_data()
+
+
+def make_tiny_data() -> ImageData:
+    """What the ``tiny_data`` fixture gives, for module-scoped fixtures."""
     images, labels = prototype_images(768)
     generator = torch.Generator().manual_seed(1)
     val = torch.bernoulli(images[512:640], generator=generator)
@@ -48,10 +57,8 @@ def write_idx(path: Path, array: torch.Tensor) -> None:
         file.write(header + array.to(torch.uint8).numpy().tobytes())
 
 
-@pytest.fixture
-def fake_fashion_dir(tmp_path: Path) -> Path:
-    """A folder laid out like Debian's dataset-fashion-mnist, with 10_100 + 50 small images."""
-    folder = tmp_path / "fashion-mnist"
+def write_fake_fashion(folder: Path) -> Path:
+    """Fill ``folder`` like Debian's dataset-fashion-mnist, with 10_100 + 50 small images."""
     folder.mkdir()
     generator = torch.Generator().manual_seed(0)
     for prefix, count in (("train", 10_100), ("t10k", 50)):
@@ -59,3 +66,15 @@ def fake_fashion_dir(tmp_path: Path) -> Path:
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(count) % 10)
     return folder
+
+
+@pytest.fixture
+def fake_fashion_dir(tmp_path: Path) -> Path:
+    """A fresh fake Fashion-MNIST folder (100 training images once 10k are held out)."""
+    return write_fake_fashion(tmp_path / "fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def shared_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same fake data, made once per session, for tests that only read it."""
+    return write_fake_fashion(tmp_path_factory.mktemp("shared") / "fashion-mnist")

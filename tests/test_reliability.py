@@ -1,0 +1,446 @@
+"""Nothing trained is lost to a crash, a signal, a NaN or a damaged checkpoint (issue 10)."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_data
+
+from pyro_vae import (
+    CheckpointError,
+    ConfigError,
+    ImageData,
+    NumericalError,
+    TrainConfig,
+    load_run,
+    read_metrics,
+    train,
+)
+from pyro_vae import training as training_module
+from pyro_vae.cli import main
+from pyro_vae.errors import TrainingInterrupted
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.runs import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+
+REPO = Path(__file__).parents[1]
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """512 images in batches of 64: 8 steps per epoch."""
+    options = dict(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=2, device="cpu")
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def quiet_train(config, out, **kwargs):
+    return train(config, out, progress=False, log=lambda line: None, **kwargs)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Identical final parameters and identical metrics (except wall-clock seconds)."""
+    params_a, params_b = load_run(a).state_dict(), load_run(b).state_dict()
+    assert params_a.keys() == params_b.keys()
+    for name, value in params_a.items():
+        assert torch.equal(value, params_b[name]), name
+    timings = ("seconds", "train_seconds")
+    strip = [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(a)]
+    assert strip == [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(b)]
+
+
+@pytest.fixture
+def faulty_objective(monkeypatch):
+    """Wrap the ``elbo`` objective: ``faulty_objective(action)`` runs ``action(call, loss)``
+    on every call (1-based count), and uses what it returns as the loss when not None."""
+
+    def install(action):
+        make = OBJECTIVES["elbo"]
+        calls = [0]
+
+        def factory(particles):
+            inner = make(particles)
+
+            def loss_fn(*args, **kwargs):
+                calls[0] += 1
+                loss = inner(*args, **kwargs)
+                replaced = action(calls[0], loss)
+                return loss if replaced is None else replaced
+
+            return loss_fn
+
+        monkeypatch.setitem(OBJECTIVES, "elbo", factory)
+        return calls
+
+    return install
+
+
+# ---------------------------------------------------------------- numerical faults
+
+
+def test_nan_in_a_batch_is_caught_and_the_last_good_checkpoint_survives(
+    tmp_path, tiny_data, monkeypatch
+):
+    quiet_train(tiny_config(epochs=1), tmp_path / "one_epoch", data=tiny_data)
+    quiet_train(tiny_config(epochs=2), tmp_path / "straight", data=tiny_data)
+
+    draw, calls = ImageData.training_images, [0]
+
+    def poisoned(self):
+        calls[0] += 1
+        images = draw(self)
+        return (
+            images.index_fill(0, torch.arange(0, 512, 7), float("nan")) if calls[0] == 2 else images
+        )
+
+    monkeypatch.setattr(ImageData, "training_images", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NumericalError) as fault:
+        quiet_train(tiny_config(epochs=2, on_nan="rollback"), out, data=tiny_data)
+    message = str(fault.value)
+    assert message.startswith(
+        "non-finite loss at epoch 2, step 1 of 8: the training batch holds NaN"
+    )
+    assert f"the last good checkpoint (after epoch 1) is unchanged in {out / CHECKPOINT_FILE}" in (
+        message
+    )
+    checkpoint = load_checkpoint(out)
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 0)
+    for name, value in load_run(tmp_path / "one_epoch").state_dict().items():
+        assert torch.equal(checkpoint["model"][name], value), name
+
+    monkeypatch.undo()  # the data is fixed: the good checkpoint continues as if nothing happened
+    quiet_train(tiny_config(epochs=2), out, data=tiny_data, resume=True)
+    assert_same_run(out, tmp_path / "straight")
+
+
+def test_non_finite_loss_or_gradient_stops_at_the_step_it_happens(
+    tmp_path, tiny_data, faulty_objective
+):
+    faulty_objective(lambda call, loss: loss * float("nan") if call == 11 else None)
+    out = tmp_path / "loss"
+    with pytest.raises(NumericalError) as fault:
+        quiet_train(tiny_config(checkpoint_every=2), out, data=tiny_data)
+    assert str(fault.value).startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8; ")
+    assert "(at epoch 2, step 2 of 8) is unchanged" in str(fault.value)
+    assert "lower --lr (now 0.003), or with --on-nan rollback" in str(fault.value)
+    assert (load_checkpoint(out)["epoch"], load_checkpoint(out)["step"]) == (1, 2)
+
+    def poison_gradient(call, loss):
+        if call >= 11:
+            loss.register_hook(lambda grad: grad * float("inf"))
+
+    faulty_objective(poison_gradient)
+    out = tmp_path / "gradient"
+    with pytest.raises(
+        NumericalError, match=r"^non-finite gradient \(loss [\d.]+\) at epoch 2, step 3 "
+    ):
+        quiet_train(tiny_config(), out, data=tiny_data)
+    assert (load_checkpoint(out)["epoch"], load_checkpoint(out)["step"]) == (1, 0)
+    assert torch.isfinite(torch.cat([p.flatten() for p in load_run(out).parameters()])).all()
+
+
+def test_rollback_restores_the_checkpoint_and_halves_the_learning_rate(
+    tmp_path, tiny_data, faulty_objective, monkeypatch
+):
+    faulty_objective(lambda call, loss: loss * float("nan") if call == 11 else None)
+    lines = []
+    config = tiny_config(epochs=3, on_nan="rollback")
+    train(config, tmp_path / "run", data=tiny_data, progress=False, log=lines.append)
+    assert lines[1] == (
+        "non-finite loss (loss nan) at epoch 2, step 3 of 8: rolled back to the checkpoint "
+        "after epoch 1 and halved the learning rate to 0.0015"
+    )
+    metrics = read_metrics(tmp_path / "run")
+    assert [row["epoch"] for row in metrics] == [1, 2, 3]
+    assert [row["lr"] for row in metrics] == [0.003, 0.0015, 0.0015]
+    assert load_checkpoint(tmp_path / "run")["optimizer"]["param_groups"][0]["lr"] == 0.0015
+    assert metrics[2]["train_loss"] < metrics[0]["train_loss"]
+
+    monkeypatch.setattr(training_module, "MAX_ROLLBACKS", 2)
+    faulty_objective(lambda call, loss: loss * float("nan") if call >= 11 else None)
+    with pytest.raises(NumericalError, match="gave up after 2 rollbacks"):
+        quiet_train(config, tmp_path / "hopeless", data=tiny_data)
+    assert load_checkpoint(tmp_path / "hopeless")["epoch"] == 1
+
+
+def test_a_non_finite_state_is_never_written_over_a_good_checkpoint(tmp_path):
+    good = {"model": {"w": torch.ones(3)}, "loss_sum": torch.tensor(2.0)}
+    save_checkpoint(tmp_path, good)
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+    bad = {"model": {"w": torch.tensor([1.0, float("nan"), 1.0])}, "loss_sum": torch.tensor(2.0)}
+    with pytest.raises(NumericalError, match=r"non-finite values in model\.w; the previous"):
+        save_checkpoint(tmp_path, bad)
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+    assert list(tmp_path.iterdir()) == [tmp_path / CHECKPOINT_FILE]
+
+
+# ------------------------------------------------- interruptions and exact resume
+
+
+@pytest.mark.parametrize(
+    ("stop_at", "signum", "position"),
+    [(5, signal.SIGINT, (0, 5)), (16, signal.SIGTERM, (1, 8)), (20, signal.SIGINT, (2, 4))],
+)
+def test_signal_saves_mid_epoch_and_resume_is_exact(
+    tmp_path, tiny_data, faulty_objective, stop_at, signum, position
+):
+    config = tiny_config(epochs=3, warmup_epochs=2, checkpoint_every=3)
+    quiet_train(config, tmp_path / "straight", data=tiny_data)
+
+    handler = signal.getsignal(signum)
+    faulty_objective(lambda call, loss: signal.raise_signal(signum) if call == stop_at else None)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        quiet_train(config, out, data=tiny_data)
+    assert stopped.value.signum == signum
+    name = signal.Signals(signum).name
+    assert f"stopped by {name} at epoch {position[0] + 1}, step {position[1]} of 8" in str(
+        stopped.value
+    )
+    assert "continue with the same command plus --resume" in str(stopped.value)
+    checkpoint = load_checkpoint(out)
+    assert (checkpoint["epoch"], checkpoint["step"]) == position
+    assert signal.getsignal(signum) is handler  # the handler is restored
+
+    faulty_objective(lambda call, loss: None)
+    quiet_train(config, out, data=tiny_data, resume=True)
+    assert_same_run(out, tmp_path / "straight")
+
+
+@pytest.mark.parametrize("crash_at", [7, 13])
+def test_crash_resumes_exactly_from_the_last_periodic_checkpoint(
+    tmp_path, tiny_data, faulty_objective, crash_at
+):
+    config = tiny_config(epochs=3, checkpoint_every=3)
+    quiet_train(config, tmp_path / "straight", data=tiny_data)
+
+    def crash(call, loss):
+        if call == crash_at:
+            raise MemoryError("simulated crash")
+
+    faulty_objective(crash)
+    out = tmp_path / "run"
+    with pytest.raises(MemoryError):
+        quiet_train(config, out, data=tiny_data)
+    checkpoint = load_checkpoint(out)
+    done_steps = checkpoint["epoch"] * 8 + checkpoint["step"]
+    assert done_steps == (crash_at - 1) // 3 * 3  # the last multiple of 3 steps before the crash
+    (out / "metrics.jsonl").write_text('{"epoch": 1, "train_lo')  # a torn metrics line
+    with pytest.raises(CheckpointError, match="line 1 is not valid JSON .* --resume"):
+        read_metrics(out)
+    (out / f".{CHECKPOINT_FILE}.999999.tmp").write_bytes(b"left by a killed writer")
+
+    faulty_objective(lambda call, loss: None)
+    quiet_train(config, out, data=tiny_data, resume=True)
+    assert_same_run(out, tmp_path / "straight")
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_resuming_a_finished_run_does_nothing_and_fewer_epochs_is_an_error(tmp_path, tiny_data):
+    quiet_train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)
+    before = (tmp_path / "run" / CHECKPOINT_FILE).read_bytes()
+    lines = []
+    train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, resume=True, progress=False,
+          log=lines.append)  # fmt: skip
+    assert lines[-1].endswith("has already trained all 1 epochs")
+    assert (tmp_path / "run" / CHECKPOINT_FILE).read_bytes() == before
+    quiet_train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, resume=True)
+    with pytest.raises(ConfigError, match="has already trained 2 epochs; pass --epochs 3 or more"):
+        quiet_train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, resume=True)
+
+
+# -------------------------------------------- damaged or mismatched checkpoints
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """A finished one-epoch run on ``tiny_data`` (tests copy it before damaging it)."""
+    out = tmp_path_factory.mktemp("one_epoch") / "run"
+    quiet_train(tiny_config(epochs=1), out, data=make_tiny_data())
+    return out
+
+
+def _edit(change):
+    def rewrite(path: Path) -> None:
+        checkpoint = torch.load(path, weights_only=False)
+        change(checkpoint)
+        torch.save(checkpoint, path)
+
+    return rewrite
+
+
+def _set(*keys_and_value):
+    *keys, last, value = keys_and_value
+
+    def change(checkpoint):
+        target = checkpoint
+        for key in keys:
+            target = target[key]
+        target[last] = value
+
+    return _edit(change)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+         "is corrupted or not a pyro-vae checkpoint"),
+        (lambda p: p.write_bytes(b"\x00" * 100), "is corrupted or not a pyro-vae checkpoint"),
+        (lambda p: p.write_bytes(b""), "is corrupted or not a pyro-vae checkpoint"),
+        (lambda p: torch.save([1, 2], p), "holds a list, not a pyro-vae checkpoint"),
+        (_edit(lambda c: c.pop("model")), r"is incomplete \(missing model\)"),
+        (_edit(lambda c: c.update(step=3)),
+         r"is incomplete \(missing epoch_rng, loss_sum, seconds\)"),
+        (_set("format", 1), "has checkpoint format 1, this pyro-vae reads format 2"),
+        (_set("model", "decoder.net.0.weight", torch.zeros(3, 3)),
+         r"the model state in .* does not fit the configured model \(.*size mismatch"),
+        (_edit(lambda c: c["model"].pop("encoder.net.0.bias")),
+         r"the model state .* does not fit .*Missing key\(s\)"),
+        (_set("optimizer", "state", 0, "exp_avg", torch.zeros(2)),
+         r"the optimizer state .* does not fit .*exp_avg of parameter 0 has shape \(2,\)"),
+        (_set("model", "encoder.net.0.bias", torch.full((32,), float("nan"))),
+         "holds non-finite parameters"),
+        (_set("rng", "torch", torch.zeros(3)), "random number generator state is damaged"),
+        (_set("epoch", -1), "holds an impossible position: epoch -1, step 0"),
+        (_set("num_train", 100), "trained on 100 images per epoch, the data has 512"),
+        (_set("config", "latent_dim", 7), "its configuration differs .*latent_dim: saved 7, "
+         "requested 4"),
+        (_set("config", "image_shape", [1, 4, 16]), r"images of shape \(1, 4, 16\), the data has "
+         r"\(1, 8, 8\)"),
+        (_set("config", "epochs", "many"), "holds an invalid configuration"),
+    ],
+)  # fmt: skip
+def test_a_damaged_or_mismatched_checkpoint_is_a_clear_error_never_a_fresh_start(
+    tmp_path, tiny_data, one_epoch_run, damage, message
+):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    damage(out / CHECKPOINT_FILE)
+    files = {path.name: path.read_bytes() for path in out.iterdir()}
+    with pytest.raises(CheckpointError, match=message):
+        quiet_train(tiny_config(epochs=2), out, data=tiny_data, resume=True)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == files  # nothing touched
+
+
+def test_load_run_and_the_cli_report_a_damaged_checkpoint(tmp_path, one_epoch_run, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    _set("model", "decoder.net.0.weight", torch.zeros(3, 3))(out / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match="does not fit the configured model"):
+        load_run(out)
+    (out / CHECKPOINT_FILE).write_bytes(b"garbage")
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "is corrupted or not a pyro-vae checkpoint" in err[0]
+
+
+# ------------------------------------------- real processes: SIGKILL and Ctrl-C
+
+CLI_OPTIONS = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "10", "--epochs", "8",
+               "--seed", "3", "--device", "cpu", "--no-progress"]  # fmt: skip
+#: One thread in every process, so that parameters compare bit for bit.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def straight_cli_run(tmp_path_factory, shared_fashion_dir) -> tuple[Path, list[str]]:
+    """An uninterrupted CLI run on the fake data (100 images: 10 steps per epoch)."""
+    options = [*CLI_OPTIONS, "--data-root", str(shared_fashion_dir)]
+    out = tmp_path_factory.mktemp("straight") / "run"
+    with one_thread():
+        assert main(["train", *options, "--out", str(out)]) == 0
+    return out, options
+
+
+def start_training(options: list[str], out: Path, resume: bool) -> subprocess.Popen:
+    """Start ``pyro-vae train`` and return once it has written a checkpoint of its own."""
+    started = time.time_ns()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyro_vae", "train", *options, "--out", str(out),
+         *(["--resume"] if resume else [])],
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    checkpoint = out / CHECKPOINT_FILE
+    while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns >= started):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    return process
+
+
+def resume_in_process(options: list[str], out: Path) -> None:
+    with one_thread():
+        assert main(["train", *options, "--out", str(out), "--resume"]) == 0
+
+
+def test_kill_9_twice_then_ctrl_c_then_resume_matches_an_uninterrupted_run(
+    tmp_path, straight_cli_run
+):
+    straight, options = straight_cli_run
+    out, rng, positions = tmp_path / "run", random.Random(10), []
+
+    def position() -> int:
+        checkpoint = load_checkpoint(out)  # always loadable
+        return checkpoint["epoch"] * 10 + checkpoint["step"]
+
+    for kill in range(2):  # SIGKILL at random moments, with a checkpoint every step
+        process = start_training([*options, "--checkpoint-every", "1"], out, resume=kill > 0)
+        time.sleep(rng.uniform(0.0, 0.4))
+        process.kill()
+        assert process.wait() == -signal.SIGKILL  # killed while training, not after the end
+        positions.append(position())
+
+    # Ctrl-C, checkpointing only at epoch ends (--checkpoint-every may change on resume).
+    process = start_training(options, out, resume=True)
+    time.sleep(rng.uniform(0.0, 0.4))
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    (line,) = stderr.splitlines()
+    assert line.startswith("pyro-vae: stopped by SIGINT ")
+    assert f"; the checkpoint is saved in {out / CHECKPOINT_FILE}; continue with the same " in line
+    assert line.endswith(" plus --resume")
+    positions.append(position())
+
+    assert positions == sorted(positions) and len(set(positions)) == 3  # each run made progress
+    assert positions[-1] < 80  # none ran to the end
+    resume_in_process(options, out)
+    assert_same_run(out, straight)
+
+
+def test_temporary_checkpoints_of_a_killed_writer_do_not_count(tmp_path, tiny_data):
+    quiet_train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)
+    shutil.copy(tmp_path / "run" / CHECKPOINT_FILE, tmp_path / "run" / f".{CHECKPOINT_FILE}.1.tmp")
+    (tmp_path / "run" / CHECKPOINT_FILE).unlink()
+    with pytest.raises(CheckpointError, match="holds no checkpoint"):
+        quiet_train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, resume=True)
+
+
+def test_a_trained_model_loads_from_a_checkpoint_with_only_its_weights(tmp_path, one_epoch_run):
+    """load_run needs only ``model``: runs written before mid-epoch checkpoints still load."""
+    out = tmp_path / "run"
+    shutil.copytree(one_epoch_run, out)
+    full = load_checkpoint(out)
+    torch.save({"model": full["model"], "epoch": 1}, out / CHECKPOINT_FILE)
+    for name, value in load_run(out).state_dict().items():
+        assert torch.equal(value, full["model"][name]), name
+    with pytest.raises(CheckpointError, match=r"incomplete \(missing format, optimizer, step, rng"):
+        quiet_train(tiny_config(epochs=2), out, data=make_tiny_data(), resume=True)
