@@ -19,9 +19,10 @@ from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.plots import plot_run
 from pyro_vae.priors import PRIORS
 from pyro_vae.runs import EVAL_FILES, evaluate_run
-from pyro_vae.training import train
+from pyro_vae.training import resolve_device, train
 
 DEFAULTS = TrainConfig()
 
@@ -143,6 +144,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="on a non-finite loss or gradient: stop (the last checkpoint stays good), or "
         "roll back to the last checkpoint and halve the learning rate",
     )
+    run.add_argument(
+        "--plot", action="store_true", help="write the figures of `pyro-vae plot` to OUT/figures"
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -170,6 +174,37 @@ def _run_train(args: argparse.Namespace) -> None:
     )
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")
+    if args.plot:
+        _write_figures(args.out, None, args.data_root, args.device)
+
+
+def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="draw the figures of a trained run as PNG files",
+        description="Draw reconstructions, prior samples, interpolations, latent traversals, "
+        "the latent space, the 2-D manifold and the training curves of a run made by "
+        "`pyro-vae train`, from its test images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory to plot")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write; default RUN/figures")
+    p.add_argument(
+        "--data-root", default=None, help="where to find the dataset; default: the run's"
+    )
+    p.add_argument(
+        "--device", choices=DEVICE_CHOICES, default="cpu", help="auto: CUDA when available"
+    )
+    p.set_defaults(handler=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> None:
+    _write_figures(args.run, args.out, args.data_root, args.device)
+
+
+def _write_figures(run: str, out: str | None, data_root: str | None, device: str) -> None:
+    paths = plot_run(run, out, data_root=data_root, device=resolve_device(device))
+    print(f"{len(paths)} figures written to {paths[0].parent}")
 
 
 def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -242,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
+    _add_plot_parser(subparsers)
     return parser
 
 
