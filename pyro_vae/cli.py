@@ -9,16 +9,20 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from pyro_vae import __version__
 from pyro_vae.config import BINARIZE_CHOICES, DEVICE_CHOICES, ON_NAN_CHOICES, TrainConfig
 from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT
 from pyro_vae.errors import PyroVAEError
+from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.plots import plot_run
 from pyro_vae.priors import PRIORS
-from pyro_vae.training import train
+from pyro_vae.runs import EVAL_FILES, evaluate_run
+from pyro_vae.training import resolve_device, train
 
 DEFAULTS = TrainConfig()
 
@@ -140,6 +144,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="on a non-finite loss or gradient: stop (the last checkpoint stays good), or "
         "roll back to the last checkpoint and halve the learning rate",
     )
+    run.add_argument(
+        "--plot", action="store_true", help="write the figures of `pyro-vae plot` to OUT/figures"
+    )
     p.set_defaults(handler=_run_train)
 
 
@@ -167,6 +174,98 @@ def _run_train(args: argparse.Namespace) -> None:
     )
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print(f"run written to {args.out}")
+    if args.plot:
+        _write_figures(args.out, None, args.data_root, args.device)
+
+
+def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plot",
+        help="draw the figures of a trained run as PNG files",
+        description="Draw reconstructions, prior samples, interpolations, latent traversals, "
+        "the latent space, the 2-D manifold and the training curves of a run made by "
+        "`pyro-vae train`, from its test images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory to plot")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write; default RUN/figures")
+    p.add_argument(
+        "--data-root", default=None, help="where to find the dataset; default: the run's"
+    )
+    p.add_argument(
+        "--device", choices=DEVICE_CHOICES, default="cpu", help="auto: CUDA when available"
+    )
+    p.set_defaults(handler=_run_plot)
+
+
+def _run_plot(args: argparse.Namespace) -> None:
+    _write_figures(args.run, args.out, args.data_root, args.device)
+
+
+def _write_figures(run: str, out: str | None, data_root: str | None, device: str) -> None:
+    paths = plot_run(run, out, data_root=data_root, device=resolve_device(device))
+    print(f"{len(paths)} figures written to {paths[0].parent}")
+
+
+def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="importance-weighted log-likelihood of a trained run",
+        description="Estimate log p(x) of every test (or validation) image by importance "
+        "sampling with the encoder as proposal, log p(x) ~ logmeanexp_k p(x,z_k)/q(z_k|x), "
+        "and write the summary to DIR/eval.json (DIR/eval_val.json for --split val).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
+    p.add_argument(
+        "--num-samples", type=int, default=5000, metavar="K", help="importance samples per image"
+    )
+    p.add_argument("--split", choices=list(EVAL_FILES), default="test", help="which images")
+    p.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate the first N images of the split only",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help="at most this many (sample, image) pairs per pass; bounds memory",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto: CUDA when available, else CPU",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    result = evaluate_run(
+        args.run, split=args.split, num_samples=args.num_samples, subset=args.subset,
+        max_batch=args.max_batch, device=args.device, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    split = result["split"]
+    active = result["active_units"]
+    rows = [
+        ("images", f"{result['num_examples']} ({split})"),
+        ("samples per image", str(result["num_samples"])),
+        ("ELBO", f"{result[f'{split}_elbo']:.2f} nats"),
+        ("log p(x) (IW)", f"{result[f'{split}_log_likelihood']:.2f} "
+                          f"+- {result['log_likelihood_stderr']:.2f} nats"),
+        ("KL(q || p)", f"{result[f'{split}_kl']:.2f} nats"),
+        ("active units", f"{active}/{result['latent_dim']}" if active is not None else "n/a"),
+        ("seconds", f"{result['seconds']:.1f} on {result['device']}"),
+    ]  # fmt: skip
+    for name, value in rows:
+        print(f"{name:<18} {value}")
+    print(f"written to {Path(args.run) / EVAL_FILES[split]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pyro-vae {__version__}")
     subparsers = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_train_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+    _add_plot_parser(subparsers)
     return parser
 
 

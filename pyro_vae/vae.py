@@ -12,6 +12,7 @@ the model *and* the guide, so that under :class:`~pyro.infer.Trace_ELBO`
 different objective.)
 """
 
+import itertools
 from collections.abc import Sequence
 
 import pyro
@@ -24,6 +25,18 @@ from torch import nn
 from pyro_vae.likelihoods import BernoulliLikelihood, Likelihood
 from pyro_vae.networks import MLPDecoder, MLPEncoder
 from pyro_vae.priors import Prior, StandardNormal
+
+_instance_numbers = itertools.count()
+
+
+def unique_pyro_name(prefix: str) -> str:
+    """A name for a top-level PyroModule that no other instance in this process has.
+
+    Pyro registers a PyroModule's plain ``nn.Module`` children in the global param
+    store under ``<name>.<child>``; with a shared default name, two models in one
+    process would alias each other's parameters under SVI.
+    """
+    return f"{prefix}{next(_instance_numbers)}"
 
 
 class VAE(PyroModule):
@@ -55,7 +68,7 @@ class VAE(PyroModule):
         prior: Prior | None = None,
         likelihood: Likelihood | None = None,
     ):
-        super().__init__()
+        super().__init__(name=unique_pyro_name("vae"))
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()

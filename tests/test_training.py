@@ -21,7 +21,14 @@ def test_training_reduces_the_loss_and_writes_the_run(tmp_path, tiny_data):
     vae = train(tiny_config(epochs=10), tmp_path / "run", data=tiny_data, progress=False)
     metrics = read_metrics(tmp_path / "run")
     assert [row["epoch"] for row in metrics] == list(range(1, 11))
-    assert set(metrics[0]) >= {"epoch", "train_loss", "val_elbo", "beta", "seconds"}
+    assert set(metrics[0]) >= {
+        "epoch",
+        "train_loss",
+        "val_elbo",
+        "beta",
+        "seconds",
+        "train_seconds",
+    }
     losses = [row["train_loss"] for row in metrics]
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False))
     assert losses[-1] < 0.8 * losses[0]

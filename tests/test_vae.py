@@ -108,3 +108,19 @@ def test_decode_returns_probabilities_and_sample_shapes():
     assert samples.shape == (7, 10)
     assert bool(((samples > 0) & (samples < 1)).all())
     assert vae.reconstruct(torch.zeros(3, 10)).shape == (3, 10)
+
+
+def test_two_vaes_in_one_process_do_not_share_parameters():
+    """Pyro's global param store must not alias the parameters of separate instances."""
+    x = torch.bernoulli(torch.full((32, 20), 0.3))
+    first = VAE(data_dim=20, latent_dim=2, hidden_dims=(8,))
+    second = VAE(data_dim=20, latent_dim=2, hidden_dims=(8,))
+    before = {k: v.clone() for k, v in second.state_dict().items()}
+    svi_first = SVI(first.model, first.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi_second = SVI(second.model, second.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi_first.step(x)
+    assert all(torch.equal(v, before[k]) for k, v in second.state_dict().items())
+    first_before = {k: v.clone() for k, v in first.state_dict().items()}
+    svi_second.step(x)
+    assert all(torch.equal(v, first_before[k]) for k, v in first.state_dict().items())
+    assert not all(torch.equal(v, before[k]) for k, v in second.state_dict().items())

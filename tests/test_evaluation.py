@@ -1,0 +1,186 @@
+"""The importance-weighted estimator against exact answers (probabilistic PCA)."""
+
+import json
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_vae import TrainConfig, load_run, train
+from pyro_vae.cli import main
+from pyro_vae.data import DATASETS
+from pyro_vae.evaluation import estimate_log_likelihood, log_importance_weights
+from pyro_vae.objectives import OBJECTIVES
+
+torch.manual_seed(0)
+DATA_DIM, LATENT_DIM, NOISE = 5, 2, 0.5
+W = torch.randn(DATA_DIM, LATENT_DIM)
+B = torch.randn(DATA_DIM)
+# Exact posterior of z | x: N(M^-1 W^T (x - b), s^2 M^-1), M = W^T W + s^2 I.
+M_INV = torch.linalg.inv(W.T @ W + NOISE**2 * torch.eye(LATENT_DIM))
+POSTERIOR_COV = NOISE**2 * M_INV
+
+
+def ppca_model(x):
+    """z ~ N(0, I), x | z ~ N(W z + b, s^2 I)."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(LATENT_DIM), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z @ W.T + B, NOISE).to_event(1), obs=x)
+
+
+def posterior_mean(x):
+    return (x - B) @ W @ M_INV.T
+
+
+def exact_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", dist.MultivariateNormal(posterior_mean(x), POSTERIOR_COV))
+
+
+def imperfect_guide(x):
+    """Diagonal, shifted by half a posterior std, over-dispersed: a deliberately wrong encoder."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", imperfect_posterior(x))
+
+
+def imperfect_posterior(x):
+    std = POSTERIOR_COV.diagonal().sqrt()
+    return dist.Normal(posterior_mean(x) + 0.5 * std, 1.5 * std).to_event(1)
+
+
+def ppca_data(n=20, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, LATENT_DIM, generator=generator)
+    return z @ W.T + B + NOISE * torch.randn(n, DATA_DIM, generator=generator)
+
+
+def exact_log_likelihood(x):
+    covariance = W @ W.T + NOISE**2 * torch.eye(DATA_DIM)
+    return dist.MultivariateNormal(B, covariance).log_prob(x)
+
+
+def test_exact_posterior_gives_exact_log_likelihood_whatever_the_chunking():
+    x = ppca_data()
+    for max_batch in (7, 100_000):  # 7: both particles and examples are split into chunks
+        estimates = estimate_log_likelihood(ppca_model, exact_guide, x, num_samples=50,
+                                            max_batch=max_batch)  # fmt: skip
+        assert torch.allclose(estimates.log_likelihood, exact_log_likelihood(x), atol=1e-4)
+
+
+def test_imperfect_encoder_is_within_005_nats_of_exact_with_k5000():
+    x = ppca_data()
+    estimates = estimate_log_likelihood(ppca_model, imperfect_guide, x, num_samples=5000)
+    errors = (estimates.log_likelihood - exact_log_likelihood(x)).abs()
+    assert errors.max() < 0.05, errors
+    # and the ELBO of the wrong encoder is clearly below log p(x): the estimate did real work
+    assert (exact_log_likelihood(x) - estimates.elbo).min() > 0.1
+
+
+def test_kl_estimate_matches_closed_form():
+    x = ppca_data(n=5)
+    estimates = estimate_log_likelihood(ppca_model, imperfect_guide, x, num_samples=20_000)
+    prior = dist.Normal(torch.zeros(LATENT_DIM), 1.0).to_event(1)
+    exact_kl = torch.distributions.kl_divergence(imperfect_posterior(x), prior)
+    assert torch.allclose(estimates.kl, exact_kl, atol=0.03)
+
+
+def test_per_example_not_per_batch():
+    """Each example gets its own estimate: permuting the data permutes the estimates."""
+    x = ppca_data(n=6)
+    forward = estimate_log_likelihood(ppca_model, exact_guide, x, num_samples=10).log_likelihood
+    backward = estimate_log_likelihood(ppca_model, exact_guide, x.flip(0), num_samples=10)
+    assert forward.shape == (6,)
+    assert torch.allclose(backward.log_likelihood.flip(0), forward, atol=1e-4)
+
+
+def test_active_units_and_stderr():
+    def half_dead_guide(x):
+        loc = posterior_mean(x)
+        loc = torch.stack([loc[:, 0], torch.zeros_like(loc[:, 1])], dim=-1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 0.5).to_event(1))
+
+    x = ppca_data(n=200)
+    assert estimate_log_likelihood(ppca_model, exact_guide, x, num_samples=2).active_units == 2
+    estimates = estimate_log_likelihood(ppca_model, half_dead_guide, x, num_samples=2)
+    assert estimates.active_units == 1
+    expected = estimates.log_likelihood.std().item() / math.sqrt(200)
+    assert estimates.log_likelihood_stderr == pytest.approx(expected)
+
+
+@pytest.fixture
+def trained_vae(tmp_path, tiny_data):
+    config = TrainConfig(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=5,
+                         device="cpu")  # fmt: skip
+    return train(config, tmp_path / "run", data=tiny_data, progress=False)
+
+
+def test_elbo_below_iw_and_iw_grows_with_k(trained_vae, tiny_data):
+    x = tiny_data.val
+    means = []
+    for k in (1, 10, 1000):
+        estimates = estimate_log_likelihood(trained_vae.model, trained_vae.guide, x, num_samples=k)
+        assert bool((estimates.elbo <= estimates.log_likelihood + 1e-4).all())
+        means.append(estimates.log_likelihood.mean().item())
+    assert means[0] < means[1] < means[2], means
+    # K=1: the IW estimate is the single-sample ELBO
+    estimates = estimate_log_likelihood(trained_vae.model, trained_vae.guide, x, num_samples=1)
+    assert torch.allclose(estimates.log_likelihood, estimates.elbo)
+
+
+def test_iwae_with_one_particle_is_the_elbo(tiny_data):
+    from pyro_vae import VAE
+
+    vae = VAE(data_dim=64, latent_dim=3, hidden_dims=(16,))
+    x = tiny_data.val[:32]
+    pyro.set_rng_seed(5)
+    iwae = OBJECTIVES["iwae"](1)(vae.model, vae.guide, x)
+    pyro.set_rng_seed(5)
+    elbo = OBJECTIVES["elbo"](1)(vae.model, vae.guide, x)
+    assert iwae.item() == pytest.approx(elbo.item(), rel=1e-5)
+    # With more particles the bound is tighter (lower loss) on average.
+    pyro.set_rng_seed(5)
+    iwae_50 = OBJECTIVES["iwae"](50)(vae.model, vae.guide, x)
+    assert iwae_50 < elbo
+    expected = -log_importance_weights(vae.model, vae.guide, x, num_particles=1)[0].sum()
+    assert torch.isfinite(expected)
+
+
+@pytest.mark.parametrize(("objective", "particles"), [("elbo", 1), ("analytic-kl", 1),
+                                                      ("iwae", 5), ("elbo", 3)])  # fmt: skip
+def test_every_objective_trains(tmp_path, tiny_data, objective, particles):
+    config = TrainConfig(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=4,
+                         device="cpu", objective=objective, particles=particles)  # fmt: skip
+    train(config, tmp_path / "run", data=tiny_data, progress=False)
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_elbo"] > rows[0]["val_elbo"]
+
+
+@pytest.mark.skipif(not DATASETS["fashion-mnist"].system_dirs[0].is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist")  # fmt: skip
+def test_cli_evaluate_writes_eval_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--subset", "1000", "--epochs", "1", "--out", str(run), "--no-progress",
+                 "--data-root", str(tmp_path / "data")]) == 0  # fmt: skip
+    assert main(["evaluate", "--run", str(run), "--num-samples", "50", "--subset", "64",
+                 "--no-progress"]) == 0  # fmt: skip
+    result = json.loads((run / "eval.json").read_text())
+    for key in ("test_elbo", "test_log_likelihood", "log_likelihood_stderr", "num_samples",
+                "num_examples", "active_units", "seconds"):  # fmt: skip
+        assert key in result
+    assert result["num_examples"] == 64 and result["num_samples"] == 50
+    assert result["test_log_likelihood"] > result["test_elbo"]
+    assert "log p(x) (IW)" in capsys.readouterr().out
+    # the same seed gives the same estimate; the model comes back from the checkpoint
+    again = main(["evaluate", "--run", str(run), "--num-samples", "50", "--subset", "64",
+                  "--no-progress"])  # fmt: skip
+    assert again == 0
+    assert json.loads((run / "eval.json").read_text())["test_log_likelihood"] == pytest.approx(
+        result["test_log_likelihood"]
+    )
+    assert load_run(run).latent_dim == 50
