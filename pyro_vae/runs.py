@@ -42,6 +42,13 @@ CHECKPOINT_KEYS = ("format", "model", "optimizer", "epoch", "step", "rng", "conf
 MID_EPOCH_KEYS = ("epoch_rng", "loss_sum", "seconds")
 
 
+def _brief(error: BaseException) -> str:
+    """An exception as a short one-line detail (torch's messages run to paragraphs)."""
+    text = " ".join(str(error).split())
+    first = text.split(". ")[0]
+    return f"{type(error).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
+
+
 def save_config(run_dir: Path, config: TrainConfig) -> None:
     text = json.dumps(config.to_dict(), indent=2).encode()
     atomic_write(run_dir / CONFIG_FILE, lambda f: f.write(text))
@@ -82,8 +89,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointError(
-            f"the checkpoint's random number generator state is damaged "
-            f"({type(error).__name__}: {error}); restore the checkpoint from a backup"
+            f"the checkpoint's random number generator state is damaged ({_brief(error)}); "
+            "restore the checkpoint from a backup"
         ) from error
 
 
@@ -143,7 +150,7 @@ def load_checkpoint(
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # torch raises many types for a torn or foreign file
         raise CheckpointError(
-            f"{path} is corrupted or not a pyro-vae checkpoint ({type(error).__name__}: {error}); "
+            f"{path} is corrupted or not a pyro-vae checkpoint ({_brief(error)}); "
             "restore it from a backup, or delete the run directory to start over"
         ) from error
     if not isinstance(state, dict):
@@ -206,10 +213,9 @@ def restore(
             _check_optimizer_shapes(target, state)
         target.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
-        detail = " ".join(str(error).split())  # torch's message spans lines
         raise CheckpointError(
             f"the {what} state in {Path(run_dir) / CHECKPOINT_FILE} does not fit the configured "
-            f"model ({detail[:300]}); it is damaged or belongs to another run"
+            f"model ({_brief(error)}); it is damaged or belongs to another run"
         ) from error
 
 

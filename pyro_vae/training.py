@@ -339,6 +339,10 @@ class _Trainer:
         if not (isinstance(done, int) and isinstance(step, int) and done >= 0
                 and 0 <= step <= self.steps_per_epoch):  # fmt: skip
             raise CheckpointError(f"{path} holds an impossible position: epoch {done}, step {step}")
+        if step and not isinstance(checkpoint["loss_sum"], torch.Tensor):
+            raise CheckpointError(f"{path} holds no running loss for its epoch in progress")
+        if step:  # checked here, used by _epoch: fail before anything is written
+            runs.set_rng_state(checkpoint["epoch_rng"])
         saved_lr = checkpoint["config"]["lr"]
         runs.restore(self.vae, checkpoint["model"], self.out)
         runs.restore(self.optimizer, checkpoint["optimizer"], self.out)

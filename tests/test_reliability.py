@@ -311,6 +311,10 @@ def _set(*keys_and_value):
          "holds non-finite parameters"),
         (_set("rng", "torch", torch.zeros(3)), "random number generator state is damaged"),
         (_set("epoch", -1), "holds an impossible position: epoch -1, step 0"),
+        (_edit(lambda c: c.update(step=99, epoch_rng=c["rng"], loss_sum=torch.tensor(1.0),
+                                  seconds=0.0)), "holds an impossible position: epoch 1, step 99"),
+        (_edit(lambda c: c.update(step=3, epoch_rng={"torch": 1}, loss_sum=torch.tensor(1.0),
+                                  seconds=0.0)), "random number generator state is damaged"),
         (_set("num_train", 100), "trained on 100 images per epoch, the data has 512"),
         (_set("config", "latent_dim", 7), "its configuration differs .*latent_dim: saved 7, "
          "requested 4"),

@@ -18,6 +18,7 @@ from pyro_vae import (
     load_images,
     train,
 )
+from pyro_vae import data as data_module
 from pyro_vae.cli import main
 
 
@@ -181,10 +182,14 @@ def test_train_arguments_are_checked(tmp_path, tiny_data):
         train(tiny_config(), tmp_path / "file", data=tiny_data)
 
 
-def test_bad_data_paths_and_damaged_files(tmp_path, fake_fashion_dir):
+def test_bad_data_paths_and_damaged_files(tmp_path, fake_fashion_dir, monkeypatch):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="--data-root .*file is a file, not a directory"):
         load_images("fashion-mnist", tmp_path / "file", download=False)
+    with monkeypatch.context() as patch:  # permissions do not bind root, so pretend
+        patch.setattr(data_module.os, "access", lambda path, mode: False)
+        with pytest.raises(ConfigError, match="is not readable .*; fix its permissions"):
+            load_images("fashion-mnist", fake_fashion_dir, download=False)
 
     torn = tmp_path / "torn"
     shutil.copytree(fake_fashion_dir, torn)
