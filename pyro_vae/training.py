@@ -215,9 +215,9 @@ def train(
     world.barrier()  # every rank has checked ``out`` before rank 0 writes to it
     if world.is_main:
         remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
-        progress_log = log
+        rank_log = log
     else:
-        progress, progress_log = False, _silent
+        progress, rank_log = False, _silent
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
 
@@ -238,7 +238,7 @@ def train(
     for name, images in (("training", data.train), ("validation", data.val)):
         vae.likelihood.validate(images, f"the {name} images")
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
-    trainer = _Trainer(config, out, vae, optimizer, data, progress, progress_log, world)
+    trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
     # A checkpoint is checked through before anything in ``out`` is written.
     start = trainer.restore(checkpoint) if checkpoint is not None else None
     if world.is_main:
@@ -246,7 +246,7 @@ def train(
     if start is None:
         start = trainer.start()
     else:
-        log(f"resuming {out} {trainer.saved_at}")
+        rank_log(f"resuming {out} {trainer.saved_at}")
     trainer.run(start)
     return vae.eval()
 
@@ -382,7 +382,7 @@ class _Trainer:
         if step and not isinstance(checkpoint["loss_sum"], torch.Tensor):
             raise CheckpointError(f"{path} holds no running loss for its epoch in progress")
         if step:  # checked here, used by _epoch: fail before anything is written
-            runs.set_rng_state(checkpoint["epoch_rng"])
+            self._set_rng(checkpoint["epoch_rng"])
         saved_lr = checkpoint["config"]["lr"]
         runs.restore(self.vae, checkpoint["model"], self.out)
         runs.restore(self.optimizer, checkpoint["optimizer"], self.out)
@@ -392,12 +392,23 @@ class _Trainer:
         bad = runs.nonfinite_entries({"model": checkpoint["model"]})
         if bad:
             raise CheckpointError(f"{path} holds non-finite parameters ({', '.join(bad[:3])})")
-        runs.set_rng_state(checkpoint["rng"])
+        self._set_rng(checkpoint["rng"])
         self.metrics = list(checkpoint["metrics"])
         if self.world.is_main:
             runs.write_metrics(self.out, self.metrics)
         self.saved_at = self._position(done, step)
         return checkpoint
+
+    def _set_rng(self, state: dict[str, Any]) -> None:
+        """Restore an RNG state from a checkpoint (rank 0's).
+
+        Under ``torchrun`` on GPUs, rank 0 drew from ``cuda:0`` and this rank draws
+        from its own GPU: rank 0's CUDA state goes to this rank's device, so all
+        ranks draw the same epoch images and order again.
+        """
+        runs.set_rng_state(state)
+        if self.world.size > 1 and self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"][0], self.device)
 
     def _save(self, done: int, step: int, **epoch_in_progress: Any) -> None:
         if not self.world.is_main:  # the other ranks' state is the same
@@ -436,12 +447,12 @@ class _Trainer:
         # mid-epoch resume draws them again identically instead of storing them.
         epoch_rng = partial["epoch_rng"] if partial else runs.rng_state()
         if partial:
-            runs.set_rng_state(epoch_rng)
+            self._set_rng(epoch_rng)
         images = self.data.training_images()
         order = torch.randperm(self.num_train, device=self.device)
         first, loss_sum, seconds, train_seconds = 0, torch.zeros((), device=self.device), 0.0, 0.0
         if partial:
-            runs.set_rng_state(partial["rng"])
+            self._set_rng(partial["rng"])
             first, seconds = partial["step"], partial["seconds"]
             train_seconds = partial.get("train_seconds", 0.0)
             loss_sum = partial["loss_sum"].to(self.device)
@@ -536,7 +547,10 @@ class _Trainer:
         """The error for a non-finite step, diagnosed (this path is rare, so checks are cheap)."""
         where = f"epoch {epoch}, step {step} of {self.steps_per_epoch}"
         kept = f"the last good checkpoint ({self.saved_at}) is unchanged in {self.checkpoint_path}"
-        if not bool(torch.isfinite(batch).all()):
+        # Did any rank's share of the batch hold NaN? (A collective: every rank is here.)
+        bad_data = torch.tensor([float(not bool(torch.isfinite(batch).all()))], device=self.device)
+        self.world.sum_([bad_data])
+        if bad_data.item():
             return NumericalError(
                 f"non-finite {what} at {where}: the training batch holds NaN or infinite "
                 f"values; {kept}. Fix the data, then continue with --resume",

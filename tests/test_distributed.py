@@ -52,7 +52,8 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The worker's runs, each rank's results, and the CLI's output resuming ``part``."""
     root = tmp_path_factory.mktemp("distributed")
     job = {"config": CONFIG, "evaluate": EVALUATE, "results": str(root)}
-    job |= {"full": str(root / "full"), "part": str(root / "part")}
+    job |= {name: str(root / name) for name in ("full", "part", "rollback")}
+    job["nan_at_call"] = 10  # rank 1's 10th loss (epoch 2) turns NaN, rank 0's stays finite
     (root / "job.json").write_text(json.dumps(job))
     torchrun("tests/distributed_worker.py", str(root / "job.json"))
     resumed = torchrun(
@@ -91,6 +92,15 @@ def test_resume_through_the_cli_continues_the_run_exactly(launched):
     strip = [{k: v for k, v in row.items() if k not in TIMED_KEYS} for row in full["metrics"]]
     assert strip == [{k: v for k, v in row.items() if k not in TIMED_KEYS}
                      for row in part["metrics"]]  # fmt: skip
+
+
+def test_a_nan_on_one_rank_rolls_back_every_rank_together(launched):
+    first, second = (rank["rollback"] for rank in launched["ranks"])
+    assert any("rolled back to the checkpoint after epoch 1" in m for m in first["messages"])
+    assert second["messages"] == []  # only rank 0 logs
+    for name, value in first["params"].items():
+        assert torch.equal(value, second["params"][name]), name
+    assert [row["lr"] for row in read_metrics(launched["rollback"])] == [1e-3, 5e-4]
 
 
 def test_sharded_evaluation_matches_one_process_with_the_same_seed(launched):
