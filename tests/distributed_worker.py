@@ -4,7 +4,7 @@ Usage: ``torchrun --standalone --nproc-per-node 2 tests/distributed_worker.py JO
 Trains ``full`` for the configured epochs and ``part`` for one epoch less (the test
 resumes it through the CLI), trains ``rollback`` with a NaN injected on rank 1 only,
 evaluates ``full`` sharded, and saves what each rank ended with to ``rank{RANK}.pt``
-for the test to compare.
+for the test to compare; then evaluates ``full`` again through the CLI.
 """
 
 import json
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import TrainConfig, distributed, load_run, train
+from pyro_vae.cli import main as cli
 from pyro_vae.evaluation import estimate_log_likelihood
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.runs import evaluate_run
@@ -41,7 +42,8 @@ def main(job_file: str) -> None:
         },  # fmt: skip
         Path(job["results"]) / f"rank{os.environ['RANK']}.pt",
     )
-    distributed.shutdown()
+    options = [f"--{key.replace('_', '-')}={value}" for key, value in job["evaluate"].items()]
+    sys.exit(cli(["evaluate", "--run", job["full"], *options, "--device=cpu", "--no-progress"]))
 
 
 def rollback_run(job: dict) -> dict:

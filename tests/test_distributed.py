@@ -55,14 +55,14 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict:
     job |= {name: str(root / name) for name in ("full", "part", "rollback")}
     job["nan_at_call"] = 10  # rank 1's 10th loss (epoch 2) turns NaN, rank 0's stays finite
     (root / "job.json").write_text(json.dumps(job))
-    torchrun("tests/distributed_worker.py", str(root / "job.json"))
+    evaluated = torchrun("tests/distributed_worker.py", str(root / "job.json"))
     resumed = torchrun(
         "-m", "pyro_vae", "train", "--resume", "--out", job["part"], "--no-progress",
         "--subset", "601", "--epochs", "3", "--batch-size", "100", "--hidden-dim", "64",
         "--latent-dim", "8", "--lr", "1e-3", "--device", "cpu", "--seed", "3",
     )  # fmt: skip
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
-    return {**job, "ranks": ranks, "resumed_output": resumed}
+    return {**job, "ranks": ranks, "resumed_output": resumed, "evaluated_output": evaluated}
 
 
 def test_ranks_end_with_identical_parameters(launched):
@@ -112,6 +112,7 @@ def test_sharded_evaluation_matches_one_process_with_the_same_seed(launched):
     for rank in launched["ranks"]:  # every rank gathers all the estimates, in order
         assert torch.equal(rank["estimates"]["log_likelihood"], one.log_likelihood)
         assert torch.equal(rank["estimates"]["elbo"], one.elbo)
+    assert launched["evaluated_output"].count("written to") == 1  # the CLI's, rank 0 only
     written = json.loads((Path(launched["full"]) / "eval.json").read_text())
     summary = evaluate_run(launched["full"], **EVALUATE, device="cpu", progress=False)
     for key in ("test_log_likelihood", "test_elbo", "test_kl", "log_likelihood_stderr",
