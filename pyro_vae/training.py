@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import runs
-from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.data import ImageData
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluation import elbo_per_example
@@ -42,14 +42,17 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 @torch.no_grad()
-def validation_elbo(vae: VAE, images: torch.Tensor) -> float:
-    """Mean single-sample ELBO (nats per example), with a fixed seed."""
-    devices = [images.device] if images.device.type == "cuda" else []
+def validation_elbo(vae: VAE, *inputs: torch.Tensor) -> float:
+    """Mean single-sample ELBO (nats per example), with a fixed seed.
+
+    :param inputs: the model's arguments for the validation set, ``vae.batch_inputs(...)``.
+    """
+    devices = [inputs[0].device] if inputs[0].device.type == "cuda" else []
     was_training = vae.training
     vae.eval()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(EVAL_SEED)
-        elbo = elbo_per_example(vae.model, vae.guide, images).mean().item()
+        elbo = elbo_per_example(vae.model, vae.guide, *inputs).mean().item()
     vae.train(was_training)
     return elbo
 
@@ -70,7 +73,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
             f"--resume was given but {out} holds no checkpoint; drop --resume to start"
         )
     saved = runs.read_config(out)
-    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, "image_shape"))
+    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, *DATA_FIELDS))
     if changed:
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())
         raise CheckpointError(
@@ -108,6 +111,7 @@ def train(
     else:
         data = data.to(device)
     config.image_shape = data.image_shape
+    config.num_classes = len(data.class_names)
     if data.train.shape[0] < config.batch_size:
         raise ConfigError(
             f"batch-size {config.batch_size} is larger than the {data.train.shape[0]} training "
@@ -144,8 +148,9 @@ def train(
         )  # fmt: skip
         for i, first in enumerate(range(0, num_train, config.batch_size)):
             beta = kl_weight(config, (epoch - 1) * steps_per_epoch + i, steps_per_epoch)
-            batch = images[order[first : first + config.batch_size]]
-            loss = loss_fn(vae.model, vae.guide, batch, beta=beta)
+            index = order[first : first + config.batch_size]
+            inputs = vae.batch_inputs(images[index], data.train_labels[index])
+            loss = loss_fn(vae.model, vae.guide, *inputs, beta=beta)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -159,7 +164,7 @@ def train(
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / num_train,
-            "val_elbo": validation_elbo(vae, data.val),
+            "val_elbo": validation_elbo(vae, *vae.batch_inputs(data.val, data.val_labels)),
             "beta": beta,
             "seconds": time.perf_counter() - started,
         }

@@ -26,9 +26,8 @@ def prototype_images(num: int, side: int = 8, num_classes: int = 4, seed: int = 
     return images, labels
 
 
-@pytest.fixture
-def tiny_data() -> ImageData:
-    """512/128/128 synthetic 8x8 images, dynamically binarized."""
+def make_tiny_data() -> ImageData:
+    """512/128/128 synthetic 8x8 images of 4 classes, dynamically binarized."""
     images, labels = prototype_images(768)
     generator = torch.Generator().manual_seed(1)
     val = torch.bernoulli(images[512:640], generator=generator)
@@ -39,6 +38,12 @@ def tiny_data() -> ImageData:
         test=test, test_labels=labels[640:],
         image_shape=(1, 8, 8), class_names=("a", "b", "c", "d"), binarize=True,
     )  # fmt: skip
+
+
+@pytest.fixture
+def tiny_data() -> ImageData:
+    """512/128/128 synthetic 8x8 images, dynamically binarized."""
+    return make_tiny_data()
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
