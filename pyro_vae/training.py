@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import runs
-from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.data import ImageData
 from pyro_vae.errors import (
     CheckpointError,
@@ -101,14 +101,17 @@ def _nan_reported_by_the_step_check() -> Iterator[None]:
 
 
 @torch.no_grad()
-def validation_elbo(vae: VAE, images: torch.Tensor) -> float:
-    """Mean single-sample ELBO (nats per example), with a fixed seed."""
-    devices = [images.device] if images.device.type == "cuda" else []
+def validation_elbo(vae: VAE, *inputs: torch.Tensor) -> float:
+    """Mean single-sample ELBO (nats per example), with a fixed seed.
+
+    :param inputs: the model's arguments for the validation set, ``vae.batch_inputs(...)``.
+    """
+    devices = [inputs[0].device] if inputs[0].device.type == "cuda" else []
     was_training = vae.training
     vae.eval()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(EVAL_SEED)
-        elbo = elbo_per_example(vae.model, vae.guide, images).mean().item()
+        elbo = elbo_per_example(vae.model, vae.guide, *inputs).mean().item()
     vae.train(was_training)
     return elbo
 
@@ -137,7 +140,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
         )
     checkpoint = runs.load_checkpoint(out, keys=runs.CHECKPOINT_KEYS)
     saved = runs.checkpoint_config(checkpoint, out)
-    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, "image_shape"))
+    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, *DATA_FIELDS))
     if changed:
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())
         raise CheckpointError(
@@ -202,6 +205,7 @@ def train(
 
     data = _training_data(config, data, device)
     config.image_shape = data.image_shape
+    config.num_classes = len(data.class_names)
     if checkpoint is not None and tuple(checkpoint["config"]["image_shape"]) != data.image_shape:
         raise CheckpointError(
             f"cannot resume {out}: it was trained on images of shape "
@@ -410,8 +414,10 @@ class _Trainer:
         with bar:
             for i in range(first, spe):
                 global_step = (epoch - 1) * spe + i
-                batch = images[order[i * config.batch_size : (i + 1) * config.batch_size]]
-                loss = self.loss_fn(self.vae.model, self.vae.guide, batch,
+                index = order[i * config.batch_size : (i + 1) * config.batch_size]
+                batch = images[index]
+                inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
+                loss = self.loss_fn(self.vae.model, self.vae.guide, *inputs,
                                     beta=kl_weight(config, global_step, spe))  # fmt: skip
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -437,7 +443,9 @@ class _Trainer:
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / self.num_train,
-            "val_elbo": validation_elbo(self.vae, self.data.val),
+            "val_elbo": validation_elbo(
+                self.vae, *self.vae.batch_inputs(self.data.val, self.data.val_labels)
+            ),
             "beta": kl_weight(config, epoch * spe - 1, spe),
             "lr": self.lr,
             "seconds": seconds + time.perf_counter() - started,
