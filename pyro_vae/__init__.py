@@ -2,7 +2,13 @@
 
 __version__ = "0.1.0"
 
-from pyro_vae.config import TrainConfig  # noqa: E402
+from pyro_vae.conditional import (  # noqa: E402
+    ClassConditionalNormal,
+    CompletionCVAE,
+    ConditionalPrior,
+    LabelCVAE,
+)
+from pyro_vae.config import MODELS, TrainConfig  # noqa: E402
 from pyro_vae.data import ImageData, load_images  # noqa: E402
 from pyro_vae.errors import (  # noqa: E402
     CheckpointError,
@@ -22,14 +28,19 @@ from pyro_vae.vae import VAE  # noqa: E402
 
 __all__ = [
     "LIKELIHOODS",
+    "MODELS",
     "PRIORS",
     "VAE",
     "BernoulliLikelihood",
     "CheckpointError",
+    "ClassConditionalNormal",
+    "CompletionCVAE",
+    "ConditionalPrior",
     "ConfigError",
     "ConfigTypeError",
     "DatasetUnavailableError",
     "ImageData",
+    "LabelCVAE",
     "Likelihood",
     "MLPDecoder",
     "MLPEncoder",

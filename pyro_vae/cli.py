@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import NoReturn
 
 from pyro_vae import __version__, distributed
-from pyro_vae.config import BINARIZE_CHOICES, DEVICE_CHOICES, ON_NAN_CHOICES, TrainConfig
+from pyro_vae.conditional import OBSERVED_QUADRANT_CHOICES
+from pyro_vae.config import (
+    BINARIZE_CHOICES,
+    DEVICE_CHOICES,
+    MODELS,
+    ON_NAN_CHOICES,
+    TrainConfig,
+)
 from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH
+from pyro_vae.images import sample_run
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.plots import plot_run
@@ -70,6 +78,25 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train on the first N training images only (quick runs)",
     )
     model = p.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default=DEFAULTS.model,
+        help="vae: p(x); cvae: label-conditional p(x|y); completion: structured-output CVAE "
+        "generating the missing quadrants of an image from the observed ones",
+    )
+    model.add_argument(
+        "--observed-quadrants",
+        type=int,
+        choices=OBSERVED_QUADRANT_CHOICES,
+        default=DEFAULTS.observed_quadrants,
+        help="completion: observed quadrants (1 bottom-left, 2 +top-left, 3 +top-right)",
+    )
+    model.add_argument(
+        "--conditional-prior",
+        action="store_true",
+        help="cvae: learn a Gaussian p(z|y) per class instead of using --prior",
+    )
     model.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim, help="size of z")
     model.add_argument(
         "--hidden-dim",
@@ -152,6 +179,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> None:
     config = TrainConfig(
+        model=args.model,
+        observed_quadrants=args.observed_quadrants,
+        conditional_prior=args.conditional_prior,
         dataset=args.dataset,
         data_root=args.data_root,
         binarize=args.binarize,
@@ -261,7 +291,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         ("images", f"{result['num_examples']} ({split})"),
         ("samples per image", str(result["num_samples"])),
         ("ELBO", f"{result[f'{split}_elbo']:.2f} nats"),
-        ("log p(x) (IW)", f"{result[f'{split}_log_likelihood']:.2f} "
+        (f"{result['estimates']} (IW)", f"{result[f'{split}_log_likelihood']:.2f} "
                           f"+- {result['log_likelihood_stderr']:.2f} nats"),
         ("KL(q || p)", f"{result[f'{split}_kl']:.2f} nats"),
         ("active units", f"{active}/{result['latent_dim']}" if active is not None else "n/a"),
@@ -270,6 +300,49 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     for name, value in rows:
         print(f"{name:<18} {value}")
     print(f"written to {Path(args.run) / EVAL_FILES[split]}")
+
+
+def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sample",
+        help="save a grid of samples from a trained run",
+        description="Draw samples from a trained run and save them as one image grid: prior "
+        "samples (vae); samples of class --label, or one row per class without it (cvae); "
+        "completions of test images: observed part, baseline guess, 8 completions, truth "
+        "per row (completion).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
+    p.add_argument("--out", required=True, metavar="PATH", help="image file to write (.png)")
+    p.add_argument(
+        "--num",
+        type=int,
+        default=64,
+        metavar="N",
+        help="number of samples (without --label: N // classes per class; completion: "
+        "number of completions, 8 per test image)",
+    )
+    p.add_argument(
+        "--label",
+        type=int,
+        default=None,
+        metavar="C",
+        help="class to sample (cvae), or class of the test images to complete (completion)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto: CUDA when available, else CPU",
+    )
+    p.set_defaults(handler=_run_sample)
+
+
+def _run_sample(args: argparse.Namespace) -> None:
+    path = sample_run(args.run, args.out, num=args.num, label=args.label, seed=args.seed,
+                      device=args.device)  # fmt: skip
+    print(f"samples written to {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(subparsers)
     _add_evaluate_parser(subparsers)
     _add_plot_parser(subparsers)
+    _add_sample_parser(subparsers)
     return parser
 
 

@@ -4,16 +4,23 @@ import math
 import numbers
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import Field, asdict, dataclass, fields
 from typing import Any
 
 import torch
 
+from pyro_vae.conditional import (
+    ClassConditionalNormal,
+    CompletionCVAE,
+    LabelCVAE,
+    check_observed_quadrants,
+)
 from pyro_vae.data import DATASETS, ImageData, load_images
 from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.priors import PRIORS
+from pyro_vae.priors import PRIORS, Prior
 from pyro_vae.vae import VAE
 
 BINARIZE_CHOICES = ("dynamic", "none")
@@ -22,6 +29,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 ON_NAN_CHOICES = ("stop", "rollback")
 #: Seeds are handed to NumPy too, which takes 0 <= seed < 2**32.
 MAX_SEED = 2**32 - 1
+#: Fields set from the data when training starts (not options).
+DATA_FIELDS = ("image_shape", "num_classes")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,10 +44,56 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _vae(config: "TrainConfig") -> VAE:
+    return VAE(
+        config.data_dim,
+        config.latent_dim,
+        config.hidden_dims,
+        prior=config.build_prior(),
+        likelihood=LIKELIHOODS[config.likelihood](),
+    )
+
+
+def _label_cvae(config: "TrainConfig") -> LabelCVAE:
+    return LabelCVAE(
+        config.data_dim,
+        config.num_classes,
+        config.latent_dim,
+        config.hidden_dims,
+        prior=ClassConditionalNormal(config.num_classes, config.latent_dim)
+        if config.conditional_prior
+        else config.build_prior(),
+        likelihood=LIKELIHOODS[config.likelihood](),
+    )
+
+
+def _completion(config: "TrainConfig") -> CompletionCVAE:
+    return CompletionCVAE(
+        config.image_shape,
+        config.observed_quadrants,
+        config.latent_dim,
+        config.hidden_dims,
+        likelihood=LIKELIHOODS[config.likelihood](),
+    )
+
+
+#: Registry of models by ``--model`` name: a builder from the configuration.
+MODELS: dict[str, Callable[["TrainConfig"], VAE]] = {
+    "vae": _vae,
+    "cvae": _label_cvae,
+    "completion": _completion,
+}
+
+
 @dataclass
 class TrainConfig:
     """What to train and how. Saved as ``config.json`` in the run directory."""
 
+    model: str = "vae"
+    #: Completion model: how many quadrants are observed (see pyro_vae.conditional).
+    observed_quadrants: int = 1
+    #: Label CVAE: learn p(z|y) per class instead of using --prior.
+    conditional_prior: bool = False
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     binarize: str = "dynamic"
@@ -62,6 +117,7 @@ class TrainConfig:
     on_nan: str = "stop"
     #: Set from the data when training starts (flattened size = product).
     image_shape: tuple[int, ...] = (1, 28, 28)
+    num_classes: int = 10
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -92,6 +148,7 @@ class TrainConfig:
             )
         for name, choices in (
             ("dataset", tuple(DATASETS)),
+            ("model", tuple(MODELS)),
             ("binarize", BINARIZE_CHOICES),
             ("device", DEVICE_CHOICES),
             ("prior", tuple(PRIORS)),
@@ -110,20 +167,27 @@ class TrainConfig:
                 "--objective iwae has no separate KL term to scale; drop --beta/--warmup-epochs "
                 "or use --objective elbo"
             )
+        check_observed_quadrants(self.observed_quadrants)
+        if self.conditional_prior and self.model != "cvae":
+            raise ConfigError("--conditional-prior learns p(z|y) over labels; use --model cvae")
+        if self.prior != "normal" and (self.conditional_prior or self.model == "completion"):
+            raise ConfigError(
+                f"--prior {self.prior} does not apply: this model learns its prior "
+                "(p(z|y) with --conditional-prior, the prior network p(z|x_observed) with "
+                "--model completion); drop --prior"
+            )
 
     @property
     def data_dim(self) -> int:
         return math.prod(self.image_shape)
 
     def build_vae(self) -> VAE:
-        """A freshly initialized VAE of this configuration."""
-        return VAE(
-            data_dim=self.data_dim,
-            latent_dim=self.latent_dim,
-            hidden_dims=self.hidden_dims,
-            prior=PRIORS[self.prior](self.latent_dim),
-            likelihood=LIKELIHOODS[self.likelihood](),
-        )
+        """A freshly initialized model (``MODELS[self.model]``) of this configuration."""
+        return MODELS[self.model](self)
+
+    def build_prior(self) -> Prior:
+        """The ``--prior`` p(z)."""
+        return PRIORS[self.prior](self.latent_dim)
 
     def load_data(self, device: torch.device | str = "cpu") -> ImageData:
         """The dataset this configuration trains on (``subset`` trims the training split only)."""
@@ -180,6 +244,10 @@ def _coerce(field: Field, value: Any) -> Any:
 
 
 def _coerce_scalar(name: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigTypeError(f"{name} must be True or False, got {value!r}")
+        return value
     accepted = {
         int: numbers.Integral,
         float: numbers.Real,

@@ -14,7 +14,10 @@ computed for all ``K`` particles at once by running the guide inside an outer
   a consistent estimate of it.
 
 Nothing here is specific to one model: priors, likelihoods and conditional
-variants all go through the same traces.
+variants all go through the same traces. Observed sites marked
+``infer={"is_auxiliary": True}`` are extra training terms outside the model's
+density (the completion model's baseline): the estimates leave them out, and
+the training objectives add them back (:attr:`LogDensities.log_auxiliary`).
 """
 
 import math
@@ -44,20 +47,25 @@ class LogDensities:
     log_prior: torch.Tensor  # sum over latent model sites, log p(z)
     log_guide: torch.Tensor  # sum over guide sites, log q(z|x)
     posterior_mean: torch.Tensor | None  # E_q[z] per example, latent sites concatenated
+    log_auxiliary: torch.Tensor  # sum over auxiliary observed sites (training-only terms)
 
     @property
     def log_weights(self) -> torch.Tensor:
         return self.log_likelihood + self.log_prior - self.log_guide
 
 
-def _sample_sites(trace: poutine.Trace, observed: bool | None = None) -> list[dict]:
-    """Random-variable sites of a trace (not plates), optionally only (un)observed ones."""
+def _sample_sites(
+    trace: poutine.Trace, observed: bool | None = None, auxiliary: bool = False
+) -> list[dict]:
+    """Random-variable sites of a trace (not plates), optionally only (un)observed ones;
+    auxiliary sites only when ``auxiliary`` (then only they)."""
     return [
         site
         for site in trace.nodes.values()
         if site["type"] == "sample"
         and not site_is_subsample(site)
         and (observed is None or site["is_observed"] == observed)
+        and site["infer"].get("is_auxiliary", False) == auxiliary
     ]
 
 
@@ -91,6 +99,9 @@ def log_densities(
         log_prior=torch.as_tensor(_log_prob_sum(_sample_sites(model_trace, False))).expand(shape),
         log_guide=torch.as_tensor(_log_prob_sum(latents)).expand(shape),
         posterior_mean=torch.cat(means, dim=-1) if means else None,
+        log_auxiliary=torch.as_tensor(
+            _log_prob_sum(_sample_sites(model_trace, auxiliary=True))
+        ).expand(shape),
     )
 
 
@@ -103,15 +114,16 @@ def log_importance_weights(
 
 @torch.no_grad()
 def elbo_per_example(
-    model: Callable, guide: Callable, x: torch.Tensor, *args, batch_size: int = 1000, **kwargs
+    model: Callable, guide: Callable, *data: torch.Tensor, batch_size: int = 1000, **kwargs
 ) -> torch.Tensor:
-    """Single-sample ELBO of each row of ``x``, evaluated in batches of ``batch_size``."""
-    return torch.cat(
-        [
-            log_importance_weights(model, guide, x[i : i + batch_size], *args, **kwargs)[0]
-            for i in range(0, x.shape[0], batch_size)
-        ]
-    )
+    """Single-sample ELBO of each example, evaluated in batches of ``batch_size``.
+
+    :param data: tensors whose first dimension indexes examples (e.g. ``x``, or
+        ``x, y``), passed to ``model``/``guide`` in chunks.
+    """
+    starts = range(0, data[0].shape[0], batch_size)
+    chunks = ([t[i : i + batch_size] for t in data] for i in starts)
+    return torch.cat([log_importance_weights(model, guide, *c, **kwargs)[0] for c in chunks])
 
 
 @dataclass
@@ -206,14 +218,14 @@ def estimate_log_likelihood(
                 sum_log_w = sum_log_w + log_w.sum(dim=0)
                 sum_kl = sum_kl + (dens.log_guide - dens.log_prior).sum(dim=0)
                 mean = dens.posterior_mean if mean is None else mean
-            results["ll"].append((log_sum_w - math.log(num_samples)).cpu())
-            results["elbo"].append((sum_log_w / num_samples).cpu())
-            results["kl"].append((sum_kl / num_samples).cpu())
+            results["ll"].append(log_sum_w - math.log(num_samples))
+            results["elbo"].append(sum_log_w / num_samples)
+            results["kl"].append(sum_kl / num_samples)
             if mean is not None:
-                results["mean"].append(mean.cpu())
+                results["mean"].append(mean)
             bar.update(chunk[0].shape[0])
     # Rank r holds chunks r, r + size, ...: interleave the ranks' lists back into order.
-    gathered = world.all_gather(results)
+    gathered = world.all_gather({key: [t.cpu() for t in chunks] for key, chunks in results.items()})
     num_chunks = len(range(0, num_examples, examples_per_pass))
     ordered = {
         key: [gathered[i % world.size][key][i // world.size] for i in range(num_chunks)]

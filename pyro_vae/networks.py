@@ -5,6 +5,9 @@ convolutional or residual networks:
 
 * encoder: ``x -> (loc, scale)``, both of shape ``batch + (latent_dim,)``, ``scale > 0``;
 * decoder: ``z -> params``, the raw parameters that the likelihood turns into p(x|z).
+
+Conditional models (:mod:`pyro_vae.conditional`) use the same signatures with
+several inputs, e.g. ``(x, y) -> (loc, scale)`` and ``(z, y) -> params``.
 """
 
 from collections.abc import Sequence
@@ -24,6 +27,17 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def gaussian_params(
+    net_output: torch.Tensor, min_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Split a ``2 * latent_dim`` output into :math:`(\mu, \mathrm{softplus}(h) + \sigma_{\min})`.
+
+    The floor keeps the scale bounded away from zero, so log-densities stay finite.
+    """
+    loc, raw_scale = net_output.chunk(2, dim=-1)
+    return loc, F.softplus(raw_scale) + min_scale
+
+
 class MLPEncoder(nn.Module):
     r"""Amortized Gaussian encoder: :math:`x \mapsto (\mu(x), \sigma(x))`.
 
@@ -39,8 +53,7 @@ class MLPEncoder(nn.Module):
         self.min_scale = min_scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.net(x).chunk(2, dim=-1)
-        return loc, F.softplus(raw_scale) + self.min_scale
+        return gaussian_params(self.net(x), self.min_scale)
 
 
 class MLPDecoder(nn.Module):
@@ -52,6 +65,51 @@ class MLPDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class MultiInputMLP(nn.Module):
+    r"""An MLP over the concatenation of several inputs, :math:`f([u_1, \dots, u_n])`.
+
+    The first layer is applied to each input separately and summed,
+    :math:`W[u_1; \dots; u_n] = \sum_i W_i u_i`, which broadcasts over leading
+    dimensions: with ``z`` of shape ``(K, N, latent)`` (K importance samples) and a
+    condition ``y`` of shape ``(N, d)``, :math:`W_y y` is computed once per example
+    instead of once per sample.
+    """
+
+    def __init__(self, input_dims: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
+        super().__init__()
+        widths = [*hidden_dims, out_dim]
+        self.first = nn.ModuleList(
+            nn.Linear(dim, widths[0], bias=i == 0) for i, dim in enumerate(input_dims)
+        )
+        self.rest = mlp(widths)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        h = sum(layer(u) for layer, u in zip(self.first, inputs, strict=True))
+        return self.rest(F.relu(h)) if len(self.rest) else h
+
+
+class MultiInputGaussian(nn.Module):
+    r"""Amortized Gaussian over several inputs: :math:`(u_1, \dots, u_n) \mapsto (\mu, \sigma)`.
+
+    Used as the conditional encoder :math:`q(z|x, y)` and as the prior network
+    :math:`p(z|x)` of the conditional models; scale as in :class:`MLPEncoder`.
+    """
+
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        min_scale: float = 1e-4,
+    ):
+        super().__init__()
+        self.net = MultiInputMLP(input_dims, hidden_dims, 2 * latent_dim)
+        self.min_scale = min_scale
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return gaussian_params(self.net(*inputs), self.min_scale)
 
 
 class ConvEncoder(nn.Module):
@@ -83,8 +141,7 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch_shape = x.shape[:-1]
         h = self.convs(x.reshape(-1, *self.image_shape))
-        loc, raw_scale = self.head(F.relu(h)).reshape(*batch_shape, -1).chunk(2, dim=-1)
-        return loc, F.softplus(raw_scale) + self.min_scale
+        return gaussian_params(self.head(F.relu(h)).reshape(*batch_shape, -1), self.min_scale)
 
 
 class ConvDecoder(nn.Module):

@@ -9,7 +9,9 @@ example is ``loss / batch_size``):
 * ``iwae``: the importance-weighted bound of Burda et al. (2016),
   :math:`\sum_i \log \frac1K \sum_k w_{ik}`, per example. (Pyro's
   ``RenyiELBO(alpha=0)`` applies the log-mean-exp to the whole batch's summed
-  weights instead, a much looser bound, so it is not used.)
+  weights instead, a much looser bound, so it is not used.) Auxiliary sites
+  (training-only terms, see :mod:`pyro_vae.evaluation`) are added outside the
+  log-mean-exp, as the ELBOs add them.
 """
 
 import math
@@ -18,7 +20,7 @@ from collections.abc import Callable
 import pyro.infer
 import torch
 
-from pyro_vae.evaluation import log_importance_weights
+from pyro_vae.evaluation import log_densities
 
 Objective = Callable[..., torch.Tensor]
 
@@ -27,8 +29,9 @@ def iwae_objective(num_particles: int) -> Objective:
     r"""Negative IWAE bound :math:`-\sum_i (\operatorname{logsumexp}_k \log w_{ik} - \log K)`."""
 
     def loss(model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
-        log_w = log_importance_weights(model, guide, *args, num_particles=num_particles, **kwargs)
-        return -(torch.logsumexp(log_w, dim=0) - math.log(num_particles)).sum()
+        dens = log_densities(model, guide, *args, num_particles=num_particles, **kwargs)
+        bound = torch.logsumexp(dens.log_weights, dim=0) - math.log(num_particles)
+        return -(bound + dens.log_auxiliary.mean(dim=0)).sum()
 
     return loss
 

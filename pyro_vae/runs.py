@@ -250,7 +250,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """The trained VAE of a run directory, in eval mode on ``device``."""
+    """The trained model of a run directory (its ``config.model`` class), in eval mode."""
     config = read_config(run_dir)
     checkpoint = load_checkpoint(run_dir, map_location=device)
     vae = config.build_vae()
@@ -291,13 +291,16 @@ def evaluate_run(
     vae = load_run(run_dir, torch_device)
     data = config.load_data(torch_device)
     images = (data.test if split == "test" else data.val)[:subset]
+    labels = (data.test_labels if split == "test" else data.val_labels)[:subset]
     vae.likelihood.validate(images)
     estimates = estimate_log_likelihood(
-        vae.model, vae.guide, images, num_samples=num_samples, max_batch=max_batch,
-        seed=seed, progress=progress and world.is_main, world=world,
+        vae.model, vae.guide, *vae.batch_inputs(images, labels), num_samples=num_samples,
+        max_batch=max_batch, seed=seed, progress=progress and world.is_main, world=world,
     )  # fmt: skip
     result = {
         "split": split,
+        "model": config.model,
+        "estimates": vae.evaluates,
         **estimates.summary(prefix=split),
         "latent_dim": config.latent_dim,
         "device": str(torch_device),

@@ -1,7 +1,7 @@
 """The training loop behind ``pyro-vae train``.
 
 One step is Pyro's differentiable ELBO of the model/guide pair followed by a
-plain ``torch.optim.Adam`` step over the VAE's parameters: the same objective as
+plain, fused ``torch.optim.Adam`` step over the VAE's parameters: the same objective as
 ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO())`` without SVI's per-parameter
 optimizers. Data stays on the device as one tensor; batches are index slices of
 a fresh permutation each epoch. The running loss is accumulated on the device and
@@ -48,7 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pyro_vae import distributed, runs
-from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.data import ImageData
 from pyro_vae.errors import (
     CheckpointError,
@@ -116,12 +116,15 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def validation_elbo(vae: VAE, images: torch.Tensor) -> float:
-    """Mean single-sample ELBO (nats per example), with a fixed seed."""
+def validation_elbo(vae: VAE, *inputs: torch.Tensor) -> float:
+    """Mean single-sample ELBO (nats per example), with a fixed seed.
+
+    :param inputs: the model's arguments for the validation set, ``vae.batch_inputs(...)``.
+    """
     was_training = vae.training
     vae.eval()
-    with _seeded(EVAL_SEED, images.device):
-        elbo = elbo_per_example(vae.model, vae.guide, images).mean().item()
+    with _seeded(EVAL_SEED, inputs[0].device):
+        elbo = elbo_per_example(vae.model, vae.guide, *inputs).mean().item()
     vae.train(was_training)
     return elbo
 
@@ -150,7 +153,7 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
         )
     checkpoint = runs.load_checkpoint(out, keys=runs.CHECKPOINT_KEYS)
     saved = runs.checkpoint_config(checkpoint, out)
-    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, "image_shape"))
+    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, *DATA_FIELDS))
     if changed:
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())
         raise CheckpointError(
@@ -223,6 +226,7 @@ def train(
 
     data = _training_data(config, data, device)
     config.image_shape = data.image_shape
+    config.num_classes = len(data.class_names)
     if checkpoint is not None and tuple(checkpoint["config"]["image_shape"]) != data.image_shape:
         raise CheckpointError(
             f"cannot resume {out}: it was trained on images of shape "
@@ -237,7 +241,9 @@ def train(
     vae = config.build_vae().to(device)
     for name, images in (("training", data.train), ("validation", data.val)):
         vae.likelihood.validate(images, f"the {name} images")
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
+    # fused: one kernel for all parameters instead of ~5 per parameter; on a 2-core CPU
+    # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
     trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
     # A checkpoint is checked through before anything in ``out`` is written.
     start = trainer.restore(checkpoint) if checkpoint is not None else None
@@ -463,9 +469,11 @@ class _Trainer:
         with bar:
             for i in range(first, spe):
                 global_step = (epoch - 1) * spe + i
-                rows = order[i * config.batch_size : (i + 1) * config.batch_size]
-                batch = images[rows[self.world.rank :: self.world.size]]  # this rank's shard
-                loss = self._loss(batch, kl_weight(config, global_step, spe), global_step)
+                index = order[i * config.batch_size : (i + 1) * config.batch_size]
+                index = index[self.world.rank :: self.world.size]  # this rank's share
+                batch = images[index]
+                inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
+                loss = self._loss(inputs, kl_weight(config, global_step, spe), global_step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 loss = self._sum_over_ranks(loss, stop)
@@ -491,7 +499,9 @@ class _Trainer:
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / self.num_train,
-            "val_elbo": validation_elbo(self.vae, self.data.val),
+            "val_elbo": validation_elbo(
+                self.vae, *self.vae.batch_inputs(self.data.val, self.data.val_labels)
+            ),
             "beta": kl_weight(config, epoch * spe - 1, spe),
             "lr": self.lr,
             "seconds": seconds + time.perf_counter() - started,
@@ -509,8 +519,10 @@ class _Trainer:
         if stop.signum:
             raise self._interrupted(stop.signum)
 
-    def _loss(self, batch: torch.Tensor, beta: float, global_step: int) -> torch.Tensor:
-        """The objective summed over ``batch``, this rank's share of the global batch.
+    def _loss(
+        self, inputs: tuple[torch.Tensor, ...], beta: float, global_step: int
+    ) -> torch.Tensor:
+        """The objective summed over a batch (``inputs``: this rank's share of the global batch).
 
         With several ranks the latent noise comes from a forked RNG seeded by (seed,
         step, rank): the ranks draw different noise but consume the global RNG (the
@@ -518,12 +530,12 @@ class _Trainer:
         batch is empty contributes zero.
         """
         if self.world.size == 1:
-            return self.loss_fn(self.vae.model, self.vae.guide, batch, beta=beta)
-        if batch.shape[0] == 0:
+            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+        if inputs[0].shape[0] == 0:
             return torch.zeros((), device=self.device, requires_grad=True)
         seed = distributed.derived_seed(self.config.seed, global_step, self.world.rank)
         with _seeded(seed, self.device):
-            return self.loss_fn(self.vae.model, self.vae.guide, batch, beta=beta)
+            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
 
     def _sum_over_ranks(self, loss: torch.Tensor, stop: _StopSignals) -> torch.Tensor:
         """With several ranks: sum the loss, the gradients and the stop requests over ranks

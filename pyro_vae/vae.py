@@ -10,9 +10,18 @@ the model *and* the guide, so that under :class:`~pyro.infer.Trace_ELBO`
 
 (Scaling only the guide would leave :math:`\log p(z)` unscaled, which is a
 different objective.)
+
+Conditioning: ``model(x, *conditions)`` and ``guide(x, *conditions)`` pass extra
+tensors ``c`` (first dimension indexing examples, like ``x``) to the prior, the
+decoder and the encoder, which makes the same pair a conditional VAE
+:math:`p(z|c)\,p(x|z,c)`, :math:`q(z|x,c)`; the plain VAE has no conditions.
+The conditional models of :mod:`pyro_vae.conditional` are subclasses that
+choose the networks and say, in :meth:`VAE.batch_inputs`, what ``x`` and ``c``
+are for a batch of images.
 """
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -22,6 +31,8 @@ from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
+from pyro_vae.data import ImageData
+from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import BernoulliLikelihood, Likelihood
 from pyro_vae.networks import MLPDecoder, MLPEncoder
 from pyro_vae.priors import Prior, StandardNormal
@@ -81,38 +92,62 @@ class VAE(PyroModule):
             decoder if decoder is not None else MLPDecoder(latent_dim, hidden_dims[::-1], out_dim)
         )
 
-    @pyro_method
-    def model(self, x: torch.Tensor, beta: float = 1.0) -> None:
-        r""":math:`p(x, z) = p(z)\,p(x|z)`, with :math:`\log p(z)` scaled by ``beta``."""
-        with pyro.plate("data", x.shape[0]):
-            with poutine.scale(scale=beta):
-                z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+    #: What the importance-weighted estimate with this guide estimates (for reports).
+    evaluates = "log p(x)"
+
+    def batch_inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ``model``/``guide`` arguments ``(x, *conditions)`` for a batch of images.
+
+        Training and evaluation call this hook, so conditional subclasses only
+        override it; the plain VAE models the images and ignores the labels.
+        """
+        return (images,)
 
     @pyro_method
-    def guide(self, x: torch.Tensor, beta: float = 1.0) -> None:
-        r""":math:`q(z|x)`, with :math:`\log q(z|x)` scaled by ``beta``."""
+    def model(self, x: torch.Tensor, *conditions: torch.Tensor, beta: float = 1.0) -> None:
+        r""":math:`p(x, z|c) = p(z|c)\,p(x|z, c)`, with :math:`\log p(z|c)` scaled by ``beta``."""
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
+            with poutine.scale(scale=beta):
+                z = pyro.sample("z", self.prior(*conditions))
+            pyro.sample("x", self.likelihood(self.decoder(z, *conditions)), obs=x)
+
+    @pyro_method
+    def guide(self, x: torch.Tensor, *conditions: torch.Tensor, beta: float = 1.0) -> None:
+        r""":math:`q(z|x, c)`, with :math:`\log q(z|x, c)` scaled by ``beta``."""
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x, *conditions)
             with poutine.scale(scale=beta):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and scale of q(z|x)."""
-        return self.encoder(x)
+    def encode(
+        self, x: torch.Tensor, *conditions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and scale of q(z|x, c)."""
+        return self.encoder(x, *conditions)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Likelihood mean E[x|z] (e.g. pixel probabilities), not a noisy draw."""
-        return self.likelihood.mean(self.decoder(z))
+    def decode(self, z: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
+        """Likelihood mean E[x|z, c] (e.g. pixel probabilities), not a noisy draw."""
+        return self.likelihood.mean(self.decoder(z, *conditions))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:
         """Decode the posterior mean of each input."""
-        return self.decode(self.encode(x)[0])
+        return self.decode(self.encode(x, *conditions)[0], *conditions)
 
     @torch.no_grad()
-    def sample(self, num_samples: int) -> torch.Tensor:
-        """Decoder means at ``num_samples`` draws from the prior."""
-        return self.decode(self.prior().sample((num_samples,)))
+    def sample(self, num_samples: int, *conditions: torch.Tensor) -> torch.Tensor:
+        """Decoder means at ``num_samples`` draws ``z ~ p(z|c)``.
+
+        Shape ``(num_samples, data_dim)`` without conditions, and
+        ``(num_samples, N, data_dim)`` with conditions of ``N`` examples.
+        """
+        return self.decode(self.prior(*conditions).sample((num_samples,)), *conditions)
+
+    @torch.no_grad()
+    def sample_grid(self, num: int, label: int | None, data: ImageData) -> tuple[torch.Tensor, int]:
+        """Images for ``pyro-vae sample`` and images per row: ``num`` prior samples."""
+        if label is not None:
+            raise ConfigError("--label needs a label-conditional run; train one with --model cvae")
+        return self.sample(num), math.ceil(math.sqrt(num))

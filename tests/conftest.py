@@ -32,7 +32,7 @@ def prototype_images(num: int, side: int = 8, num_classes: int = 4, seed: int = 
 
 @pytest.fixture
 def tiny_data() -> ImageData:
-    """512/128/128 synthetic 8x8 images, dynamically binarized."""
+    """512/128/128 synthetic 8x8 images of 4 classes, dynamically binarized."""
     return make_tiny_data()
 
 

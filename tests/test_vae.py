@@ -124,3 +124,15 @@ def test_two_vaes_in_one_process_do_not_share_parameters():
     svi_second.step(x)
     assert all(torch.equal(v, first_before[k]) for k, v in first.state_dict().items())
     assert not all(torch.equal(v, before[k]) for k, v in second.state_dict().items())
+
+
+def test_bernoulli_log_prob_matches_torch_in_training_and_importance_sampling_shapes():
+    from pyro_vae.likelihoods import BernoulliLikelihood
+
+    logits = torch.randn(7, 3, 10)  # (particles, batch, pixels)
+    x = torch.bernoulli(torch.full((3, 10), 0.4))
+    reference = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
+    likelihood = BernoulliLikelihood()
+    assert torch.allclose(likelihood(logits).log_prob(x), reference, atol=1e-5)  # shared x
+    same_shape = likelihood(logits).log_prob(x.expand(7, 3, 10))  # one x per sample
+    assert torch.allclose(same_shape, reference, atol=1e-5)

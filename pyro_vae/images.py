@@ -1,0 +1,63 @@
+"""Image grids of samples: what ``pyro-vae sample`` writes.
+
+Each model class composes its own grid (:meth:`~pyro_vae.vae.VAE.sample_grid`):
+prior samples for the VAE, samples of one class or of every class for the label
+CVAE, completions of test images for the completion model. This module draws the
+samples of a run directory and saves the grid with torchvision.
+"""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.utils import save_image
+
+from pyro_vae.config import resolve_device
+from pyro_vae.data import ImageData
+from pyro_vae.errors import ConfigError
+from pyro_vae.runs import load_run, read_config
+
+
+def save_grid(
+    images: torch.Tensor, image_shape: tuple[int, ...], path: str | Path, nrow: int
+) -> Path:
+    """Save flattened images in [0, 1], ``nrow`` per row, as one picture (format from the
+    file extension); create the parent folder if needed."""
+    path = Path(path)
+    Image.init()
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"cannot write images as {path.name!r}; use a .png or .jpg file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.reshape(-1, *image_shape).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+def sample_run(
+    run_dir: str | Path,
+    path: str | Path,
+    *,
+    num: int = 64,
+    label: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    data: ImageData | None = None,
+) -> Path:
+    """Draw the sample grid of a trained run (see the model's ``sample_grid``) and save it.
+
+    :param num: number of samples (completion model: of completions, 8 per test image).
+    :param label: class to draw (label CVAE; completion model: complete test images of
+        this class); ``None``: every class, one row each.
+    :param data: images to take class names and test images from instead of loading the
+        run's dataset.
+    """
+    if num <= 0:
+        raise ConfigError(f"num must be positive, got {num}")
+    config = read_config(run_dir)
+    torch_device = resolve_device(device)
+    model = load_run(run_dir, torch_device)
+    data = config.load_data(torch_device) if data is None else data.to(torch_device)
+    devices = [torch_device] if torch_device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        images, nrow = model.sample_grid(num, label, data)
+    return save_grid(images, config.image_shape, path, nrow)
