@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from pyro_vae import __version__
+from pyro_vae import __version__, distributed
 from pyro_vae.conditional import OBSERVED_QUADRANT_CHOICES
 from pyro_vae.config import (
     BINARIZE_CHOICES,
@@ -203,6 +203,8 @@ def _run_train(args: argparse.Namespace) -> None:
         on_nan=args.on_nan,
     )
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if not distributed.is_main_process():  # under torchrun, rank 0 reports and draws
+        return
     print(f"run written to {args.out}")
     if args.plot:
         _write_figures(args.out, None, args.data_root, args.device)
@@ -281,6 +283,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         max_batch=args.max_batch, device=args.device, seed=args.seed,
         progress=not args.no_progress,
     )  # fmt: skip
+    if not distributed.is_main_process():
+        return
     split = result["split"]
     active = result["active_units"]
     rows = [
@@ -365,4 +369,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interrupt:  # TrainingInterrupted says where it saved
         print(f"pyro-vae: {str(interrupt) or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", signal.SIGINT)
+    finally:
+        distributed.shutdown()  # under torchrun: leave the process group
     return 0

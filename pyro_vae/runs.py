@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pyro_vae import distributed
 from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
@@ -272,6 +273,10 @@ def evaluate_run(
     or ``eval_val.json`` (validation split) into the run directory and returns its contents.
 
     :param subset: evaluate the first ``subset`` images of the split only.
+
+    Launched by ``torchrun`` with several processes, the images are shared out
+    among them (see :func:`~pyro_vae.evaluation.estimate_log_likelihood`) and
+    rank 0 writes the file; the result equals a one-process run's with the same seed.
     """
     if split not in EVAL_FILES:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(EVAL_FILES)}")
@@ -282,7 +287,7 @@ def evaluate_run(
     if subset is not None and subset <= 0:
         raise ConfigError(f"subset must be positive, got {subset}")
     config = read_config(run_dir)
-    torch_device = resolve_device(device)
+    world, torch_device = distributed.init(resolve_device(device))
     vae = load_run(run_dir, torch_device)
     data = config.load_data(torch_device)
     images = (data.test if split == "test" else data.val)[:subset]
@@ -290,7 +295,7 @@ def evaluate_run(
     vae.likelihood.validate(images)
     estimates = estimate_log_likelihood(
         vae.model, vae.guide, *vae.batch_inputs(images, labels), num_samples=num_samples,
-        max_batch=max_batch, seed=seed, progress=progress,
+        max_batch=max_batch, seed=seed, progress=progress and world.is_main, world=world,
     )  # fmt: skip
     result = {
         "split": split,
@@ -301,6 +306,7 @@ def evaluate_run(
         "device": str(torch_device),
         "seed": seed,
     }
-    text = (json.dumps(result, indent=2) + "\n").encode()
-    atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
+    if world.is_main:
+        text = (json.dumps(result, indent=2) + "\n").encode()
+        atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
     return result

@@ -23,6 +23,13 @@ Nothing trained is lost:
   permutation are drawn again identically, then the RNG state after the last
   step is restored. On CPU a resumed run ends with the same parameters and
   metrics as an uninterrupted one.
+
+Under ``torchrun`` (:mod:`pyro_vae.distributed`) every rank draws the same
+epoch images and permutation from the global RNG, takes rows ``rank::world_size``
+of each global batch, and sums its gradients with the other ranks' before the
+non-finite check; its latent noise comes from a per-(step, rank) seed inside
+``fork_rng``, so the global RNG, and with it rank 0's checkpoint, is the same on
+every rank. Only rank 0 writes files, logs and shows progress.
 """
 
 import math
@@ -40,7 +47,7 @@ import pyro.distributions as dist
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae import runs
+from pyro_vae import distributed, runs
 from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.data import ImageData
 from pyro_vae.errors import (
@@ -100,17 +107,23 @@ def _nan_reported_by_the_step_check() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Draw from a generator seeded with ``seed``; the global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 @torch.no_grad()
 def validation_elbo(vae: VAE, *inputs: torch.Tensor) -> float:
     """Mean single-sample ELBO (nats per example), with a fixed seed.
 
     :param inputs: the model's arguments for the validation set, ``vae.batch_inputs(...)``.
     """
-    devices = [inputs[0].device] if inputs[0].device.type == "cuda" else []
     was_training = vae.training
     vae.eval()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(EVAL_SEED)
+    with _seeded(EVAL_SEED, inputs[0].device):
         elbo = elbo_per_example(vae.model, vae.guide, *inputs).mean().item()
     vae.train(was_training)
     return elbo
@@ -193,13 +206,21 @@ def train(
     :raises NumericalError: on a non-finite loss or gradient (the checkpoint on disk
         is the last good one).
     :raises TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
+
+    Launched by ``torchrun`` with several processes, this trains one model
+    data-parallel (see :mod:`pyro_vae.distributed`); every rank gets the model.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     out = Path(out)
+    world, device = distributed.init(resolve_device(config.device))
     checkpoint = _prepare_run_dir(out, config, resume)
-    remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
-    device = resolve_device(config.device)
+    world.barrier()  # every rank has checked ``out`` before rank 0 writes to it
+    if world.is_main:
+        remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
+        rank_log = log
+    else:
+        progress, rank_log = False, _silent
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
 
@@ -223,16 +244,21 @@ def train(
     # fused: one kernel for all parameters instead of ~5 per parameter; on a 2-core CPU
     # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
-    trainer = _Trainer(config, out, vae, optimizer, data, progress, log)
+    trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
     # A checkpoint is checked through before anything in ``out`` is written.
     start = trainer.restore(checkpoint) if checkpoint is not None else None
-    runs.save_config(out, config)
+    if world.is_main:
+        runs.save_config(out, config)
     if start is None:
         start = trainer.start()
     else:
-        log(f"resuming {out} {trainer.saved_at}")
+        rank_log(f"resuming {out} {trainer.saved_at}")
     trainer.run(start)
     return vae.eval()
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 class _StopSignals:
@@ -240,13 +266,19 @@ class _StopSignals:
 
     A second signal aborts at once with :class:`KeyboardInterrupt` (the
     checkpoint on disk, written atomically, stays intact). Outside the main
-    thread signals cannot be caught and are left alone.
+    thread signals cannot be caught and are left alone. With ``synced`` (several
+    ranks) a signal is only ``received``; the training step shares it with the
+    other ranks and sets ``signum`` on all of them at the same step.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+    def __init__(self, synced: bool = False):
+        self.synced = synced
+
     def __enter__(self) -> "_StopSignals":
         self.signum: int | None = None
+        self.received: int | None = None
         self.previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
@@ -254,9 +286,11 @@ class _StopSignals:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        if self.received is not None:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.received = signum
+        if not self.synced:
+            self.signum = signum
 
     def __exit__(self, *exc_info: Any) -> None:
         for signum, handler in self.previous.items():
@@ -275,9 +309,10 @@ class _Trainer:
         data: ImageData,
         progress: bool,
         log: Callable[[str], None],
+        world: distributed.World = distributed.SINGLE,
     ):
         self.config, self.out, self.vae, self.optimizer = config, out, vae, optimizer
-        self.data, self.progress, self.log = data, progress, log
+        self.data, self.progress, self.log, self.world = data, progress, log, world
         self.device = data.train.device
         self.parameters = [p for p in vae.parameters() if p.requires_grad]
         self.loss_fn = OBJECTIVES[config.objective](config.particles)
@@ -304,7 +339,10 @@ class _Trainer:
         rollbacks = 0
         while True:
             try:
-                with _StopSignals() as stop, _nan_reported_by_the_step_check():
+                with (
+                    _StopSignals(synced=self.world.size > 1) as stop,
+                    _nan_reported_by_the_step_check(),
+                ):
                     self._epochs(start, stop)
                 return
             except NumericalError as fault:
@@ -317,6 +355,7 @@ class _Trainer:
                         recoverable=False,
                     ) from fault
                 rollbacks += 1
+                self.world.barrier()  # rank 0 has finished writing the checkpoint
                 checkpoint = runs.load_checkpoint(self.out, keys=runs.CHECKPOINT_KEYS)
                 for group in checkpoint["optimizer"]["param_groups"]:
                     group["lr"] /= 2
@@ -329,7 +368,8 @@ class _Trainer:
     def start(self) -> dict[str, Any]:
         """Save the untrained state, so that there is a checkpoint from the very first step."""
         self.metrics = []
-        runs.write_metrics(self.out, [])
+        if self.world.is_main:
+            runs.write_metrics(self.out, [])
         self._save(0, 0)
         return {"epoch": 0, "step": 0}
 
@@ -348,7 +388,7 @@ class _Trainer:
         if step and not isinstance(checkpoint["loss_sum"], torch.Tensor):
             raise CheckpointError(f"{path} holds no running loss for its epoch in progress")
         if step:  # checked here, used by _epoch: fail before anything is written
-            runs.set_rng_state(checkpoint["epoch_rng"])
+            self._set_rng(checkpoint["epoch_rng"])
         saved_lr = checkpoint["config"]["lr"]
         runs.restore(self.vae, checkpoint["model"], self.out)
         runs.restore(self.optimizer, checkpoint["optimizer"], self.out)
@@ -358,13 +398,28 @@ class _Trainer:
         bad = runs.nonfinite_entries({"model": checkpoint["model"]})
         if bad:
             raise CheckpointError(f"{path} holds non-finite parameters ({', '.join(bad[:3])})")
-        runs.set_rng_state(checkpoint["rng"])
+        self._set_rng(checkpoint["rng"])
         self.metrics = list(checkpoint["metrics"])
-        runs.write_metrics(self.out, self.metrics)
+        if self.world.is_main:
+            runs.write_metrics(self.out, self.metrics)
         self.saved_at = self._position(done, step)
         return checkpoint
 
+    def _set_rng(self, state: dict[str, Any]) -> None:
+        """Restore an RNG state from a checkpoint (rank 0's).
+
+        Under ``torchrun`` on GPUs, rank 0 drew from ``cuda:0`` and this rank draws
+        from its own GPU: rank 0's CUDA state goes to this rank's device, so all
+        ranks draw the same epoch images and order again.
+        """
+        runs.set_rng_state(state)
+        if self.world.size > 1 and self.device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"][0], self.device)
+
     def _save(self, done: int, step: int, **epoch_in_progress: Any) -> None:
+        if not self.world.is_main:  # the other ranks' state is the same
+            self.saved_at = self._position(done, step)
+            return
         runs.save_checkpoint(
             self.out,
             {
@@ -398,12 +453,12 @@ class _Trainer:
         # mid-epoch resume draws them again identically instead of storing them.
         epoch_rng = partial["epoch_rng"] if partial else runs.rng_state()
         if partial:
-            runs.set_rng_state(epoch_rng)
+            self._set_rng(epoch_rng)
         images = self.data.training_images()
         order = torch.randperm(self.num_train, device=self.device)
         first, loss_sum, seconds, train_seconds = 0, torch.zeros((), device=self.device), 0.0, 0.0
         if partial:
-            runs.set_rng_state(partial["rng"])
+            self._set_rng(partial["rng"])
             first, seconds = partial["step"], partial["seconds"]
             train_seconds = partial.get("train_seconds", 0.0)
             loss_sum = partial["loss_sum"].to(self.device)
@@ -415,12 +470,13 @@ class _Trainer:
             for i in range(first, spe):
                 global_step = (epoch - 1) * spe + i
                 index = order[i * config.batch_size : (i + 1) * config.batch_size]
+                index = index[self.world.rank :: self.world.size]  # this rank's share
                 batch = images[index]
                 inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
-                loss = self.loss_fn(self.vae.model, self.vae.guide, *inputs,
-                                    beta=kl_weight(config, global_step, spe))  # fmt: skip
+                loss = self._loss(inputs, kl_weight(config, global_step, spe), global_step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                loss = self._sum_over_ranks(loss, stop)
                 fault = nonfinite_step(loss, self.parameters)
                 if fault:
                     raise self._fault(fault, epoch, i + 1, loss, batch)
@@ -454,7 +510,8 @@ class _Trainer:
         }
         self.metrics.append(row)
         self._save(epoch, 0)
-        runs.append_metrics(self.out, row)
+        if self.world.is_main:
+            runs.append_metrics(self.out, row)
         self.log(
             f"epoch {epoch}/{config.epochs}  train_loss {row['train_loss']:.2f}  "
             f"val_elbo {row['val_elbo']:.2f}  beta {row['beta']:.3g}  {row['seconds']:.1f}s"
@@ -462,13 +519,50 @@ class _Trainer:
         if stop.signum:
             raise self._interrupted(stop.signum)
 
+    def _loss(
+        self, inputs: tuple[torch.Tensor, ...], beta: float, global_step: int
+    ) -> torch.Tensor:
+        """The objective summed over a batch (``inputs``: this rank's share of the global batch).
+
+        With several ranks the latent noise comes from a forked RNG seeded by (seed,
+        step, rank): the ranks draw different noise but consume the global RNG (the
+        epoch's images and order) identically. A rank whose share of a last, short
+        batch is empty contributes zero.
+        """
+        if self.world.size == 1:
+            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+        if inputs[0].shape[0] == 0:
+            return torch.zeros((), device=self.device, requires_grad=True)
+        seed = distributed.derived_seed(self.config.seed, global_step, self.world.rank)
+        with _seeded(seed, self.device):
+            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+
+    def _sum_over_ranks(self, loss: torch.Tensor, stop: _StopSignals) -> torch.Tensor:
+        """With several ranks: sum the loss, the gradients and the stop requests over ranks
+        (one all-reduce), so every rank takes the same step, sees the same non-finite check
+        and stops at the same step; return the global batch's loss."""
+        if self.world.size == 1:
+            return loss
+        for p in self.parameters:  # an empty last shard leaves gradients unset
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flags = torch.tensor([float(stop.received is not None)], device=loss.device)
+        total = loss.detach().reshape(1)
+        self.world.sum_([total, flags, *(p.grad for p in self.parameters)])
+        if flags.item() and stop.signum is None:
+            stop.signum = stop.received or signal.SIGTERM
+        return total[0]
+
     def _fault(
         self, what: str, epoch: int, step: int, loss: torch.Tensor, batch: torch.Tensor
     ) -> NumericalError:
         """The error for a non-finite step, diagnosed (this path is rare, so checks are cheap)."""
         where = f"epoch {epoch}, step {step} of {self.steps_per_epoch}"
         kept = f"the last good checkpoint ({self.saved_at}) is unchanged in {self.checkpoint_path}"
-        if not bool(torch.isfinite(batch).all()):
+        # Did any rank's share of the batch hold NaN? (A collective: every rank is here.)
+        bad_data = torch.tensor([float(not bool(torch.isfinite(batch).all()))], device=self.device)
+        self.world.sum_([bad_data])
+        if bad_data.item():
             return NumericalError(
                 f"non-finite {what} at {where}: the training batch holds NaN or infinite "
                 f"values; {kept}. Fix the data, then continue with --resume",
