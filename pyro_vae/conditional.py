@@ -262,9 +262,7 @@ class CompletionCVAE(VAE):
     ):
         mask = quadrant_mask(image_shape, observed_quadrants)
         observed_dim, missing_dim = int(mask.sum()), int((~mask).sum())
-        likelihood = build_likelihood(
-            likelihood, data_dim=missing_dim, options=likelihood_options
-        )
+        likelihood = build_likelihood(likelihood, data_dim=missing_dim, options=likelihood_options)
         out_dim = missing_dim * likelihood.params_per_dim
         baseline = mlp([observed_dim, *hidden_dims, out_dim])
         prior = PriorNetwork(

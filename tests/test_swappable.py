@@ -144,3 +144,19 @@ def test_every_objective_works_with_every_prior(prior, objective):
     loss.backward()
     assert bool(torch.isfinite(loss))
     assert all(p.grad is not None for p in vae.parameters())
+
+
+def test_conditional_models_take_priors_and_likelihoods_by_name(tiny_data):
+    cvae = tiny_config(model="cvae", prior="mog", prior_components=3, likelihood="gaussian",
+                       likelihood_scale="global", num_classes=4, image_shape=(1, 8, 8))  # fmt: skip
+    cvae = cvae.build_vae()
+    assert isinstance(cvae.prior.prior, MixturePrior) and cvae.prior.prior.loc.shape == (3, 4)
+    x, y = cvae.batch_inputs(tiny_data.test[:8], tiny_data.test_labels[:8])
+    assert bool(torch.isfinite(log_importance_weights(cvae.model, cvae.guide, x, y)).all())
+
+    completion = tiny_config(model="completion", likelihood="laplace", image_shape=(1, 8, 8))
+    completion = completion.build_vae()
+    assert completion.likelihood.raw_scale.shape == (48,)  # the 3 missing 4x4 quadrants
+
+    with pytest.raises(ConfigError, match="VampPrior is built on the VAE's encoder of x alone"):
+        tiny_config(model="cvae", prior="vamp", num_classes=4).build_vae()
