@@ -28,7 +28,7 @@ from pyro_vae.images import sample_run
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.plots import plot_run
-from pyro_vae.priors import PRIORS
+from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
 from pyro_vae.runs import EVAL_FILES, evaluate_run
 from pyro_vae.training import resolve_device, train
 
@@ -42,13 +42,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None: the help says what happens then."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a VAE and write its run directory",
         description="Train a VAE with SVI. Writes config.json, checkpoint.pt and metrics.jsonl "
         "to --out, one checkpoint and one metrics line per epoch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument(
@@ -107,12 +114,51 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="H",
         help="hidden layer widths of the MLP encoder (decoder mirrors them)",
     )
-    model.add_argument("--prior", choices=list(PRIORS), default=DEFAULTS.prior, help="prior p(z)")
+    model.add_argument(
+        "--prior",
+        choices=list(PRIORS),
+        default=DEFAULTS.prior,
+        help="prior p(z): normal N(0, I); learned-normal (learned mean and scale); mog "
+        "(mixture of Gaussians); vamp (VampPrior: encoder posteriors at learned pseudo-inputs); "
+        "flow (masked autoregressive flow over N(0, I))",
+    )
+    model.add_argument(
+        "--prior-components",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"mixture components of the mog prior (default {MixturePrior.default_components}) "
+        f"or pseudo-inputs of the vamp prior (default {VampPrior.default_components})",
+    )
+    model.add_argument(
+        "--prior-layers",
+        type=int,
+        default=None,
+        metavar="L",
+        help=f"autoregressive layers of the flow prior (default {FlowPrior.default_layers})",
+    )
     model.add_argument(
         "--likelihood",
         choices=list(LIKELIHOODS),
         default=DEFAULTS.likelihood,
-        help="likelihood p(x|z)",
+        help="likelihood p(x|z): bernoulli (binary data); continuous-bernoulli (normalized on "
+        "[0, 1]); gaussian, laplace (real data); beta (data in (0, 1)); discretized-logistic "
+        "(8-bit grey levels, use --binarize none; also reported in bits/dim)",
+    )
+    model.add_argument(
+        "--likelihood-scale",
+        default=None,
+        metavar="S",
+        help="scale of the gaussian/laplace likelihood: per-pixel (learned, one per pixel; the "
+        "default), global (one learned scale) or a positive number (fixed)",
+    )
+    model.add_argument(
+        "--likelihood-squeeze",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="beta likelihood: model eps + (1 - 2 eps) x (Jacobian included), so that pixels "
+        "at exactly 0 or 1, as in Fashion-MNIST grey levels, get a finite density; e.g. 1e-3",
     )
     opt = p.add_argument_group("objective and optimization")
     opt.add_argument(
@@ -188,7 +234,11 @@ def _run_train(args: argparse.Namespace) -> None:
         latent_dim=args.latent_dim,
         hidden_dims=tuple(args.hidden_dims),
         prior=args.prior,
+        prior_components=args.prior_components,
+        prior_layers=args.prior_layers,
         likelihood=args.likelihood,
+        likelihood_scale=args.likelihood_scale,
+        likelihood_squeeze=args.likelihood_squeeze,
         objective=args.objective,
         particles=args.particles,
         beta=args.beta,
@@ -246,7 +296,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Estimate log p(x) of every test (or validation) image by importance "
         "sampling with the encoder as proposal, log p(x) ~ logmeanexp_k p(x,z_k)/q(z_k|x), "
         "and write the summary to DIR/eval.json (DIR/eval_val.json for --split val).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
     p.add_argument(
@@ -294,6 +344,8 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         (f"{result['estimates']} (IW)", f"{result[f'{split}_log_likelihood']:.2f} "
                           f"+- {result['log_likelihood_stderr']:.2f} nats"),
         ("KL(q || p)", f"{result[f'{split}_kl']:.2f} nats"),
+        *([("bits/dim", f"{result[f'{split}_bits_per_dim']:.4f}")]
+          if f"{split}_bits_per_dim" in result else []),
         ("active units", f"{active}/{result['latent_dim']}" if active is not None else "n/a"),
         ("seconds", f"{result['seconds']:.1f} on {result['device']}"),
     ]  # fmt: skip

@@ -22,6 +22,7 @@ entry per example.
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -33,9 +34,9 @@ from torch import nn
 
 from pyro_vae.data import ImageData
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import BernoulliLikelihood, Likelihood
+from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import MultiInputGaussian, MultiInputMLP, mlp
-from pyro_vae.priors import Prior, StandardNormal
+from pyro_vae.priors import Prior, build_prior
 from pyro_vae.vae import VAE
 
 #: Observed quadrants, as (row half, column half), in the order of Pyro's CVAE
@@ -97,9 +98,12 @@ class LabelCVAE(VAE):
     estimates, the conditional log-likelihood :math:`\log p(x \mid y)`. Sampling
     with a chosen ``y`` draws images of that class.
 
-    :param prior: an unconditional :class:`~pyro_vae.priors.Prior` (used as
-        :math:`p(z|y) = p(z)`) or a :class:`ConditionalPrior` such as
-        :class:`ClassConditionalNormal`; default N(0, I).
+    :param prior: an unconditional :class:`~pyro_vae.priors.Prior` or its registry
+        name (used as :math:`p(z|y) = p(z)`; options in ``prior_options``), or a
+        :class:`ConditionalPrior` such as :class:`ClassConditionalNormal`; default N(0, I).
+        A prior built on an encoder of x alone (the VampPrior) does not apply.
+    :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood` or its registry
+        name (options in ``likelihood_options``); default Bernoulli.
     :param encoder: ``(x, y) -> (loc, scale)``; default MLP over ``[x, y]``.
     :param decoder: ``(z, y) -> likelihood params``; default MLP over ``[z, y]``.
     """
@@ -115,11 +119,18 @@ class LabelCVAE(VAE):
         *,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
-        prior: Prior | ConditionalPrior | None = None,
-        likelihood: Likelihood | None = None,
+        prior: Prior | ConditionalPrior | str = "normal",
+        likelihood: Likelihood | str = "bernoulli",
+        prior_options: dict[str, Any] | None = None,
+        likelihood_options: dict[str, Any] | None = None,
     ):
-        likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-        prior = prior if prior is not None else StandardNormal(latent_dim)
+        likelihood = build_likelihood(likelihood, data_dim=data_dim, options=likelihood_options)
+        if not isinstance(prior, ConditionalPrior):
+            # encoder=None: this model's encoder also takes y, so a prior built on it cannot be
+            prior = LabelIndependentPrior(
+                build_prior(prior, latent_dim=latent_dim, data_dim=data_dim, encoder=None,
+                            options=prior_options)
+            )  # fmt: skip
         if encoder is None:
             encoder = MultiInputGaussian((data_dim, num_classes), hidden_dims, latent_dim)
         if decoder is None:
@@ -131,7 +142,7 @@ class LabelCVAE(VAE):
             hidden_dims,
             encoder=encoder,
             decoder=decoder,
-            prior=prior if isinstance(prior, ConditionalPrior) else LabelIndependentPrior(prior),
+            prior=prior,
             likelihood=likelihood,
         )
         self.num_classes = num_classes
@@ -246,11 +257,12 @@ class CompletionCVAE(VAE):
         latent_dim: int = 50,
         hidden_dims: Sequence[int] = (400,),
         *,
-        likelihood: Likelihood | None = None,
+        likelihood: Likelihood | str = "bernoulli",
+        likelihood_options: dict[str, Any] | None = None,
     ):
         mask = quadrant_mask(image_shape, observed_quadrants)
         observed_dim, missing_dim = int(mask.sum()), int((~mask).sum())
-        likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
+        likelihood = build_likelihood(likelihood, data_dim=missing_dim, options=likelihood_options)
         out_dim = missing_dim * likelihood.params_per_dim
         baseline = mlp([observed_dim, *hidden_dims, out_dim])
         prior = PriorNetwork(

@@ -18,9 +18,10 @@ from pyro_vae.conditional import (
 )
 from pyro_vae.data import DATASETS, ImageData, load_images
 from pyro_vae.errors import ConfigError, ConfigTypeError
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.priors import PRIORS, Prior
+from pyro_vae.priors import PRIORS
+from pyro_vae.registry import check_options
 from pyro_vae.vae import VAE
 
 BINARIZE_CHOICES = ("dynamic", "none")
@@ -44,13 +45,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The prior and the likelihood go in by registry name with their options: each
+# model builds them (priors.build_prior, likelihoods.build_likelihood) with the
+# pieces only it knows, such as its encoder or the size of the data it models.
+
+
 def _vae(config: "TrainConfig") -> VAE:
     return VAE(
         config.data_dim,
         config.latent_dim,
         config.hidden_dims,
-        prior=config.build_prior(),
-        likelihood=LIKELIHOODS[config.likelihood](),
+        prior=config.prior,
+        likelihood=config.likelihood,
+        prior_options=config.options("prior"),
+        likelihood_options=config.options("likelihood"),
     )
 
 
@@ -62,8 +70,10 @@ def _label_cvae(config: "TrainConfig") -> LabelCVAE:
         config.hidden_dims,
         prior=ClassConditionalNormal(config.num_classes, config.latent_dim)
         if config.conditional_prior
-        else config.build_prior(),
-        likelihood=LIKELIHOODS[config.likelihood](),
+        else config.prior,
+        likelihood=config.likelihood,
+        prior_options=config.options("prior"),
+        likelihood_options=config.options("likelihood"),
     )
 
 
@@ -73,7 +83,8 @@ def _completion(config: "TrainConfig") -> CompletionCVAE:
         config.observed_quadrants,
         config.latent_dim,
         config.hidden_dims,
-        likelihood=LIKELIHOODS[config.likelihood](),
+        likelihood=config.likelihood,
+        likelihood_options=config.options("likelihood"),
     )
 
 
@@ -100,7 +111,14 @@ class TrainConfig:
     latent_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
     prior: str = "normal"
+    #: Prior and likelihood options: field ``kind_option`` is ``--kind-option`` on the
+    #: command line and reaches the class as keyword ``option``; None: the class's default.
+    prior_components: int | None = None
+    prior_layers: int | None = None
     likelihood: str = "bernoulli"
+    #: ``per-pixel``, ``global`` or a fixed scale written as text, e.g. ``"0.05"``.
+    likelihood_scale: str | None = None
+    likelihood_squeeze: float | None = None
     objective: str = "elbo"
     particles: int = 1
     beta: float = 1.0
@@ -122,8 +140,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for field in fields(self):
             setattr(self, field.name, _coerce(field, getattr(self, field.name)))
-        for name in ("latent_dim", "epochs", "batch_size", "particles"):
-            if getattr(self, name) <= 0:
+        for name in (
+            "latent_dim",
+            "epochs",
+            "batch_size",
+            "particles",
+            "prior_components",
+            "prior_layers",
+        ):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(
                     f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
                 )
@@ -162,6 +187,13 @@ class TrainConfig:
                     f"choose one of: {', '.join(choices)}"
                 )
 
+        if self.likelihood_scale is not None:
+            parse_scale(self.likelihood_scale)  # kept as text; the likelihood parses it again
+        if self.likelihood_squeeze is not None:
+            parse_squeeze(self.likelihood_squeeze)
+        check_options(PRIORS, "prior", self.prior, self.options("prior"))
+        check_options(LIKELIHOODS, "likelihood", self.likelihood, self.options("likelihood"))
+
         if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
             raise ConfigError(
                 "--objective iwae has no separate KL term to scale; drop --beta/--warmup-epochs "
@@ -181,13 +213,18 @@ class TrainConfig:
     def data_dim(self) -> int:
         return math.prod(self.image_shape)
 
+    def options(self, kind: str) -> dict[str, Any]:
+        """The options given for the prior or the likelihood (``kind``), by option name."""
+        prefix = f"{kind}_"
+        return {
+            f.name.removeprefix(prefix): getattr(self, f.name)
+            for f in fields(self)
+            if f.name.startswith(prefix) and getattr(self, f.name) is not None
+        }
+
     def build_vae(self) -> VAE:
         """A freshly initialized model (``MODELS[self.model]``) of this configuration."""
         return MODELS[self.model](self)
-
-    def build_prior(self) -> Prior:
-        """The ``--prior`` p(z)."""
-        return PRIORS[self.prior](self.latent_dim)
 
     def load_data(self, device: torch.device | str = "cpu") -> ImageData:
         """The dataset this configuration trains on (``subset`` trims the training split only)."""

@@ -27,6 +27,7 @@ from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
 from pyro_vae.files import atomic_write
+from pyro_vae.likelihoods import bits_per_dim
 from pyro_vae.vae import VAE
 
 CONFIG_FILE = "config.json"
@@ -306,6 +307,9 @@ def evaluate_run(
         "device": str(torch_device),
         "seed": seed,
     }
+    if vae.likelihood.is_discrete:  # a probability of discrete pixels: also a code length
+        log_likelihood = result[f"{split}_log_likelihood"]
+        result[f"{split}_bits_per_dim"] = bits_per_dim(log_likelihood, vae.data_dim)
     if world.is_main:
         text = (json.dumps(result, indent=2) + "\n").encode()
         atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))

@@ -23,6 +23,7 @@ are for a batch of images.
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -33,9 +34,9 @@ from torch import nn
 
 from pyro_vae.data import ImageData
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import BernoulliLikelihood, Likelihood
+from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import MLPDecoder, MLPEncoder
-from pyro_vae.priors import Prior, StandardNormal
+from pyro_vae.priors import Prior, build_prior
 
 _instance_numbers = itertools.count()
 
@@ -58,12 +59,18 @@ class VAE(PyroModule):
     :param hidden_dims: widths of the default MLP encoder/decoder's hidden layers.
     :param encoder: ``x -> (loc, scale)``; default :class:`MLPEncoder`.
     :param decoder: ``z -> likelihood params``; default :class:`MLPDecoder`.
-    :param prior: a :class:`Prior`; default N(0, I).
-    :param likelihood: a :class:`Likelihood`; default Bernoulli with logits.
+    :param prior: a :class:`Prior`, or the name of one in :data:`~pyro_vae.priors.PRIORS`
+        (built with this VAE's encoder, so ``prior="vamp"`` is all a VampPrior takes);
+        default ``"normal"``, N(0, I). Conditional subclasses pass a module whose
+        ``forward(*conditions)`` gives p(z|c).
+    :param likelihood: a :class:`Likelihood`, or the name of one in
+        :data:`~pyro_vae.likelihoods.LIKELIHOODS`; default ``"bernoulli"`` (logits).
+    :param prior_options: options of a prior given by name, e.g. ``{"components": 50}``.
+    :param likelihood_options: options of a likelihood given by name, e.g. ``{"scale": "global"}``.
 
     Use with Pyro directly::
 
-        vae = VAE()
+        vae = VAE(prior="vamp", likelihood="continuous-bernoulli")
         svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
         svi.step(x)  # x: (batch, 784) in [0, 1]
     """
@@ -76,14 +83,17 @@ class VAE(PyroModule):
         *,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
-        prior: Prior | None = None,
-        likelihood: Likelihood | None = None,
+        prior: Prior | nn.Module | str = "normal",
+        likelihood: Likelihood | str = "bernoulli",
+        prior_options: dict[str, Any] | None = None,
+        likelihood_options: dict[str, Any] | None = None,
     ):
         super().__init__(name=unique_pyro_name("vae"))
         self.data_dim = data_dim
         self.latent_dim = latent_dim
-        self.likelihood = likelihood if likelihood is not None else BernoulliLikelihood()
-        self.prior = prior if prior is not None else StandardNormal(latent_dim)
+        self.likelihood = build_likelihood(
+            likelihood, data_dim=data_dim, options=likelihood_options
+        )
         out_dim = data_dim * self.likelihood.params_per_dim
         self.encoder = (
             encoder if encoder is not None else MLPEncoder(data_dim, hidden_dims, latent_dim)
@@ -91,6 +101,11 @@ class VAE(PyroModule):
         self.decoder = (
             decoder if decoder is not None else MLPDecoder(latent_dim, hidden_dims[::-1], out_dim)
         )
+        # A VampPrior holds this same encoder object: one set of parameters, trained once.
+        self.prior = build_prior(
+            prior, latent_dim=latent_dim, data_dim=data_dim, encoder=self.encoder,
+            options=prior_options,
+        )  # fmt: skip
 
     #: What the importance-weighted estimate with this guide estimates (for reports).
     evaluates = "log p(x)"

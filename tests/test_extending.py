@@ -1,0 +1,48 @@
+"""The worked example of docs/extending.md runs, and its new classes pass the registry checks."""
+
+import re
+from pathlib import Path
+
+import pytest
+import test_priors as prior_checks  # a module object, so pytest does not collect its tests here
+import torch
+
+from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood
+from pyro_vae.priors import PRIORS
+
+DOC = Path(__file__).parents[1] / "docs" / "extending.md"
+
+
+@pytest.fixture
+def registries():
+    """Undo the example's registrations afterwards."""
+    saved = dict(PRIORS), dict(LIKELIHOODS)
+    yield
+    for registry, before in zip((PRIORS, LIKELIHOODS), saved, strict=True):
+        registry.clear()
+        registry.update(before)
+
+
+def test_worked_example_runs(registries, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert len(blocks) == 3
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "PoissonLikelihood expects non-negative integers (counts)" in out
+    losses = namespace["losses"]
+    assert sum(losses[-20:]) < 0.8 * sum(losses[:20])
+
+    # The one class + one registry line is all the library needs ...
+    assert PRIORS["student-t"] is namespace["StudentTPrior"]
+    # ... and the new prior passes the checks every built-in prior passes.
+    prior_checks.test_prior_is_a_normalized_density_matching_its_samples("student-t")
+    prior_checks.test_prior_integrates_to_one_in_more_dimensions("student-t")
+    prior_checks.test_gradients_reach_the_prior_parameters("student-t")
+
+    poisson = build_likelihood("poisson", data_dim=3)
+    params, x = torch.randn(2, 3), torch.tensor([[0.0, 1.0, 7.0], [2.0, 0.0, 30.0]])
+    rate = torch.nn.functional.softplus(params)
+    expected = (x * rate.log() - rate - torch.lgamma(x + 1)).sum(-1)
+    assert torch.allclose(poisson(params).log_prob(x), expected)

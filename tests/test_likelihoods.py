@@ -1,0 +1,199 @@
+"""Each likelihood's log_prob against its textbook formula, its mean, and its data domain."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import ConfigError
+from pyro_vae.likelihoods import (
+    LIKELIHOODS,
+    DiscretizedLogistic,
+    bits_per_dim,
+    build_likelihood,
+)
+
+D = 6
+GRID = torch.arange(256, dtype=torch.float64) / 255
+
+
+def data_for(name: str, generator: torch.Generator) -> torch.Tensor:
+    """(4, D) data in each likelihood's domain: strictly inside (0, 1), and on the 8-bit grid."""
+    x = torch.randint(1, 255, (4, D), generator=generator).double() / 255
+    if name == "bernoulli":
+        return x.round()
+    return x
+
+
+def bernoulli(params, x, lik):
+    p = torch.sigmoid(params)
+    return x * p.log() + (1 - x) * (1 - p).log()
+
+
+def continuous_bernoulli(params, x, lik):
+    lam = torch.sigmoid(params)
+    half = lam == 0.5  # C(1/2) = 2, the limit
+    lam_safe = torch.where(half, torch.full_like(lam, 0.25), lam)
+    log_norm = torch.log(2 * torch.atanh(1 - 2 * lam_safe) / (1 - 2 * lam_safe))
+    log_norm = torch.where(half, torch.full_like(lam, math.log(2)), log_norm)
+    return log_norm + x * lam.log() + (1 - x) * (1 - lam).log()
+
+
+def gaussian(params, x, lik):
+    s = lik.scale().double()
+    return -0.5 * ((x - params) / s) ** 2 - s.log() - 0.5 * math.log(2 * math.pi)
+
+
+def laplace(params, x, lik):
+    b = lik.scale().double()
+    return -(x - params).abs() / b - torch.log(2 * b)
+
+
+def beta(params, x, lik):
+    a, b = (F.softplus(p) + lik.min_concentration for p in params.chunk(2, -1))
+    log_beta_fn = torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+    return (a - 1) * x.log() + (b - 1) * (1 - x).log() - log_beta_fn
+
+
+def discretized_logistic(params, x, lik):
+    loc, raw = params.chunk(2, -1)
+    s = F.softplus(raw) + lik.min_scale
+    a, b = (x + 0.5 / 255 - loc) / s, (x - 0.5 / 255 - loc) / s
+    a = torch.where(x >= 1, torch.full_like(x, math.inf), a)
+    b = torch.where(x <= 0, torch.full_like(x, -math.inf), b)
+    # F(a) - F(b), or (1 - F(b)) - (1 - F(a)) right of the mean, where float64 keeps its digits
+    mass = torch.where(
+        x > loc, torch.sigmoid(-b) - torch.sigmoid(-a), torch.sigmoid(a) - torch.sigmoid(b)
+    )
+    return torch.log(mass)
+
+
+#: Per-dimension log-densities written from the definitions, in float64.
+REFERENCES = {
+    "bernoulli": bernoulli,
+    "continuous-bernoulli": continuous_bernoulli,
+    "gaussian": gaussian,
+    "laplace": laplace,
+    "beta": beta,
+    "discretized-logistic": discretized_logistic,
+}
+
+
+def test_every_registered_likelihood_has_a_reference():
+    assert set(REFERENCES) == set(LIKELIHOODS)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [(name, None) for name in REFERENCES]
+    + [("gaussian", {"scale": "global"}), ("gaussian", {"scale": 0.3}), ("laplace", {"scale": 2})],
+)
+def test_log_prob_matches_the_formula(name, options):
+    generator = torch.Generator().manual_seed(0)
+    lik = build_likelihood(name, data_dim=D, options=options)
+    with torch.no_grad():
+        for p in lik.parameters():  # learned scales away from their initial value
+            p.add_(0.5 * torch.randn(p.shape, generator=generator))
+    params = 2 * torch.randn(4, lik.params_per_dim * D, generator=generator)
+    x = data_for(name, generator)
+    lik.validate(x)
+    log_prob = lik(params).log_prob(x.float())
+    assert log_prob.shape == (4,)  # one value per example: the event is the data vector
+    expected = REFERENCES[name](params.double(), x, lik).sum(-1)
+    assert torch.allclose(log_prob.double(), expected, rtol=1e-5, atol=1e-4)
+    # with a leading particle dimension and shared data, as in importance sampling
+    particles = torch.stack([params, params.flip(0), torch.zeros_like(params)])
+    expected = REFERENCES[name](particles.double(), x, lik).sum(-1)
+    log_prob = lik(particles).log_prob(x.float())
+    assert log_prob.shape == (3, 4)
+    assert torch.allclose(log_prob.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["continuous-bernoulli", "gaussian", "laplace", "beta",
+                                  "discretized-logistic", "bernoulli"])  # fmt: skip
+def test_mean_is_the_mean_of_the_samples(name):
+    torch.manual_seed(0)
+    options = {"squeeze": 0.05} if name == "beta" else None
+    lik = build_likelihood(name, data_dim=D, options=options)
+    params = torch.randn(1, lik.params_per_dim * D)
+    with torch.no_grad():
+        samples = lik(params).sample((40_000,))
+        mean = lik.mean(params)
+    assert samples.shape == (40_000, 1, D) and mean.shape == (1, D)
+    assert torch.allclose(samples.mean(0), mean, atol=0.01)
+
+
+def test_discretized_logistic_is_a_normalized_probability_and_stable():
+    loc = torch.tensor([[-3.0], [0.0], [0.5], [0.999], [4.0]])
+    scale = torch.tensor([[0.5], [1e-3], [0.05], [1e-3], [1e-4]])
+    log_p = DiscretizedLogistic(loc, scale).log_prob(GRID.float())  # (5, 256)
+    assert bool(torch.isfinite(log_p).all())
+    assert torch.allclose(log_p.exp().sum(-1), torch.ones(5), atol=1e-5)
+    # far from the mean a CDF difference underflows in float32; the log-space form does not
+    tiny = DiscretizedLogistic(torch.tensor(0.9), torch.tensor(0.005)).log_prob(torch.tensor(0.2))
+    reference = -(0.9 - 0.2) / 0.005 + math.log(2 * math.sinh(0.5 / 255 / 0.005))  # about -140
+    assert float(tiny) == pytest.approx(reference, rel=1e-4)
+
+
+def test_beta_squeeze_is_a_density_with_its_jacobian():
+    """With squeeze eps, p(x) integrates to 1 over [-eps, 1 + eps] / (1 - 2 eps)."""
+    eps = 0.05
+    lik = build_likelihood("beta", data_dim=1, options={"squeeze": eps})
+    params = torch.tensor([[1.5, 2.0]])  # a, b > 1: a bounded density, easy to integrate
+    lo, hi = -eps / (1 - 2 * eps), (1 - eps) / (1 - 2 * eps)
+    x = torch.linspace(lo, hi, 200_001)[1:-1, None, None]
+    density = lik(params).log_prob(x).exp().squeeze()
+    assert float(torch.trapezoid(density, x.squeeze())) == pytest.approx(1.0, abs=2e-3)
+    y = eps + (1 - 2 * eps) * torch.tensor([[0.0]])
+    plain = build_likelihood("beta", data_dim=1)(params).log_prob(y)
+    assert torch.allclose(lik(params).log_prob(torch.tensor([[0.0]])),
+                          plain + math.log(1 - 2 * eps))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "data", "message"),
+    [
+        ("bernoulli", None, torch.tensor([[0.0, 128.0, 255.0]]),
+         r"BernoulliLikelihood expects values in \[0, 1\].*\[0, 255\].*divide 8-bit pixels by 255"),
+        ("continuous-bernoulli", None, torch.tensor([[-0.1, 0.5]]), "expects values in"),
+        ("beta", None, torch.tensor([[0.0, 0.5]]),
+         r"strictly inside \(0, 1\).*--likelihood-squeeze"),
+        ("beta", {"squeeze": 1e-3}, torch.tensor([[0.5, 1.2]]), r"expects values in \[0, 1\]"),
+        ("discretized-logistic", None, torch.tensor([[0.5, 0.25]]),
+         "8-bit grey levels k/255.*round"),
+        ("discretized-logistic", None, torch.tensor([[0.0, 255.0]]), "8-bit grey levels"),
+        ("gaussian", None, torch.tensor([[0.0, float("nan")]]), "NaN or infinite"),
+    ],
+)  # fmt: skip
+def test_data_outside_the_domain_is_rejected(name, options, data, message):
+    with pytest.raises(ConfigError, match=message):
+        build_likelihood(name, data_dim=data.shape[1], options=options).validate(data)
+
+
+@pytest.mark.parametrize("name", ["continuous-bernoulli", "gaussian", "laplace",
+                                  "discretized-logistic"])  # fmt: skip
+def test_binarized_data_is_in_these_domains(name):
+    build_likelihood(name, data_dim=3).validate(torch.tensor([[0.0, 1.0, 1.0]]))
+
+
+def test_scale_options():
+    per_pixel = build_likelihood("gaussian", data_dim=D)
+    assert dict(per_pixel.named_parameters())["raw_scale"].shape == (D,)
+    assert torch.allclose(per_pixel.scale(), torch.full((D,), 0.1))
+    assert dict(build_likelihood("laplace", data_dim=D, options={"scale": "global"})
+                .named_parameters())["raw_scale"].shape == (1,)  # fmt: skip
+    fixed = build_likelihood("gaussian", data_dim=D, options={"scale": "0.5"})
+    assert not list(fixed.parameters()) and float(fixed.scale()) == 0.5
+    for bad in ("wide", -1.0, "nan"):
+        with pytest.raises(ConfigError, match="per-pixel or global .* or a positive number"):
+            build_likelihood("gaussian", data_dim=D, options={"scale": bad})
+    with pytest.raises(ConfigError, match=r"takes no option 'scale' \(--likelihood-scale\); "
+                                          "it applies to: gaussian, laplace"):  # fmt: skip
+        build_likelihood("bernoulli", data_dim=D, options={"scale": 0.1})
+
+
+def test_bits_per_dim():
+    assert bits_per_dim(-784 * 3 * math.log(2), 784) == pytest.approx(3.0)
+    assert torch.allclose(bits_per_dim(torch.tensor([0.0, -math.log(2)]), 1),
+                          torch.tensor([0.0, 1.0]))  # fmt: skip
