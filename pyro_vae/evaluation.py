@@ -20,6 +20,8 @@ density (the completion model's baseline): the estimates leave them out, and
 the training objectives add them back (:attr:`LogDensities.log_auxiliary`).
 """
 
+import ctypes
+import ctypes.util
 import math
 import time
 from collections.abc import Callable
@@ -163,6 +165,28 @@ class Estimates:
         }
 
 
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand memory that has been freed back to the operating system (glibc; else a no-op).
+
+    Every pass of the estimator allocates and frees tens of MB. Once glibc's mmap
+    threshold has adapted upwards such blocks come from its heap, and the small
+    result tensors kept per chunk pin the heap, so without trimming the resident
+    memory of a 10k x 5000 evaluation grew to 22 GB although nothing was live.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @torch.no_grad()
 def estimate_log_likelihood(
     model: Callable,
@@ -223,6 +247,7 @@ def estimate_log_likelihood(
             results["kl"].append(sum_kl / num_samples)
             if mean is not None:
                 results["mean"].append(mean)
+            release_freed_memory()
             bar.update(chunk[0].shape[0])
     # Rank r holds chunks r, r + size, ...: interleave the ranks' lists back into order.
     gathered = world.all_gather({key: [t.cpu() for t in chunks] for key, chunks in results.items()})
