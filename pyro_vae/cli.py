@@ -29,7 +29,8 @@ from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.plots import plot_run
 from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
-from pyro_vae.runs import EVAL_FILES, evaluate_run
+from pyro_vae.runs import CHECKPOINTS, EVAL_FILES, evaluate_run
+from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.training import resolve_device, train
 
 DEFAULTS = TrainConfig()
@@ -190,6 +191,31 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="number of epochs")
     opt.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="batch size")
     opt.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
+    opt.add_argument(
+        "--lr-schedule",
+        choices=list(LR_SCHEDULES),
+        default=DEFAULTS.lr_schedule,
+        help="constant, or plateau: multiply the lr by --lr-decay when the validation ELBO "
+        "has not improved for --lr-patience epochs",
+    )
+    opt.add_argument(
+        "--lr-decay", type=float, default=DEFAULTS.lr_decay, help="factor of --lr-schedule plateau"
+    )
+    opt.add_argument(
+        "--lr-patience",
+        type=int,
+        default=DEFAULTS.lr_patience,
+        metavar="EPOCHS",
+        help="epochs without improvement before --lr-schedule plateau lowers the lr",
+    )
+    opt.add_argument(
+        "--patience",
+        type=int,
+        default=DEFAULTS.patience,
+        metavar="EPOCHS",
+        help="early stopping: stop when the validation ELBO has not improved for this many "
+        "epochs (0: off); evaluate, plot and sample then use the best epoch (OUT/best.pt)",
+    )
     run = p.add_argument_group("run")
     run.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed")
     run.add_argument(
@@ -246,6 +272,10 @@ def _run_train(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        lr_decay=args.lr_decay,
+        lr_patience=args.lr_patience,
+        patience=args.patience,
         seed=args.seed,
         device=args.device,
         subset=args.subset,
@@ -257,7 +287,17 @@ def _run_train(args: argparse.Namespace) -> None:
         return
     print(f"run written to {args.out}")
     if args.plot:
-        _write_figures(args.out, None, args.data_root, args.device)
+        _write_figures(args.out, None, args.data_root, args.device, None)
+
+
+def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=list(CHECKPOINTS),
+        default=None,
+        help="which saved model: the last epoch's, or the best validation ELBO's (best.pt); "
+        "default: best for a run trained with --patience, else last",
+    )
 
 
 def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -277,15 +317,19 @@ def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", choices=DEVICE_CHOICES, default="cpu", help="auto: CUDA when available"
     )
+    _add_checkpoint_option(p)
     p.set_defaults(handler=_run_plot)
 
 
 def _run_plot(args: argparse.Namespace) -> None:
-    _write_figures(args.run, args.out, args.data_root, args.device)
+    _write_figures(args.run, args.out, args.data_root, args.device, args.checkpoint)
 
 
-def _write_figures(run: str, out: str | None, data_root: str | None, device: str) -> None:
-    paths = plot_run(run, out, data_root=data_root, device=resolve_device(device))
+def _write_figures(
+    run: str, out: str | None, data_root: str | None, device: str, checkpoint: str | None
+) -> None:
+    paths = plot_run(run, out, data_root=data_root, device=resolve_device(device),
+                     checkpoint=checkpoint)  # fmt: skip
     print(f"{len(paths)} figures written to {paths[0].parent}")
 
 
@@ -324,6 +368,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="auto: CUDA when available, else CPU",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_checkpoint_option(p)
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -331,7 +376,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     result = evaluate_run(
         args.run, split=args.split, num_samples=args.num_samples, subset=args.subset,
         max_batch=args.max_batch, device=args.device, seed=args.seed,
-        progress=not args.no_progress,
+        progress=not args.no_progress, checkpoint=args.checkpoint,
     )  # fmt: skip
     if not distributed.is_main_process():
         return
@@ -388,12 +433,13 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto: CUDA when available, else CPU",
     )
+    _add_checkpoint_option(p)
     p.set_defaults(handler=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> None:
     path = sample_run(args.run, args.out, num=args.num, label=args.label, seed=args.seed,
-                      device=args.device)  # fmt: skip
+                      device=args.device, checkpoint=args.checkpoint)  # fmt: skip
     print(f"samples written to {path}")
 
 

@@ -22,6 +22,7 @@ from pyro_vae.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import check_options
+from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.vae import VAE
 
 BINARIZE_CHOICES = ("dynamic", "none")
@@ -126,6 +127,14 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    #: ``constant``, or ``plateau``: lr times ``lr_decay`` when the validation ELBO has
+    #: not improved for ``lr_patience`` epochs (see pyro_vae.schedules).
+    lr_schedule: str = "constant"
+    lr_decay: float = 0.5
+    lr_patience: int = 10
+    #: Early stopping: stop when the validation ELBO has not improved for this many
+    #: epochs (0: off). The best epoch's model is kept in ``best.pt`` either way.
+    patience: int = 0
     seed: int = 0
     device: str = "auto"
     subset: int | None = None
@@ -162,6 +171,15 @@ class TrainConfig:
             raise ConfigError(f"warmup-epochs must be 0 or more, got {self.warmup_epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not 0 < self.lr_decay < 1:
+            raise ConfigError(
+                f"lr-decay must be between 0 and 1 (it multiplies the lr), got {self.lr_decay}"
+            )
+        for name in ("lr_patience", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}"
+                )
         if self.subset is not None and self.subset <= 0:
             raise ConfigError(f"subset must be positive, got {self.subset}")
         if not 0 <= self.seed <= MAX_SEED:
@@ -179,6 +197,7 @@ class TrainConfig:
             ("prior", tuple(PRIORS)),
             ("likelihood", tuple(LIKELIHOODS)),
             ("objective", tuple(OBJECTIVES)),
+            ("lr_schedule", tuple(LR_SCHEDULES)),
             ("on_nan", ON_NAN_CHOICES),
         ):
             if getattr(self, name) not in choices:

@@ -41,6 +41,7 @@ def sample_run(
     seed: int = 0,
     device: str = "auto",
     data: ImageData | None = None,
+    checkpoint: str | None = None,
 ) -> Path:
     """Draw the sample grid of a trained run (see the model's ``sample_grid``) and save it.
 
@@ -49,12 +50,13 @@ def sample_run(
         this class); ``None``: every class, one row each.
     :param data: images to take class names and test images from instead of loading the
         run's dataset.
+    :param checkpoint: which saved model, as in :func:`~pyro_vae.load_run`.
     """
     if num <= 0:
         raise ConfigError(f"num must be positive, got {num}")
     config = read_config(run_dir)
     torch_device = resolve_device(device)
-    model = load_run(run_dir, torch_device)
+    model = load_run(run_dir, torch_device, checkpoint)
     data = config.load_data(torch_device) if data is None else data.to(torch_device)
     devices = [torch_device] if torch_device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

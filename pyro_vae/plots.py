@@ -477,15 +477,17 @@ def plot_run(
     data: ImageData | None = None,
     data_root: str | Path | None = None,
     device: str | torch.device = "cpu",
+    checkpoint: str | None = None,
 ) -> list[Path]:
     """Write every figure of the run in ``run_dir`` to ``out`` (default ``run_dir/figures``).
 
     :param data: images to use instead of the run's dataset (its ``test`` split is drawn).
     :param data_root: where to find the dataset, if not where the run was trained from.
+    :param checkpoint: which saved model, as in :func:`~pyro_vae.load_run`.
     :return: the paths written.
     """
     config = read_config(run_dir)
-    vae = load_run(run_dir, device)
+    vae = load_run(run_dir, device, checkpoint)
     if data is None:  # grey levels (see the module doc); only the test split is drawn
         root = data_root if data_root is not None else config.data_root
         data = load_images(config.dataset, root, binarize=False, subset=1)

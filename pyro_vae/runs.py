@@ -32,6 +32,10 @@ from pyro_vae.vae import VAE
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: The model of the epoch with the best validation ELBO so far (what early stopping keeps).
+BEST_FILE = "best.pt"
+#: Which saved model ``load_run`` and the commands load, by ``--checkpoint`` name.
+CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
 #: Evaluation results by split.
 EVAL_FILES = {"test": "eval.json", "val": "eval_val.json"}
@@ -114,9 +118,9 @@ def nonfinite_entries(state: Any) -> list[str]:
     return [name for name, tensor in _float_tensors(state) if not torch.isfinite(tensor).all()]
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(run_dir: Path, state: dict[str, Any], file: str = CHECKPOINT_FILE) -> None:
     """Write ``state`` atomically; refuse non-finite values so a good checkpoint is never lost."""
-    path = run_dir / CHECKPOINT_FILE
+    path = run_dir / file
     bad = nonfinite_entries(state)
     if bad:
         raise NumericalError(
@@ -136,14 +140,21 @@ def load_checkpoint(
     run_dir: str | Path,
     map_location: str | torch.device = "cpu",
     keys: Sequence[str] = ("model",),
+    file: str = CHECKPOINT_FILE,
 ) -> dict[str, Any]:
-    """The checkpoint of ``run_dir``, checked to hold ``keys`` (but not yet to fit a model).
+    """The checkpoint ``file`` of ``run_dir``, checked to hold ``keys`` (but not yet to fit
+    a model).
 
     Resuming needs :data:`CHECKPOINT_KEYS` (and :data:`MID_EPOCH_KEYS` mid-epoch);
     loading a trained model needs only ``model``.
     """
-    path = Path(run_dir) / CHECKPOINT_FILE
+    path = Path(run_dir) / file
     if not path.is_file():
+        if file == BEST_FILE and (Path(run_dir) / CHECKPOINT_FILE).is_file():
+            raise CheckpointError(
+                f"no {BEST_FILE} in {run_dir}: no epoch has finished yet, or an older pyro-vae "
+                "trained it; use the last checkpoint (--checkpoint last)"
+            )
         raise CheckpointError(
             f"no checkpoint at {path}; train first with `pyro-vae train --out {run_dir}`"
         )
@@ -203,9 +214,7 @@ def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, state: dict[str, A
                 )
 
 
-def restore(
-    target: torch.nn.Module | torch.optim.Optimizer, state: Any, run_dir: str | Path
-) -> None:
+def restore(target: torch.nn.Module | torch.optim.Optimizer, state: Any, path: str | Path) -> None:
     """``target.load_state_dict(state)``, any mismatch raised as :class:`CheckpointError`."""
     what = "optimizer" if isinstance(target, torch.optim.Optimizer) else "model"
     try:
@@ -216,7 +225,7 @@ def restore(
         target.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError, TypeError) as error:
         raise CheckpointError(
-            f"the {what} state in {Path(run_dir) / CHECKPOINT_FILE} does not fit the configured "
+            f"the {what} state in {path} does not fit the configured "
             f"model ({_brief(error)}); it is damaged or belongs to another run"
         ) from error
 
@@ -250,12 +259,44 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """The trained model of a run directory (its ``config.model`` class), in eval mode."""
+def resolve_checkpoint(config: TrainConfig, checkpoint: str | None) -> str:
+    """``checkpoint`` checked to be a :data:`CHECKPOINTS` name; None: ``best`` for a run
+    trained with early stopping (``config.patience``), else ``last``."""
+    if checkpoint is None:
+        return "best" if config.patience else "last"
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(
+            f"unknown checkpoint {checkpoint!r}; choose one of: {', '.join(CHECKPOINTS)}"
+        )
+    return checkpoint
+
+
+def best_epoch(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The metrics row with the highest validation ELBO (the first of ties); None if none."""
+    return max(rows, key=lambda row: row["val_elbo"], default=None)
+
+
+def epochs_without_improvement(rows: Sequence[dict[str, Any]]) -> int:
+    """Epochs since the best validation ELBO; training stops early when this reaches
+    ``patience``."""
+    best = best_epoch(rows)
+    return 0 if best is None else rows[-1]["epoch"] - best["epoch"]
+
+
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | None = None
+) -> VAE:
+    """The trained model of a run directory (its ``config.model`` class), in eval mode.
+
+    :param checkpoint: ``"last"`` (the end of training), ``"best"`` (the epoch with the
+        best validation ELBO, ``best.pt``), or None: ``best`` when the run was trained
+        with early stopping (``patience``), else ``last``.
+    """
     config = read_config(run_dir)
-    checkpoint = load_checkpoint(run_dir, map_location=device)
+    file = CHECKPOINTS[resolve_checkpoint(config, checkpoint)]
+    state = load_checkpoint(run_dir, map_location=device, file=file)
     vae = config.build_vae()
-    restore(vae, checkpoint["model"], run_dir)
+    restore(vae, state["model"], Path(run_dir) / file)
     return vae.to(device).eval()
 
 
@@ -269,11 +310,13 @@ def evaluate_run(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split)
     or ``eval_val.json`` (validation split) into the run directory and returns its contents.
 
     :param subset: evaluate the first ``subset`` images of the split only.
+    :param checkpoint: which saved model, as in :func:`load_run`.
 
     Launched by ``torchrun`` with several processes, the images are shared out
     among them (see :func:`~pyro_vae.evaluation.estimate_log_likelihood`) and
@@ -289,7 +332,8 @@ def evaluate_run(
         raise ConfigError(f"subset must be positive, got {subset}")
     config = read_config(run_dir)
     world, torch_device = distributed.init(resolve_device(device))
-    vae = load_run(run_dir, torch_device)
+    checkpoint = resolve_checkpoint(config, checkpoint)
+    vae = load_run(run_dir, torch_device, checkpoint)
     data = config.load_data(torch_device)
     images = (data.test if split == "test" else data.val)[:subset]
     labels = (data.test_labels if split == "test" else data.val_labels)[:subset]
@@ -306,6 +350,7 @@ def evaluate_run(
         "latent_dim": config.latent_dim,
         "device": str(torch_device),
         "seed": seed,
+        "checkpoint": checkpoint,
     }
     if vae.likelihood.is_discrete:  # a probability of discrete pixels: also a code length
         log_likelihood = result[f"{split}_log_likelihood"]

@@ -7,6 +7,12 @@ optimizers. Data stays on the device as one tensor; batches are index slices of
 a fresh permutation each epoch. The running loss is accumulated on the device and
 read only when the progress bar refreshes.
 
+After every epoch the validation ELBO (single sample, fixed seed) steps the
+learning-rate schedule (:mod:`pyro_vae.schedules`), and the model of the best
+epoch so far is written to ``best.pt``; with ``patience`` training stops once
+the validation ELBO has not improved for that many epochs (early stopping), and
+``load_run``/``evaluate`` then use ``best.pt``.
+
 Nothing trained is lost:
 
 * a checkpoint is written atomically before the first step, at the end of every
@@ -60,12 +66,14 @@ from pyro_vae.errors import (
 from pyro_vae.evaluation import elbo_per_example
 from pyro_vae.files import remove_stale_temporaries
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.vae import VAE
 
 #: Seed of the validation ELBO's latent samples, so epochs and runs compare fairly.
 EVAL_SEED = 12345
 #: Options that may change when a run is resumed.
-RESUMABLE_CHANGES = ("epochs", "device", "data_root", "lr", "checkpoint_every", "on_nan")
+RESUMABLE_CHANGES = ("epochs", "device", "data_root", "lr", "checkpoint_every", "on_nan",
+                     "patience")  # fmt: skip
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
 #: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
@@ -316,6 +324,9 @@ class _Trainer:
         self.device = data.train.device
         self.parameters = [p for p in vae.parameters() if p.requires_grad]
         self.loss_fn = OBJECTIVES[config.objective](config.particles)
+        self.scheduler = LR_SCHEDULES[config.lr_schedule](
+            optimizer, config.lr_decay, config.lr_patience
+        )
         self.num_train = data.train.shape[0]
         self.steps_per_epoch = math.ceil(self.num_train / config.batch_size)
         self.metrics: list[dict[str, Any]] = []
@@ -390,8 +401,10 @@ class _Trainer:
         if step:  # checked here, used by _epoch: fail before anything is written
             self._set_rng(checkpoint["epoch_rng"])
         saved_lr = checkpoint["config"]["lr"]
-        runs.restore(self.vae, checkpoint["model"], self.out)
-        runs.restore(self.optimizer, checkpoint["optimizer"], self.out)
+        runs.restore(self.vae, checkpoint["model"], path)
+        runs.restore(self.optimizer, checkpoint["optimizer"], path)
+        if self.scheduler is not None and checkpoint.get("scheduler") is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.config.lr != saved_lr:  # --lr changed on resume: it replaces the saved one
             for group in self.optimizer.param_groups:
                 group["lr"] = self.config.lr
@@ -426,6 +439,7 @@ class _Trainer:
                 "format": runs.CHECKPOINT_FORMAT,
                 "model": self.vae.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                 "epoch": done,
                 "step": step,
                 "rng": runs.rng_state(),
@@ -441,8 +455,23 @@ class _Trainer:
         if start["epoch"] == self.config.epochs:
             self.log(f"{self.out} has already trained all {self.config.epochs} epochs")
         for epoch in range(start["epoch"] + 1, self.config.epochs + 1):
+            if self._stopped_early():
+                return
             self._epoch(epoch, stop, start if start["step"] else None)
             start = {"epoch": epoch, "step": 0}
+
+    def _stopped_early(self) -> bool:
+        """Early stopping: the validation ELBO has not improved for ``patience`` epochs."""
+        waited = runs.epochs_without_improvement(self.metrics)
+        if not self.config.patience or waited < self.config.patience:
+            return False
+        best = runs.best_epoch(self.metrics)
+        self.log(
+            f"early stopping after epoch {self.metrics[-1]['epoch']}: no better validation "
+            f"ELBO for {waited} epochs; best {best['val_elbo']:.2f} at epoch {best['epoch']} "
+            f"(in {self.out / runs.BEST_FILE})"
+        )
+        return True
 
     def _epoch(self, epoch: int, stop: _StopSignals, partial: dict[str, Any] | None) -> None:
         """Train one epoch, or its rest when ``partial`` is a mid-epoch checkpoint of it."""
@@ -508,7 +537,18 @@ class _Trainer:
             # the training steps alone (no validation, no checkpoint): throughput
             "train_seconds": train_seconds,
         }
+        best = runs.best_epoch(self.metrics)
         self.metrics.append(row)
+        if self.scheduler is not None:
+            self.scheduler.step(row["val_elbo"])
+        if self.world.is_main and (best is None or row["val_elbo"] > best["val_elbo"]):
+            # before the checkpoint: a crash in between retrains this epoch, identically
+            runs.save_checkpoint(
+                self.out,
+                {"model": self.vae.state_dict(), "epoch": epoch, "val_elbo": row["val_elbo"],
+                 "config": self.config.to_dict()},
+                file=runs.BEST_FILE,
+            )  # fmt: skip
         self._save(epoch, 0)
         if self.world.is_main:
             runs.append_metrics(self.out, row)

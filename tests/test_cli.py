@@ -18,7 +18,8 @@ def test_help_describes_every_train_option(capsys):
     text = capsys.readouterr().out
     for option in ("--dataset", "--data-root", "--binarize", "--latent-dim", "--hidden-dim",
                    "--beta", "--warmup-epochs", "--epochs", "--batch-size", "--lr", "--seed",
-                   "--device", "--subset", "--out", "--resume"):  # fmt: skip
+                   "--device", "--subset", "--out", "--resume", "--patience", "--lr-schedule",
+                   "--lr-decay", "--lr-patience"):  # fmt: skip
         assert option in text
 
 

@@ -1,0 +1,202 @@
+"""Reproduce the Fashion-MNIST test log-likelihoods of Exemplar VAE's Table 1 (issue 8).
+
+Protocol (Norouzi et al. 2020, after Tomczak & Welling 2018): 50k train / 10k
+validation, dynamic binarization, test set binarized once with a fixed seed, KL
+warm-up, early stopping on the validation ELBO with patience, the best epoch's
+model evaluated on all 10k test images by importance sampling with K=5000.
+
+Every step is resumable: a run directory with a checkpoint is continued with
+``--resume``, a finished run (early-stopped or at ``--epochs``) is not trained
+again, and an ``eval.json`` newer than the run's ``best.pt`` is kept. Kill it at
+any time and start it again with the same arguments.
+
+    python scripts/reproduce_fashion_mnist.py                      # every configuration
+    python scripts/reproduce_fashion_mnist.py --only vae-mlp --threads 1
+    python scripts/reproduce_fashion_mnist.py --report             # only rewrite the table
+
+The table (with commands, epochs, seeds, wall times and the machine) replaces the
+section between the markers in docs/benchmarks.md; the learning curves go to
+docs/figures/fashion_mnist_curves.png.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_vae.runs import (  # noqa: E402
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    EVAL_FILES,
+    best_epoch,
+    epochs_without_improvement,
+    read_config,
+    read_metrics,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+CURVES = ROOT / "docs" / "figures" / "fashion_mnist_curves.png"
+BEGIN = "<!-- reproduce_fashion_mnist.py: table begin -->"
+END = "<!-- reproduce_fashion_mnist.py: table end -->"
+
+#: Options every configuration shares: the protocol.
+PROTOCOL = ["--batch-size", "100", "--lr", "1e-3", "--lr-schedule", "plateau",
+            "--lr-patience", "20", "--warmup-epochs", "20", "--patience", "50",
+            "--epochs", "1000", "--seed", "0"]  # fmt: skip
+MLP = ["--hidden-dim", "300", "300", "--latent-dim", "40"]
+#: name -> (the published test log-likelihood, options).
+CONFIGURATIONS: dict[str, tuple[float, list[str]]] = {
+    "vae-mlp": (-228.70, MLP),
+    "vamp-mlp": (-227.35, [*MLP, "--prior", "vamp"]),
+    "hvae-mlp": (-227.37, [*MLP, "--model", "hvae"]),
+    "hvae-vamp-mlp": (-226.72, [*MLP, "--model", "hvae", "--prior", "vamp"]),
+    "hvae-conv": (-225.38, ["--arch", "conv", "--latent-dim", "40", "--model", "hvae"]),
+    "hvae-vamp-conv": (
+        -224.67,
+        ["--arch", "conv", "--latent-dim", "40", "--model", "hvae", "--prior", "vamp"],
+    ),  # fmt: skip
+}
+NUM_SAMPLES = 5000
+
+
+def _command(name: str, run_dir: Path) -> list[str]:
+    return ["pyro-vae", "train", *PROTOCOL, *CONFIGURATIONS[name][1], "--out", str(run_dir)]
+
+
+def finished(run_dir: Path) -> bool:
+    """Trained to the end: early-stopped, or all ``--epochs`` done."""
+    if not (run_dir / CHECKPOINT_FILE).exists():
+        return False
+    config, rows = read_config(run_dir), read_metrics(run_dir)
+    return bool(rows) and (
+        rows[-1]["epoch"] >= config.epochs
+        or (config.patience > 0 and epochs_without_improvement(rows) >= config.patience)
+    )
+
+
+def _run(argv: list[str], threads: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    print("$", " ".join(argv), flush=True)
+    subprocess.run([sys.executable, "-m", "pyro_vae", *argv[1:]], env=env, check=True)
+
+
+def train(name: str, run_dir: Path, threads: int) -> None:
+    if finished(run_dir):
+        return
+    resume = ["--resume"] if (run_dir / CHECKPOINT_FILE).exists() else []
+    _run([*_command(name, run_dir), "--no-progress", *resume], threads)
+
+
+def evaluate(run_dir: Path, threads: int) -> None:
+    result, best = run_dir / EVAL_FILES["test"], run_dir / BEST_FILE
+    if result.exists() and result.stat().st_mtime > best.stat().st_mtime:
+        return
+    _run(["pyro-vae", "evaluate", "--run", str(run_dir), "--num-samples", str(NUM_SAMPLES),
+          "--checkpoint", "best", "--no-progress"], threads)  # fmt: skip
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu}, {gpu}; torch {torch.__version__}"
+
+
+def report(runs_dir: Path) -> None:
+    """Rewrite the table in docs/benchmarks.md and the learning-curve figure."""
+    lines = [
+        BEGIN,
+        f"Machine: {machine()}. Runs in `{runs_dir}`; each command below is the training "
+        f"command, followed by `pyro-vae evaluate --run DIR --num-samples {NUM_SAMPLES} "
+        "--checkpoint best`. Protocol options shared by all: `" + " ".join(PROTOCOL) + "`.",
+        "",
+        "| configuration | published | pyro-vae test log p(x) | best val ELBO | best epoch / "
+        "trained | status | training time | evaluation time | options |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, (published, options) in CONFIGURATIONS.items():
+        run_dir = runs_dir / name
+        if not (run_dir / CHECKPOINT_FILE).exists():
+            blank = "| " * 6
+            lines.append(f"| {name} | {published:.2f} | not run {blank}| `{' '.join(options)}` |")
+            continue
+        rows = read_metrics(run_dir)
+        best = best_epoch(rows)
+        result_file = run_dir / EVAL_FILES["test"]
+        result = json.loads(result_file.read_text()) if result_file.exists() else None
+        stale = (
+            result is not None
+            and result_file.stat().st_mtime < (run_dir / BEST_FILE).stat().st_mtime
+        )
+        estimate = (
+            f"{result['test_log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}"
+            f"{' (earlier best)' if stale else ''}"
+            if result
+            else "not evaluated"
+        )
+        status = "early-stopped" if finished(run_dir) and rows[-1]["epoch"] < read_config(
+            run_dir).epochs else ("finished" if finished(run_dir) else "in progress")  # fmt: skip
+        hours = sum(row["seconds"] for row in rows) / 3600
+        evaluation = f"{result['seconds'] / 60:.1f} min" if result else ""
+        lines.append(
+            f"| {name} | {published:.2f} | {estimate} | {best['val_elbo']:.2f} | "
+            f"{best['epoch']} / {rows[-1]['epoch']} | {status} | {hours:.2f} h | {evaluation} | "
+            f"`{' '.join(options)}` |"
+        )
+        axis.plot([r["epoch"] for r in rows], [r["val_elbo"] for r in rows], label=name)
+    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    curves = CURVES.relative_to(BENCHMARKS.parent)
+    lines += ["", f"Learning curves: ![validation ELBO]({curves})", "",
+              f"Table written {written}.", END]  # fmt: skip
+    axis.set(xlabel="epoch", ylabel="validation ELBO (nats)", title="Fashion-MNIST, issue 8")
+    low = min((line.get_ydata().max() for line in axis.lines), default=-300)
+    axis.set_ylim(low - 25, low + 5 if axis.lines else -200)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    CURVES.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(CURVES, dpi=120, bbox_inches="tight")
+    text = BENCHMARKS.read_text()
+    if BEGIN in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + "\n".join(lines) + rest.split(END, 1)[1]
+    else:
+        text += "\n## Reproducing the published Fashion-MNIST log-likelihoods (issue 8)\n\n"
+        text += "\n".join(lines) + "\n"
+    BENCHMARKS.write_text(text)
+    print(f"table written to {BENCHMARKS}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(CONFIGURATIONS), default=None)
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "fashion-mnist")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--report", action="store_true", help="only rewrite the table")
+    parser.add_argument("--no-evaluate", action="store_true", help="train only")
+    args = parser.parse_args()
+    if not args.report:
+        for name in args.only or CONFIGURATIONS:
+            run_dir = args.runs_dir / name
+            train(name, run_dir, args.threads)
+            if not args.no_evaluate:
+                evaluate(run_dir, args.threads)
+    report(args.runs_dir)
+
+
+if __name__ == "__main__":
+    main()
