@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from tqdm.auto import tqdm
 
@@ -67,7 +66,7 @@ from pyro_vae.evaluation import elbo_per_example
 from pyro_vae.files import remove_stale_temporaries
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.schedules import LR_SCHEDULES
-from pyro_vae.vae import VAE
+from pyro_vae.vae import VAE, without_param_statements
 
 #: Seed of the validation ELBO's latent samples, so epochs and runs compare fairly.
 EVAL_SEED = 12345
@@ -104,15 +103,47 @@ def nonfinite_step(loss: torch.Tensor, parameters: Sequence[torch.Tensor]) -> st
 
 
 @contextmanager
-def _nan_reported_by_the_step_check() -> Iterator[None]:
-    """Let a NaN reach the loss, where :func:`nonfinite_step` reports it with its step.
+def _training_steps(vae: VAE) -> Iterator[None]:
+    """How the steps run: without Pyro's validation and without ``pyro.param`` statements.
 
-    Otherwise Pyro's distribution validation raises a bare ``ValueError`` deep in
-    the forward pass, and its ``warn_if_nan`` prints a warning besides the message.
+    Validation is off so that a NaN reaches the loss, where :func:`nonfinite_step`
+    reports it with its step (Pyro's distribution validation would raise a bare
+    ``ValueError`` deep in the forward pass, and ``warn_if_nan`` print a warning),
+    and because its per-step checks (argument and support checks, model/guide
+    site matching, NaN scans) cost time on every step; :func:`check_model_and_guide`
+    runs them once before training instead. The parameters are optimized by a
+    torch optimizer, so Pyro's param statements are skipped too
+    (:func:`~pyro_vae.vae.without_param_statements`).
     """
-    with dist.validation_enabled(False), warnings.catch_warnings():
+    with pyro.validation_enabled(False), without_param_statements(vae), warnings.catch_warnings():
+        # Trace_ELBO checks its loss for NaN even without validation
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         yield
+
+
+def check_model_and_guide(vae: VAE, loss_fn: Callable[..., torch.Tensor], data: ImageData) -> None:
+    """One objective evaluation with all of Pyro's validation on, on two validation examples
+    (prepared like training batches), before training starts: a bad distribution argument
+    fails with Pyro's message, and a model/guide site mismatch (which Pyro only warns about,
+    and which would train the wrong objective) is a :class:`ConfigError`. The global RNG is
+    left as it was (resuming stays exact)."""
+    with (
+        pyro.validation_enabled(True),
+        _seeded(0, data.val.device),
+        torch.no_grad(),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        loss_fn(vae.model, vae.guide, *vae.batch_inputs(data.val[:2], data.val_labels[:2]))
+    messages = [str(warning.message).replace("\n", " ") for warning in caught]
+    mismatches = [text for text in messages if "but not guide" in text or "but not model" in text]
+    if mismatches:
+        raise ConfigError(
+            f"the model and guide of {type(vae).__name__} do not match ({'; '.join(mismatches)}); "
+            "every latent sample site of the model needs a guide site of the same name"
+        )
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 @contextmanager
@@ -253,6 +284,7 @@ def train(
     # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
     trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
+    check_model_and_guide(vae, trainer.loss_fn, data)
     # A checkpoint is checked through before anything in ``out`` is written.
     start = trainer.restore(checkpoint) if checkpoint is not None else None
     if world.is_main:
@@ -350,10 +382,7 @@ class _Trainer:
         rollbacks = 0
         while True:
             try:
-                with (
-                    _StopSignals(synced=self.world.size > 1) as stop,
-                    _nan_reported_by_the_step_check(),
-                ):
+                with _StopSignals(synced=self.world.size > 1) as stop, _training_steps(self.vae):
                     self._epochs(start, stop)
                 return
             except NumericalError as fault:

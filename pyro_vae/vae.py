@@ -22,7 +22,8 @@ are for a batch of images.
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
@@ -49,6 +50,35 @@ def unique_pyro_name(prefix: str) -> str:
     process would alias each other's parameters under SVI.
     """
     return f"{prefix}{next(_instance_numbers)}"
+
+
+@contextmanager
+def without_param_statements(module: nn.Module) -> Iterator[None]:
+    """Inside: model and guide use their networks' parameters without ``pyro.param`` statements.
+
+    Each time a model or guide touches a child of a PyroModule, Pyro announces
+    every parameter of that child with ``pyro.param`` (one effectful message per
+    parameter per step): that is how ``pyro.optim`` finds them. A loop that
+    optimizes ``module.parameters()`` with a ``torch.optim`` optimizer, as
+    :func:`pyro_vae.train` does, never reads them. Inside this context the
+    children and parameters of every PyroModule in ``module`` are plain
+    attributes, found without ``PyroModule.__getattr__``; the computation and its
+    gradients are unchanged. (``PyroParam`` and ``PyroSample`` attributes still
+    go through the lookup: they need it for their constraint or their site.)
+    """
+    shortcuts = [
+        (owner, {**owner._modules, **owner._parameters})
+        for owner in module.modules()
+        if isinstance(owner, PyroModule)
+    ]
+    for owner, attributes in shortcuts:
+        owner.__dict__.update(attributes)
+    try:
+        yield
+    finally:
+        for owner, attributes in shortcuts:
+            for name in attributes:
+                owner.__dict__.pop(name, None)
 
 
 class VAE(PyroModule):

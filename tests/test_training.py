@@ -1,9 +1,11 @@
 import json
 
+import pyro
 import pytest
 import torch
 
-from pyro_vae import CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
+from pyro_vae import VAE, CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
+from pyro_vae.config import MODELS
 from pyro_vae.training import kl_weight
 
 
@@ -97,3 +99,21 @@ def test_invalid_config_is_rejected(options, message):
 def test_batch_larger_than_data_is_rejected(tmp_path, tiny_data):
     with pytest.raises(ConfigError, match="larger than the 512 training images"):
         train(tiny_config(batch_size=1000), tmp_path / "run", data=tiny_data, progress=False)
+
+
+def test_a_mismatched_guide_fails_before_training_with_pyros_message(tmp_path, tiny_data):
+    class MisnamedGuide(VAE):
+        def guide(self, x, *conditions, beta=1.0):
+            with pyro.plate("data", x.shape[0]):
+                loc, scale = self.encoder(x)
+                pyro.sample("w", pyro.distributions.Normal(loc, scale).to_event(1))
+
+    config = tiny_config()
+    MODELS["misnamed"] = lambda c: MisnamedGuide(c.data_dim, c.latent_dim, c.hidden_dims)
+    try:
+        config.model = "misnamed"
+        with pytest.raises(ConfigError, match="do not match .*Found vars in model but not guide"):
+            train(config, tmp_path / "run", data=tiny_data, progress=False)
+    finally:
+        del MODELS["misnamed"]
+    assert read_metrics(tmp_path / "run") == []  # no step was taken

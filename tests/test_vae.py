@@ -1,3 +1,5 @@
+import contextlib
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -7,6 +9,7 @@ from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE
 from pyro_vae.networks import MLPEncoder
+from pyro_vae.vae import without_param_statements
 
 
 def traces(vae, x, beta=1.0):
@@ -136,3 +139,28 @@ def test_bernoulli_log_prob_matches_torch_in_training_and_importance_sampling_sh
     assert torch.allclose(likelihood(logits).log_prob(x), reference, atol=1e-5)  # shared x
     same_shape = likelihood(logits).log_prob(x.expand(7, 3, 10))  # one x per sample
     assert torch.allclose(same_shape, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("prior", "options"), [("normal", None), ("vamp", {"components": 4}), ("mog", None)]
+)
+def test_without_param_statements_gives_the_same_loss_and_gradients(prior, options):
+    vae = VAE(data_dim=20, latent_dim=3, hidden_dims=(16,), prior=prior, prior_options=options)
+    x = torch.bernoulli(torch.full((6, 20), 0.5))
+
+    def loss_and_grads(context):
+        vae.zero_grad()
+        pyro.clear_param_store()
+        with context, poutine.trace(param_only=True) as params:
+            pyro.set_rng_seed(1)
+            loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+        loss.backward()
+        return loss, [p.grad.clone() for p in vae.parameters()], set(params.trace.nodes)
+
+    with_statements = loss_and_grads(contextlib.nullcontext())
+    without = loss_and_grads(without_param_statements(vae))
+    assert torch.equal(with_statements[0], without[0])
+    assert all(torch.equal(a, b) for a, b in zip(with_statements[1], without[1], strict=True))
+    assert len(with_statements[2]) == len(list(vae.parameters())) and without[2] == set()
+    # outside the context the statements are back, so SVI with pyro.optim still finds them
+    assert loss_and_grads(contextlib.nullcontext())[2] == with_statements[2]
