@@ -19,6 +19,7 @@ from pyro_vae.errors import (  # noqa: E402
     PyroVAEError,
     TrainingInterrupted,
 )
+from pyro_vae.hierarchical import HierarchicalVAE  # noqa: E402
 from pyro_vae.likelihoods import (  # noqa: E402
     LIKELIHOODS,
     BernoulliLikelihood,
@@ -31,7 +32,14 @@ from pyro_vae.likelihoods import (  # noqa: E402
     Likelihood,
     bits_per_dim,
 )
-from pyro_vae.networks import MLPDecoder, MLPEncoder  # noqa: E402
+from pyro_vae.networks import (  # noqa: E402
+    ARCHITECTURES,
+    Architecture,
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+)
 from pyro_vae.priors import (  # noqa: E402
     PRIORS,
     FlowPrior,
@@ -47,10 +55,12 @@ from pyro_vae.training import train  # noqa: E402
 from pyro_vae.vae import VAE  # noqa: E402
 
 __all__ = [
+    "ARCHITECTURES",
     "LIKELIHOODS",
     "MODELS",
     "PRIORS",
     "VAE",
+    "Architecture",
     "BernoulliLikelihood",
     "BetaLikelihood",
     "CheckpointError",
@@ -60,11 +70,14 @@ __all__ = [
     "ConfigError",
     "ConfigTypeError",
     "ContinuousBernoulliLikelihood",
+    "ConvDecoder",
+    "ConvEncoder",
     "DatasetUnavailableError",
     "DiscretizedLogistic",
     "DiscretizedLogisticLikelihood",
     "FlowPrior",
     "GaussianLikelihood",
+    "HierarchicalVAE",
     "ImageData",
     "LabelCVAE",
     "LaplaceLikelihood",

@@ -26,6 +26,7 @@ from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 from pyro_vae.images import sample_run
 from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.networks import ARCHITECTURES
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.plots import plot_run
 from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
@@ -90,8 +91,10 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         choices=list(MODELS),
         default=DEFAULTS.model,
-        help="vae: p(x); cvae: label-conditional p(x|y); completion: structured-output CVAE "
-        "generating the missing quadrants of an image from the observed ones",
+        help="vae: p(x); hvae: two-level hierarchical VAE p(z2) p(z1|z2) p(x|z1,z2) "
+        "(Tomczak & Welling 2018; --prior is p(z2)); cvae: label-conditional p(x|y); "
+        "completion: structured-output CVAE generating the missing quadrants of an image from "
+        "the observed ones",
     )
     model.add_argument(
         "--observed-quadrants",
@@ -113,7 +116,15 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=list(DEFAULTS.hidden_dims),
         dest="hidden_dims",
         metavar="H",
-        help="hidden layer widths of the MLP encoder (decoder mirrors them)",
+        help="widths of the encoder's fully connected hidden layers (the decoder mirrors "
+        "them); with --arch conv, those between the convolutions and the latent",
+    )
+    model.add_argument(
+        "--arch",
+        choices=list(ARCHITECTURES),
+        default=DEFAULTS.arch,
+        help="encoder/decoder networks (vae, hvae): mlp (fully connected); conv (two stride-2 "
+        "convolutions with 32 and 64 channels, mirrored by transposed convolutions)",
     )
     model.add_argument(
         "--prior",
@@ -259,6 +270,7 @@ def _run_train(args: argparse.Namespace) -> None:
         binarize=args.binarize,
         latent_dim=args.latent_dim,
         hidden_dims=tuple(args.hidden_dims),
+        arch=args.arch,
         prior=args.prior,
         prior_components=args.prior_components,
         prior_layers=args.prior_layers,
@@ -391,7 +403,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         ("KL(q || p)", f"{result[f'{split}_kl']:.2f} nats"),
         *([("bits/dim", f"{result[f'{split}_bits_per_dim']:.4f}")]
           if f"{split}_bits_per_dim" in result else []),
-        ("active units", f"{active}/{result['latent_dim']}" if active is not None else "n/a"),
+        ("active units", f"{active}/{result['latent_units']}" if active is not None else "n/a"),
         ("seconds", f"{result['seconds']:.1f} on {result['device']}"),
     ]  # fmt: skip
     for name, value in rows:
@@ -404,7 +416,7 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         "sample",
         help="save a grid of samples from a trained run",
         description="Draw samples from a trained run and save them as one image grid: prior "
-        "samples (vae); samples of class --label, or one row per class without it (cvae); "
+        "samples (vae, hvae); samples of class --label, or one row per class without it (cvae); "
         "completions of test images: observed part, baseline guess, 8 completions, truth "
         "per row (completion).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -18,7 +18,9 @@ from pyro_vae.conditional import (
 )
 from pyro_vae.data import DATASETS, ImageData, load_images
 from pyro_vae.errors import ConfigError, ConfigTypeError
+from pyro_vae.hierarchical import HierarchicalVAE
 from pyro_vae.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
+from pyro_vae.networks import ARCHITECTURES
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.priors import PRIORS
 from pyro_vae.registry import check_options
@@ -56,6 +58,22 @@ def _vae(config: "TrainConfig") -> VAE:
         config.data_dim,
         config.latent_dim,
         config.hidden_dims,
+        image_shape=config.image_shape,
+        arch=config.arch,
+        prior=config.prior,
+        likelihood=config.likelihood,
+        prior_options=config.options("prior"),
+        likelihood_options=config.options("likelihood"),
+    )
+
+
+def _hvae(config: "TrainConfig") -> HierarchicalVAE:
+    return HierarchicalVAE(
+        config.data_dim,
+        config.latent_dim,
+        config.hidden_dims,
+        image_shape=config.image_shape,
+        arch=config.arch,
         prior=config.prior,
         likelihood=config.likelihood,
         prior_options=config.options("prior"),
@@ -92,9 +110,12 @@ def _completion(config: "TrainConfig") -> CompletionCVAE:
 #: Registry of models by ``--model`` name: a builder from the configuration.
 MODELS: dict[str, Callable[["TrainConfig"], VAE]] = {
     "vae": _vae,
+    "hvae": _hvae,
     "cvae": _label_cvae,
     "completion": _completion,
 }
+#: The models whose networks ``arch`` chooses (the conditional ones are MLPs over x and c).
+ARCH_MODELS = ("vae", "hvae")
 
 
 @dataclass
@@ -111,6 +132,8 @@ class TrainConfig:
     binarize: str = "dynamic"
     latent_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
+    #: Encoder/decoder family, a name in pyro_vae.networks.ARCHITECTURES (vae and hvae).
+    arch: str = "mlp"
     prior: str = "normal"
     #: Prior and likelihood options: field ``kind_option`` is ``--kind-option`` on the
     #: command line and reaches the class as keyword ``option``; None: the class's default.
@@ -192,6 +215,7 @@ class TrainConfig:
         for name, choices in (
             ("dataset", tuple(DATASETS)),
             ("model", tuple(MODELS)),
+            ("arch", tuple(ARCHITECTURES)),
             ("binarize", BINARIZE_CHOICES),
             ("device", DEVICE_CHOICES),
             ("prior", tuple(PRIORS)),
@@ -219,6 +243,12 @@ class TrainConfig:
                 "or use --objective elbo"
             )
         check_observed_quadrants(self.observed_quadrants)
+        if self.arch != "mlp" and self.model not in ARCH_MODELS:
+            raise ConfigError(
+                f"--arch {self.arch} is available for --model {' and '.join(ARCH_MODELS)}; "
+                f"the {self.model} model's networks are MLPs over the data and the condition. "
+                "Drop --arch or choose one of those models"
+            )
         if self.conditional_prior and self.model != "cvae":
             raise ConfigError("--conditional-prior learns p(z|y) over labels; use --model cvae")
         if self.prior != "normal" and (self.conditional_prior or self.model == "completion"):

@@ -48,7 +48,9 @@ class LogDensities:
     log_likelihood: torch.Tensor  # sum over observed model sites, log p(x|z)
     log_prior: torch.Tensor  # sum over latent model sites, log p(z)
     log_guide: torch.Tensor  # sum over guide sites, log q(z|x)
-    posterior_mean: torch.Tensor | None  # E_q[z] per example, latent sites concatenated
+    # E_q[z] per example, latent sites concatenated; a site whose guide depends on another
+    # latent (the HVAE's z1) has its mean given the first particle's value of that latent
+    posterior_mean: torch.Tensor | None
     log_auxiliary: torch.Tensor  # sum over auxiliary observed sites (training-only terms)
 
     @property
@@ -147,6 +149,11 @@ class Estimates:
         return int((self.posterior_mean.var(dim=0) > ACTIVE_UNIT_THRESHOLD).sum())
 
     @property
+    def latent_units(self) -> int | None:
+        """Latent units that :attr:`active_units` counts (all latent sites together)."""
+        return None if self.posterior_mean is None else self.posterior_mean.shape[1]
+
+    @property
     def log_likelihood_stderr(self) -> float:
         """Standard error of the mean log-likelihood over examples."""
         n = self.log_likelihood.numel()
@@ -159,6 +166,7 @@ class Estimates:
             "log_likelihood_stderr": self.log_likelihood_stderr,
             f"{prefix}_kl": float(self.kl.mean()),
             "active_units": self.active_units,
+            "latent_units": self.latent_units,
             "num_samples": self.num_samples,
             "num_examples": self.log_likelihood.numel(),
             "seconds": self.seconds,

@@ -1,20 +1,26 @@
 """Encoder and decoder networks.
 
 The VAE takes any ``torch.nn.Module`` with these signatures, so users can inject
-convolutional or residual networks:
+their own (e.g. residual) networks:
 
 * encoder: ``x -> (loc, scale)``, both of shape ``batch + (latent_dim,)``, ``scale > 0``;
 * decoder: ``z -> params``, the raw parameters that the likelihood turns into p(x|z).
 
 Conditional models (:mod:`pyro_vae.conditional`) use the same signatures with
 several inputs, e.g. ``(x, y) -> (loc, scale)`` and ``(z, y) -> params``.
+
+The built-in families, fully connected and convolutional, are :class:`Architecture`
+objects registered in :data:`ARCHITECTURES` by their ``--arch`` name.
 """
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pyro_vae.errors import ConfigError
 
 
 def mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -113,10 +119,15 @@ class MultiInputGaussian(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    r"""Convolutional encoder for ``(C, H, W)`` images given as flat vectors.
+    r"""Convolutional Gaussian encoder for ``(C, H, W)`` images given as flat vectors.
 
-    Two stride-2 convolutions (each halving H and W) then a linear layer to
-    :math:`(\mu, \sigma)`; any leading batch dimensions are kept.
+    Two stride-2 convolutions (each halving H and W) extract features :math:`h(x)`,
+    then an MLP with ``hidden_dims`` maps them to :math:`(\mu, \sigma)` (scale as in
+    :class:`MLPEncoder`); any leading batch dimensions are kept. With ``extra_dims``
+    the MLP also takes further vectors, ``(x, u_1, ...) -> (loc, scale)`` over
+    :math:`[h(x), u_1, \dots]` (:class:`MultiInputGaussian`, so a ``u`` with more
+    leading dimensions than ``x``, e.g. K samples of a latent, broadcasts against
+    features computed once per image).
     """
 
     def __init__(
@@ -124,7 +135,8 @@ class ConvEncoder(nn.Module):
         image_shape: Sequence[int],
         latent_dim: int,
         channels: Sequence[int] = (32, 64),
-        hidden_dim: int = 256,
+        hidden_dims: Sequence[int] = (256,),
+        extra_dims: Sequence[int] = (),
         min_scale: float = 1e-4,
     ):
         super().__init__()
@@ -135,20 +147,22 @@ class ConvEncoder(nn.Module):
             in_channels, height, width = out_channels, height // 2, width // 2
         self.image_shape = tuple(image_shape)
         self.convs = nn.Sequential(*layers, nn.Flatten())
-        self.head = mlp([in_channels * height * width, hidden_dim, 2 * latent_dim])
-        self.min_scale = min_scale
+        self.head = MultiInputGaussian(
+            (in_channels * height * width, *extra_dims), hidden_dims, latent_dim, min_scale
+        )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch_shape = x.shape[:-1]
-        h = self.convs(x.reshape(-1, *self.image_shape))
-        return gaussian_params(self.head(F.relu(h)).reshape(*batch_shape, -1), self.min_scale)
+    def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.convs(x.reshape(-1, *self.image_shape)).reshape(*x.shape[:-1], -1)
+        return self.head(features, *extras)
 
 
 class ConvDecoder(nn.Module):
     """Transposed-convolution decoder, the mirror of :class:`ConvEncoder`.
 
-    Outputs ``params_per_dim`` maps of the image's shape, flattened channel-major
-    to ``batch + (params_per_dim * C * H * W,)``.
+    An MLP with ``hidden_dims`` maps ``z`` (and, with ``extra_dims``, further vectors,
+    as in :class:`MultiInputMLP`) to a small feature map that two stride-2 transposed
+    convolutions enlarge to ``params_per_dim`` maps of the image's shape, flattened
+    channel-major to ``batch + (params_per_dim * C * H * W,)``.
     """
 
     def __init__(
@@ -157,17 +171,20 @@ class ConvDecoder(nn.Module):
         image_shape: Sequence[int],
         params_per_dim: int = 1,
         channels: Sequence[int] = (64, 32),
-        hidden_dim: int = 256,
+        hidden_dims: Sequence[int] = (256,),
+        extra_dims: Sequence[int] = (),
     ):
         super().__init__()
         out_channels, height, width = image_shape
         scale = 2 ** len(channels)
         if height % scale or width % scale:
-            raise ValueError(f"image height and width must be divisible by {scale}")
+            raise ConfigError(
+                f"the convolutional decoder needs image height and width divisible by {scale}, "
+                f"got {height}x{width}; use --arch mlp"
+            )
         self.start_shape = (channels[0], height // scale, width // scale)
-        self.head = nn.Sequential(
-            mlp([latent_dim, hidden_dim, channels[0] * self.start_shape[1] * self.start_shape[2]]),
-            nn.ReLU(),
+        self.head = MultiInputMLP(
+            (latent_dim, *extra_dims), hidden_dims, math.prod(self.start_shape)
         )
         layers: list[nn.Module] = []
         for c_in, c_out in zip(channels, (*channels[1:], out_channels * params_per_dim),
@@ -175,7 +192,117 @@ class ConvDecoder(nn.Module):
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         self.deconvs = nn.Sequential(*layers[:-1])  # no ReLU on the output parameters
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        batch_shape = z.shape[:-1]
-        h = self.head(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start_shape)
-        return self.deconvs(h).reshape(*batch_shape, -1)
+    def forward(self, z: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.head(z, *extras))
+        batch_shape = h.shape[:-1]
+        return self.deconvs(h.reshape(-1, *self.start_shape)).reshape(*batch_shape, -1)
+
+
+class Architecture:
+    """A family of encoder and decoder networks for images, chosen by ``--arch``.
+
+    Images of shape ``image_shape`` (``(C, H, W)``, or ``(D,)`` for plain vectors
+    where the architecture allows) come as flat vectors. ``hidden_dims`` are the
+    widths of the fully connected hidden layers in encoder order; decoders mirror
+    them. ``extra_dims`` are the sizes of further vector inputs, such as an upper
+    latent layer (:mod:`pyro_vae.hierarchical`): the networks then take
+    ``(x, *extras)`` and ``(z, *extras)``. To add one, subclass this and add an
+    instance to :data:`ARCHITECTURES`.
+    """
+
+    def encoder(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        extra_dims: Sequence[int] = (),
+    ) -> nn.Module:
+        """Gaussian encoder ``(x, *extras) -> (loc, scale)`` with ``latent_dim`` outputs each."""
+        raise NotImplementedError
+
+    def decoder(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        params_per_dim: int = 1,
+        extra_dims: Sequence[int] = (),
+    ) -> nn.Module:
+        """Decoder ``(z, *extras) -> params``: ``params_per_dim`` values per pixel."""
+        raise NotImplementedError
+
+
+class MLPArchitecture(Architecture):
+    """Fully connected networks (:class:`MLPEncoder`, :class:`MLPDecoder`; with extra inputs
+    :class:`MultiInputGaussian`, :class:`MultiInputMLP`); any image shape."""
+
+    def encoder(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        extra_dims: Sequence[int] = (),
+    ) -> nn.Module:
+        data_dim = math.prod(image_shape)
+        if extra_dims:
+            return MultiInputGaussian((data_dim, *extra_dims), hidden_dims, latent_dim)
+        # The single-input classes keep the parameter names of checkpoints already written.
+        return MLPEncoder(data_dim, hidden_dims, latent_dim)
+
+    def decoder(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        params_per_dim: int = 1,
+        extra_dims: Sequence[int] = (),
+    ) -> nn.Module:
+        out_dim = math.prod(image_shape) * params_per_dim
+        if extra_dims:
+            return MultiInputMLP((latent_dim, *extra_dims), hidden_dims[::-1], out_dim)
+        return MLPDecoder(latent_dim, hidden_dims[::-1], out_dim)
+
+
+class ConvArchitecture(Architecture):
+    """Convolutional networks (:class:`ConvEncoder`, :class:`ConvDecoder`) with the given
+    convolution ``channels`` (the decoder's in reverse); needs ``(C, H, W)`` images
+    with H and W divisible by ``2 ** len(channels)``."""
+
+    def __init__(self, channels: Sequence[int] = (32, 64)):
+        self.channels = tuple(channels)
+
+    def _check_shape(self, image_shape: Sequence[int]) -> None:
+        if len(image_shape) != 3:
+            raise ConfigError(
+                "the convolutional architecture needs the image shape (channels, height, width), "
+                f"got {tuple(image_shape)}; pass image_shape, or use the mlp architecture"
+            )
+
+    def encoder(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        extra_dims: Sequence[int] = (),
+    ) -> nn.Module:
+        self._check_shape(image_shape)
+        return ConvEncoder(image_shape, latent_dim, self.channels, hidden_dims, extra_dims)
+
+    def decoder(
+        self,
+        image_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        params_per_dim: int = 1,
+        extra_dims: Sequence[int] = (),
+    ) -> nn.Module:
+        self._check_shape(image_shape)
+        return ConvDecoder(latent_dim, image_shape, params_per_dim, self.channels[::-1],
+                           hidden_dims[::-1], extra_dims)  # fmt: skip
+
+
+#: Registry of architectures by ``--arch`` name.
+ARCHITECTURES: dict[str, Architecture] = {
+    "mlp": MLPArchitecture(),
+    "conv": ConvArchitecture(),
+}

@@ -1,4 +1,4 @@
-"""Name lookup and option checks shared by the prior and likelihood registries.
+"""Name lookup and option checks shared by the registries (priors, likelihoods, architectures).
 
 A registry maps a CLI name to a class; each class lists in ``options`` the
 keyword options it accepts. By convention option ``o`` of a ``kind`` is the
@@ -9,13 +9,15 @@ a wrong name, or an option that does not apply, into a
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pyro_vae.errors import ConfigError
 
+T = TypeVar("T")
 
-def lookup(registry: Mapping[str, type], kind: str, name: str) -> type:
-    """The class registered as ``name``, or a :class:`ConfigError` listing the choices."""
+
+def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
+    """The entry registered as ``name``, or a :class:`ConfigError` listing the choices."""
     if name not in registry:
         raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry)}")
     return registry[name]

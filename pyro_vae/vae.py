@@ -36,8 +36,9 @@ from torch import nn
 from pyro_vae.data import ImageData
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.networks import MLPDecoder, MLPEncoder
+from pyro_vae.networks import ARCHITECTURES, Architecture
 from pyro_vae.priors import Prior, build_prior
+from pyro_vae.registry import lookup
 
 _instance_numbers = itertools.count()
 
@@ -86,9 +87,16 @@ class VAE(PyroModule):
 
     :param data_dim: size of the flattened data vector (784 for 28x28 images).
     :param latent_dim: size of z.
-    :param hidden_dims: widths of the default MLP encoder/decoder's hidden layers.
-    :param encoder: ``x -> (loc, scale)``; default :class:`MLPEncoder`.
-    :param decoder: ``z -> likelihood params``; default :class:`MLPDecoder`.
+    :param hidden_dims: widths of the default encoder's fully connected hidden layers
+        (the default decoder mirrors them).
+    :param image_shape: shape of one example, e.g. ``(1, 28, 28)``, for architectures
+        that need it (``arch="conv"``); default ``(data_dim,)``.
+    :param arch: the family of the default encoder and decoder: an
+        :class:`~pyro_vae.networks.Architecture` or its name in
+        :data:`~pyro_vae.networks.ARCHITECTURES`; default ``"mlp"``
+        (:class:`~pyro_vae.networks.MLPEncoder`, :class:`~pyro_vae.networks.MLPDecoder`).
+    :param encoder: ``x -> (loc, scale)``; default: built by ``arch``.
+    :param decoder: ``z -> likelihood params``; default: built by ``arch``.
     :param prior: a :class:`Prior`, or the name of one in :data:`~pyro_vae.priors.PRIORS`
         (built with this VAE's encoder, so ``prior="vamp"`` is all a VampPrior takes);
         default ``"normal"``, N(0, I). Conditional subclasses pass a module whose
@@ -111,6 +119,8 @@ class VAE(PyroModule):
         latent_dim: int = 50,
         hidden_dims: Sequence[int] = (400,),
         *,
+        image_shape: Sequence[int] | None = None,
+        arch: Architecture | str = "mlp",
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         prior: Prior | nn.Module | str = "normal",
@@ -124,12 +134,21 @@ class VAE(PyroModule):
         self.likelihood = build_likelihood(
             likelihood, data_dim=data_dim, options=likelihood_options
         )
-        out_dim = data_dim * self.likelihood.params_per_dim
+        image_shape = tuple(image_shape) if image_shape is not None else (data_dim,)
+        if math.prod(image_shape) != data_dim:
+            raise ConfigError(
+                f"image_shape {image_shape} holds {math.prod(image_shape)} values, not "
+                f"data_dim={data_dim}; pass matching sizes"
+            )
+        if isinstance(arch, str):
+            arch = lookup(ARCHITECTURES, "arch", arch)
         self.encoder = (
-            encoder if encoder is not None else MLPEncoder(data_dim, hidden_dims, latent_dim)
+            encoder if encoder is not None else arch.encoder(image_shape, hidden_dims, latent_dim)
         )
         self.decoder = (
-            decoder if decoder is not None else MLPDecoder(latent_dim, hidden_dims[::-1], out_dim)
+            decoder
+            if decoder is not None
+            else arch.decoder(image_shape, hidden_dims, latent_dim, self.likelihood.params_per_dim)
         )
         # A VampPrior holds this same encoder object: one set of parameters, trained once.
         self.prior = build_prior(

@@ -16,7 +16,8 @@ def test_help_describes_every_train_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for option in ("--dataset", "--data-root", "--binarize", "--latent-dim", "--hidden-dim",
+    for option in ("--dataset", "--data-root", "--binarize", "--model", "--arch", "hvae", "conv",
+                   "--latent-dim", "--hidden-dim",
                    "--beta", "--warmup-epochs", "--epochs", "--batch-size", "--lr", "--seed",
                    "--device", "--subset", "--out", "--resume", "--patience", "--lr-schedule",
                    "--lr-decay", "--lr-patience"):  # fmt: skip

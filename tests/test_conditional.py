@@ -200,7 +200,7 @@ def test_iwae_objective_trains_the_baseline_too(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"model": "gan"}, "unknown model 'gan'; choose one of: vae, cvae, completion"),
+        ({"model": "gan"}, "unknown model 'gan'; choose one of: vae, hvae, cvae, completion"),
         ({"model": "completion", "observed_quadrants": 4}, "observed-quadrants must be one of"),
         ({"conditional_prior": True}, "use --model cvae"),
         ({"model": "completion", "prior": "other"}, "--prior other does not apply"),

@@ -1,11 +1,14 @@
+import json
+
 import pyro
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_vae import VAE
+from pyro_vae import VAE, ConfigError, TrainConfig, VampPrior, load_run, read_metrics, train
+from pyro_vae.cli import main
 from pyro_vae.evaluation import log_importance_weights
-from pyro_vae.networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.networks import ARCHITECTURES, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 
 
 @pytest.mark.parametrize("batch_shape", [(5,), (3, 5)])
@@ -29,7 +32,7 @@ def test_conv_encoder_matches_per_example_computation():
 
 
 def test_decoder_rejects_image_sizes_it_cannot_produce():
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ConfigError, match="height and width divisible by 4, got 30x30"):
         ConvDecoder(4, (1, 30, 30))
 
 
@@ -37,10 +40,87 @@ def test_conv_vae_trains_and_evaluates():
     pyro.set_rng_seed(0)
     prototypes = (torch.rand(3, 784) > 0.5).float()
     x = torch.bernoulli(0.9 * prototypes[torch.arange(96) % 3] + 0.05)
-    vae = VAE(784, 4, encoder=ConvEncoder((1, 28, 28), 4, channels=(8, 16), hidden_dim=32),
-              decoder=ConvDecoder(4, (1, 28, 28), channels=(16, 8), hidden_dim=32))  # fmt: skip
+    vae = VAE(784, 4, encoder=ConvEncoder((1, 28, 28), 4, channels=(8, 16), hidden_dims=(32,)),
+              decoder=ConvDecoder(4, (1, 28, 28), channels=(16, 8), hidden_dims=(32,)))  # fmt: skip
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
     losses = [svi.step(x) / len(x) for _ in range(60)]
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
     with torch.no_grad():
         assert log_importance_weights(vae.model, vae.guide, x[:4], num_particles=7).shape == (7, 4)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_architectures_take_extra_inputs_that_broadcast(arch):
+    """``(x, u)`` with K values of ``u`` per image: features of x computed once, no mixing."""
+    torch.manual_seed(0)
+    encoder = ARCHITECTURES[arch].encoder((1, 8, 8), (16,), 3, extra_dims=(2,))
+    decoder = ARCHITECTURES[arch].decoder((1, 8, 8), (16,), 3, params_per_dim=2, extra_dims=(2,))
+    x, u, z = torch.rand(5, 64), torch.randn(7, 5, 2), torch.randn(7, 5, 3)
+    loc, scale = encoder(x, u)
+    assert loc.shape == scale.shape == (7, 5, 3)
+    assert torch.allclose(loc[4], encoder(x, u[4])[0], atol=1e-6)
+    params = decoder(z, u[0])
+    assert params.shape == (7, 5, 128)
+    assert torch.allclose(params[4], decoder(z[4], u[0]), atol=1e-6)
+
+
+def test_mlp_architecture_keeps_the_parameter_names_of_existing_checkpoints():
+    state = VAE(784, 50, (400,)).state_dict()
+    assert [k for k in state if k.startswith(("encoder.", "decoder."))] == [
+        f"{net}.net.{i}.{p}" for net in ("encoder", "decoder") for i in (0, 2)
+        for p in ("weight", "bias")
+    ]  # fmt: skip
+
+
+def conv_config(**overrides) -> TrainConfig:
+    options = dict(arch="conv", latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3,
+                   epochs=2, device="cpu", prior="vamp", prior_components=10)  # fmt: skip
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def test_conv_vae_with_vamp_prior_trains_resumes_and_loads(tmp_path, tiny_data):
+    straight = train(conv_config(), tmp_path / "a", data=tiny_data, progress=False)
+    losses = [row["train_loss"] for row in read_metrics(tmp_path / "a")]
+    assert losses[1] < losses[0]
+    assert isinstance(straight.encoder, ConvEncoder) and isinstance(straight.decoder, ConvDecoder)
+    # the VampPrior feeds its flat pseudo-inputs to the convolutional encoder
+    assert isinstance(straight.prior, VampPrior) and straight.prior.encoder is straight.encoder
+    assert straight.prior().loc.shape == (10, 4)
+
+    train(conv_config(epochs=1), tmp_path / "b", data=tiny_data, progress=False)
+    resumed = train(conv_config(), tmp_path / "b", data=tiny_data, resume=True, progress=False)
+    loaded = load_run(tmp_path / "b")
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["arch"] == "conv"
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+        assert torch.equal(loaded.state_dict()[name], value), name
+    with torch.no_grad():
+        log_w = log_importance_weights(loaded.model, loaded.guide, tiny_data.test, num_particles=5)
+    assert log_w.shape == (5, 128) and bool(torch.isfinite(log_w).all())
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TrainConfig(model="cvae", arch="conv"),
+         "--arch conv is available for --model vae and hvae; the cvae model's networks are MLPs"),
+        (lambda: TrainConfig(model="completion", arch="conv"), "available for --model vae and"),
+        (lambda: TrainConfig(arch="resnet"), "unknown arch 'resnet'; choose one of: mlp, conv"),
+        (lambda: TrainConfig(arch="conv", image_shape=(1, 30, 30)).build_vae(),
+         "divisible by 4, got 30x30; use --arch mlp"),
+        (lambda: VAE(64, 3, arch="conv"), r"needs the image shape \(channels, height, width\)"),
+        (lambda: VAE(64, 3, image_shape=(1, 8, 9)), "holds 72 values, not data_dim=64"),
+    ],
+)  # fmt: skip
+def test_architecture_errors(build, message):
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_cli_rejects_arch_for_conditional_models(tmp_path, capsys):
+    assert main(["train", "--model", "cvae", "--arch", "conv", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith(
+        "pyro-vae: error: --arch conv is available for --model vae and hvae"
+    )
+    assert not (tmp_path / "r").exists()
