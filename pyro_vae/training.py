@@ -103,7 +103,7 @@ def nonfinite_step(loss: torch.Tensor, parameters: Sequence[torch.Tensor]) -> st
 
 
 @contextmanager
-def _training_steps(vae: VAE) -> Iterator[None]:
+def training_steps(vae: VAE) -> Iterator[None]:
     """How the steps run: without Pyro's validation and without ``pyro.param`` statements.
 
     Validation is off so that a NaN reaches the loss, where :func:`nonfinite_step`
@@ -382,7 +382,7 @@ class _Trainer:
         rollbacks = 0
         while True:
             try:
-                with _StopSignals(synced=self.world.size > 1) as stop, _training_steps(self.vae):
+                with _StopSignals(synced=self.world.size > 1) as stop, training_steps(self.vae):
                     self._epochs(start, stop)
                 return
             except NumericalError as fault:

@@ -1,0 +1,107 @@
+"""One training step: pyro-vae's against the hand-written PyTorch step (issue 7).
+
+    python scripts/benchmark_step.py --batch-size 64 [--blocks 12] [--steps 100]
+
+Whole-epoch timings (scripts/benchmark.py) on a shared VM vary by 10-20% from run
+to run. This isolates the step: in one process, the same 784-400-50 MLP and the
+same randomly ordered batches, blocks of ``--steps`` steps alternate between
+
+* ``pyro-vae``: what `pyro-vae train` runs per step, inside
+  :func:`pyro_vae.training.training_steps`: the ``elbo`` objective (Trace_ELBO) of
+  the model/guide, backward, the non-finite check, fused Adam;
+* ``pyro-vae, no check``: the same without the non-finite check;
+* ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
+  ``torch.optim.Adam``);
+
+and the median time per step of each is printed with its ratio to ``pytorch``.
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from pyro_vae import VAE
+from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.training import nonfinite_step, training_steps
+
+
+def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
+    first = step * batch % (images.shape[0] - batch)
+    return images[first : first + batch]
+
+
+def pyro_vae_steps(images: torch.Tensor, batch: int, check: bool) -> Callable[[int, int], None]:
+    vae = VAE()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    loss_fn = OBJECTIVES["elbo"](1)
+    parameters = list(vae.parameters())
+
+    def run(first: int, count: int) -> None:
+        with training_steps(vae):
+            for i in range(first, first + count):
+                x = _batch(images, i, batch)
+                loss = loss_fn(vae.model, vae.guide, x, beta=1.0)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if check and nonfinite_step(loss, parameters):
+                    raise FloatingPointError("non-finite step")
+                optimizer.step()
+
+    return run
+
+
+def pytorch_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
+    vae = VAE()
+    optimizer = torch.optim.Adam([*vae.encoder.parameters(), *vae.decoder.parameters()], lr=1e-3)
+
+    def run(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            x = _batch(images, i, batch)
+            loc, scale = vae.encoder(x)
+            z = loc + scale * torch.randn_like(loc)
+            recon = F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
+            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
+            optimizer.zero_grad(set_to_none=True)
+            (recon + kl).backward()
+            optimizer.step()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--blocks", type=int, default=12, help="blocks per way (median taken)")
+    parser.add_argument("--steps", type=int, default=100, help="steps per block")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(0)
+    # Random binary images standing in for the dataset; batches are consecutive rows.
+    images = torch.bernoulli(torch.full((50_000, 784), 0.3))
+    ways = {
+        "pyro-vae": pyro_vae_steps(images, args.batch_size, check=True),
+        "pyro-vae, no check": pyro_vae_steps(images, args.batch_size, check=False),
+        "pytorch": pytorch_steps(images, args.batch_size),
+    }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for block in range(args.blocks):
+        for name, run in ways.items():
+            started = time.perf_counter()
+            run(block * args.steps, args.steps)
+            times[name].append((time.perf_counter() - started) / args.steps * 1000)
+    base = statistics.median(times["pytorch"])
+    print(f"batch {args.batch_size}, {args.threads} threads, {args.blocks} blocks of "
+          f"{args.steps} steps per way")  # fmt: skip
+    for name, block_times in times.items():
+        median = statistics.median(block_times)
+        print(f"{name:<20} {median:6.2f} ms/step  {median / base:.3f}x pytorch")
+
+
+if __name__ == "__main__":
+    main()
