@@ -68,6 +68,14 @@ CONFIGURATIONS: dict[str, tuple[float, list[str]]] = {
     ),  # fmt: skip
 }
 NUM_SAMPLES = 5000
+#: Why a configuration has no run yet: seconds per epoch measured on the 2-core CPU (busy,
+#: docs/benchmarks.md); the protocol needs hundreds of epochs.
+NOT_RUN = {
+    "hvae-mlp": "not started: ~23 s/epoch on this CPU",
+    "hvae-vamp-mlp": "not started: ~43 s/epoch on this CPU",
+    "hvae-conv": "not started: ~130 s/epoch on this CPU; needs a GPU",
+    "hvae-vamp-conv": "not started: ~320 s/epoch on this CPU; needs a GPU",
+}
 
 
 def _command(name: str, run_dir: Path) -> list[str]:
@@ -116,11 +124,15 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {cpu}, {gpu}; torch {torch.__version__}"
 
 
+def _shown(path: Path) -> Path:
+    return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+
+
 def report(runs_dir: Path) -> None:
     """Rewrite the table in docs/benchmarks.md and the learning-curve figure."""
     lines = [
         BEGIN,
-        f"Machine: {machine()}. Runs in `{runs_dir}`; each command below is the training "
+        f"Machine: {machine()}. Runs in `{_shown(runs_dir)}`; each command below is the training "
         f"command, followed by `pyro-vae evaluate --run DIR --num-samples {NUM_SAMPLES} "
         "--checkpoint best`. Protocol options shared by all: `" + " ".join(PROTOCOL) + "`.",
         "",
@@ -132,8 +144,9 @@ def report(runs_dir: Path) -> None:
     for name, (published, options) in CONFIGURATIONS.items():
         run_dir = runs_dir / name
         if not (run_dir / CHECKPOINT_FILE).exists():
-            blank = "| " * 6
-            lines.append(f"| {name} | {published:.2f} | not run {blank}| `{' '.join(options)}` |")
+            reason = NOT_RUN.get(name, "")
+            lines.append(f"| {name} | {published:.2f} | not run | | | {reason} | | | "
+                         f"`{' '.join(options)}` |")  # fmt: skip
             continue
         rows = read_metrics(run_dir)
         best = best_epoch(rows)
