@@ -51,7 +51,8 @@ class HierarchicalVAE(VAE):
     * ``encoder``: :math:`q(z_2|x)`, ``x -> (loc, scale)``, the VAE's encoder (and
       the VampPrior's);
     * ``encoder_z1``: :math:`q(z_1|x, z_2)`, ``(x, z2) -> (loc, scale)``;
-    * ``prior_z1``: :math:`p(z_1|z_2)`, ``z2 -> (loc, scale)``, an MLP;
+    * ``prior_z1``: :math:`p(z_1|z_2)`, ``z2 -> (loc, scale)``, an MLP with hidden
+      layers of the kind ``arch.layer`` (gated for ``arch="gated"``, else ReLU);
     * ``decoder``: :math:`p(x|z_1, z_2)`, ``(z1, z2) -> likelihood params``.
 
     ``latent_dim`` is the size of :math:`z_2` and of :math:`z_1`. The top layer
@@ -95,7 +96,7 @@ class HierarchicalVAE(VAE):
             prior_options=prior_options,
         )
         self.encoder_z1 = arch.encoder(shape, hidden_dims, latent_dim, top)
-        self.prior_z1 = MultiInputGaussian(top, hidden_dims[::-1], latent_dim)
+        self.prior_z1 = MultiInputGaussian(top, hidden_dims[::-1], latent_dim, layer=arch.layer)
 
     @pyro_method
     def model(self, x: torch.Tensor, *, beta: float = 1.0) -> None:

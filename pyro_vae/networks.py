@@ -9,12 +9,14 @@ their own (e.g. residual) networks:
 Conditional models (:mod:`pyro_vae.conditional`) use the same signatures with
 several inputs, e.g. ``(x, y) -> (loc, scale)`` and ``(z, y) -> params``.
 
-The built-in families, fully connected and convolutional, are :class:`Architecture`
-objects registered in :data:`ARCHITECTURES` by their ``--arch`` name.
+The built-in families, fully connected (with ReLU or gated hidden layers, see
+:class:`HiddenLayer`) and convolutional, are :class:`Architecture` objects
+registered in :data:`ARCHITECTURES` by their ``--arch`` name.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +25,43 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=False)):
-        if i > 0:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(n_in, n_out))
-    return nn.Sequential(*layers)
+@dataclass(frozen=True)
+class HiddenLayer:
+    r"""A kind of fully connected hidden layer: ``n_in`` inputs to ``n_out`` features.
+
+    The layer is a linear map to ``expansion * n_out`` values, then ``activation``,
+    which turns them into the ``n_out`` features:
+
+    * :data:`RELU`: :math:`h = \max(0, W u + b)`;
+    * :data:`GATED`: the gated dense layer of Tomczak & Welling (2018) (a gated
+      linear unit, Dauphin et al. 2017),
+      :math:`h = (W_1 u + b_1) \odot \sigma(W_2 u + b_2)`, with
+      :math:`W = [W_1; W_2]` and :math:`b = [b_1; b_2]` stacked in one linear map of
+      ``2 * n_out`` outputs that :class:`torch.nn.GLU` splits into halves (one
+      matrix product instead of two).
+    """
+
+    expansion: int
+    activation: Callable[[], nn.Module]
+
+    def __call__(self, n_in: int, n_out: int) -> list[nn.Module]:
+        """The layer's modules, to apply in turn."""
+        return [nn.Linear(n_in, self.expansion * n_out), self.activation()]
+
+
+#: :math:`h = \max(0, W u + b)`.
+RELU = HiddenLayer(1, nn.ReLU)
+#: :math:`h = (W_1 u + b_1) \odot \sigma(W_2 u + b_2)` (``nn.GLU`` splits the last dimension).
+GATED = HiddenLayer(2, nn.GLU)
+
+
+def mlp(sizes: Sequence[int], layer: HiddenLayer = RELU) -> nn.Sequential:
+    """Hidden layers of the kind ``layer`` with the widths ``sizes[1:-1]``, then a linear
+    output layer of ``sizes[-1]``; by default, linear layers with ReLU between them."""
+    pairs = zip(sizes[:-2], sizes[1:-1], strict=True)
+    hidden = [module for n_in, n_out in pairs for module in layer(n_in, n_out)]
+    output = [nn.Linear(sizes[-2], sizes[-1])] if len(sizes) > 1 else []
+    return nn.Sequential(*hidden, *output)
 
 
 def gaussian_params(
@@ -48,14 +79,21 @@ class MLPEncoder(nn.Module):
     r"""Amortized Gaussian encoder: :math:`x \mapsto (\mu(x), \sigma(x))`.
 
     :math:`\sigma = \mathrm{softplus}(h) + \sigma_{\min}` keeps the scale positive and
-    bounded away from zero, so :math:`\log q(z|x)` stays finite.
+    bounded away from zero, so :math:`\log q(z|x)` stays finite. ``layer`` is the kind
+    of the hidden layers (:class:`HiddenLayer`).
     """
 
     def __init__(
-        self, data_dim: int, hidden_dims: Sequence[int], latent_dim: int, min_scale: float = 1e-4
+        self,
+        data_dim: int,
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        min_scale: float = 1e-4,
+        *,
+        layer: HiddenLayer = RELU,
     ):
         super().__init__()
-        self.net = mlp([data_dim, *hidden_dims, 2 * latent_dim])
+        self.net = mlp([data_dim, *hidden_dims, 2 * latent_dim], layer)
         self.min_scale = min_scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +101,19 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """Decoder :math:`z \\mapsto` likelihood parameters (e.g. Bernoulli logits)."""
+    """Decoder :math:`z \\mapsto` likelihood parameters (e.g. Bernoulli logits), an MLP
+    with hidden layers of the kind ``layer``."""
 
-    def __init__(self, latent_dim: int, hidden_dims: Sequence[int], out_dim: int):
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        out_dim: int,
+        *,
+        layer: HiddenLayer = RELU,
+    ):
         super().__init__()
-        self.net = mlp([latent_dim, *hidden_dims, out_dim])
+        self.net = mlp([latent_dim, *hidden_dims, out_dim], layer)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -80,27 +126,40 @@ class MultiInputMLP(nn.Module):
     :math:`W[u_1; \dots; u_n] = \sum_i W_i u_i`, which broadcasts over leading
     dimensions: with ``z`` of shape ``(K, N, latent)`` (K importance samples) and a
     condition ``y`` of shape ``(N, d)``, :math:`W_y y` is computed once per example
-    instead of once per sample.
+    instead of once per sample. The hidden layers are of the kind ``layer``
+    (:class:`HiddenLayer`); a gated first layer is
+    :math:`(\sum_i W_{1i} u_i + b_1) \odot \sigma(\sum_i W_{2i} u_i + b_2)`.
     """
 
-    def __init__(self, input_dims: Sequence[int], hidden_dims: Sequence[int], out_dim: int):
+    def __init__(
+        self,
+        input_dims: Sequence[int],
+        hidden_dims: Sequence[int],
+        out_dim: int,
+        *,
+        layer: HiddenLayer = RELU,
+    ):
         super().__init__()
         widths = [*hidden_dims, out_dim]
+        # The first layer is hidden, so widened and activated, unless it is the output.
+        first_width = widths[0] * layer.expansion if hidden_dims else widths[0]
         self.first = nn.ModuleList(
-            nn.Linear(dim, widths[0], bias=i == 0) for i, dim in enumerate(input_dims)
+            nn.Linear(dim, first_width, bias=i == 0) for i, dim in enumerate(input_dims)
         )
-        self.rest = mlp(widths)
+        self.activation = layer.activation() if hidden_dims else nn.Identity()
+        self.rest = mlp(widths, layer)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        h = sum(layer(u) for layer, u in zip(self.first, inputs, strict=True))
-        return self.rest(F.relu(h)) if len(self.rest) else h
+        h = sum(linear(u) for linear, u in zip(self.first, inputs, strict=True))
+        return self.rest(self.activation(h))
 
 
 class MultiInputGaussian(nn.Module):
     r"""Amortized Gaussian over several inputs: :math:`(u_1, \dots, u_n) \mapsto (\mu, \sigma)`.
 
     Used as the conditional encoder :math:`q(z|x, y)` and as the prior network
-    :math:`p(z|x)` of the conditional models; scale as in :class:`MLPEncoder`.
+    :math:`p(z|x)` of the conditional models; scale as in :class:`MLPEncoder`, hidden
+    layers of the kind ``layer``.
     """
 
     def __init__(
@@ -109,9 +168,11 @@ class MultiInputGaussian(nn.Module):
         hidden_dims: Sequence[int],
         latent_dim: int,
         min_scale: float = 1e-4,
+        *,
+        layer: HiddenLayer = RELU,
     ):
         super().__init__()
-        self.net = MultiInputMLP(input_dims, hidden_dims, 2 * latent_dim)
+        self.net = MultiInputMLP(input_dims, hidden_dims, 2 * latent_dim, layer=layer)
         self.min_scale = min_scale
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,6 +271,10 @@ class Architecture:
     instance to :data:`ARCHITECTURES`.
     """
 
+    #: The kind of hidden layer of the fully connected networks over latents alone,
+    #: such as :math:`p(z_1|z_2)` of the hierarchical VAE.
+    layer: HiddenLayer = RELU
+
     def encoder(
         self,
         image_shape: Sequence[int],
@@ -234,7 +299,16 @@ class Architecture:
 
 class MLPArchitecture(Architecture):
     """Fully connected networks (:class:`MLPEncoder`, :class:`MLPDecoder`; with extra inputs
-    :class:`MultiInputGaussian`, :class:`MultiInputMLP`); any image shape."""
+    :class:`MultiInputGaussian`, :class:`MultiInputMLP`) whose hidden layers are of the
+    kind ``layer`` (:class:`HiddenLayer`); any image shape.
+
+    With ``layer=GATED`` and ``hidden_dims=(300, 300)`` these are the networks of
+    Tomczak & Welling (2018): two gated dense layers of 300 units, then a linear map
+    to the parameters (the encoder's scale keeps the softplus parameterization of
+    :func:`gaussian_params`)."""
+
+    def __init__(self, layer: HiddenLayer = RELU):
+        self.layer = layer
 
     def encoder(
         self,
@@ -245,9 +319,11 @@ class MLPArchitecture(Architecture):
     ) -> nn.Module:
         data_dim = math.prod(image_shape)
         if extra_dims:
-            return MultiInputGaussian((data_dim, *extra_dims), hidden_dims, latent_dim)
+            return MultiInputGaussian(
+                (data_dim, *extra_dims), hidden_dims, latent_dim, layer=self.layer
+            )
         # The single-input classes keep the parameter names of checkpoints already written.
-        return MLPEncoder(data_dim, hidden_dims, latent_dim)
+        return MLPEncoder(data_dim, hidden_dims, latent_dim, layer=self.layer)
 
     def decoder(
         self,
@@ -259,8 +335,10 @@ class MLPArchitecture(Architecture):
     ) -> nn.Module:
         out_dim = math.prod(image_shape) * params_per_dim
         if extra_dims:
-            return MultiInputMLP((latent_dim, *extra_dims), hidden_dims[::-1], out_dim)
-        return MLPDecoder(latent_dim, hidden_dims[::-1], out_dim)
+            return MultiInputMLP(
+                (latent_dim, *extra_dims), hidden_dims[::-1], out_dim, layer=self.layer
+            )
+        return MLPDecoder(latent_dim, hidden_dims[::-1], out_dim, layer=self.layer)
 
 
 class ConvArchitecture(Architecture):
@@ -305,4 +383,5 @@ class ConvArchitecture(Architecture):
 ARCHITECTURES: dict[str, Architecture] = {
     "mlp": MLPArchitecture(),
     "conv": ConvArchitecture(),
+    "gated": MLPArchitecture(GATED),
 }

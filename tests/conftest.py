@@ -57,14 +57,21 @@ def write_idx(path: Path, array: torch.Tensor) -> None:
         file.write(header + array.to(torch.uint8).numpy().tobytes())
 
 
-def write_fake_fashion(folder: Path) -> Path:
-    """Fill ``folder`` like Debian's dataset-fashion-mnist, with 10_100 + 50 small images."""
+def write_fake_fashion(folder: Path, learnable: bool = False) -> Path:
+    """Fill ``folder`` like Debian's dataset-fashion-mnist, with 10_100 + 50 small images:
+    uniform noise, or (``learnable``) 10 blocky prototypes plus noise (:func:`prototype_images`),
+    which a model learns in a few steps."""
     folder.mkdir()
     generator = torch.Generator().manual_seed(0)
     for prefix, count in (("train", 10_100), ("t10k", 50)):
-        images = torch.randint(0, 256, (count, 28, 28), generator=generator)
+        if learnable:  # the same seed gives both splits the same prototypes
+            grey, labels = prototype_images(count, side=28, num_classes=10)
+            images = (255 * grey).round().reshape(count, 28, 28)
+        else:
+            images = torch.randint(0, 256, (count, 28, 28), generator=generator)
+            labels = torch.arange(count) % 10
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(count) % 10)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     return folder
 
 
@@ -78,3 +85,9 @@ def fake_fashion_dir(tmp_path: Path) -> Path:
 def shared_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same fake data, made once per session, for tests that only read it."""
     return write_fake_fashion(tmp_path_factory.mktemp("shared") / "fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def learnable_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fake Fashion-MNIST of learnable images (``write_fake_fashion(learnable=True)``)."""
+    return write_fake_fashion(tmp_path_factory.mktemp("learnable") / "fashion-mnist", True)

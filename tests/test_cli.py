@@ -17,7 +17,7 @@ def test_help_describes_every_train_option(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     for option in ("--dataset", "--data-root", "--binarize", "--model", "--arch", "hvae", "conv",
-                   "--latent-dim", "--hidden-dim",
+                   "gated", "--latent-dim", "--hidden-dim",
                    "--beta", "--warmup-epochs", "--epochs", "--batch-size", "--lr", "--seed",
                    "--device", "--subset", "--out", "--resume", "--patience", "--lr-schedule",
                    "--lr-decay", "--lr-patience"):  # fmt: skip

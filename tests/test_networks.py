@@ -4,21 +4,42 @@ import pyro
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
+from torch import nn
 
-from pyro_vae import VAE, ConfigError, TrainConfig, VampPrior, load_run, read_metrics, train
+from pyro_vae import (
+    VAE,
+    ConfigError,
+    HierarchicalVAE,
+    TrainConfig,
+    VampPrior,
+    load_run,
+    read_metrics,
+    train,
+)
 from pyro_vae.cli import main
 from pyro_vae.evaluation import log_importance_weights
-from pyro_vae.networks import ARCHITECTURES, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.networks import (
+    ARCHITECTURES,
+    GATED,
+    ConvDecoder,
+    ConvEncoder,
+    MLPDecoder,
+    MLPEncoder,
+    MultiInputMLP,
+    mlp,
+)
 
 
 @pytest.mark.parametrize("batch_shape", [(5,), (3, 5)])
 def test_networks_keep_leading_batch_dimensions(batch_shape):
     x = torch.rand(*batch_shape, 784)
     z = torch.randn(*batch_shape, 6)
-    for encoder in (MLPEncoder(784, (32,), 6), ConvEncoder((1, 28, 28), 6)):
+    for encoder in (MLPEncoder(784, (32,), 6), MLPEncoder(784, (32, 16), 6, layer=GATED),
+                    ConvEncoder((1, 28, 28), 6)):  # fmt: skip
         loc, scale = encoder(x)
         assert loc.shape == scale.shape == (*batch_shape, 6) and bool((scale > 0).all())
     assert MLPDecoder(6, (32,), 784)(z).shape == (*batch_shape, 784)
+    assert MLPDecoder(6, (16, 32), 784, layer=GATED)(z).shape == (*batch_shape, 784)
     assert ConvDecoder(6, (1, 28, 28))(z).shape == (*batch_shape, 784)
     assert ConvDecoder(6, (1, 28, 28), params_per_dim=2)(z).shape == (*batch_shape, 2 * 784)
 
@@ -70,6 +91,86 @@ def test_mlp_architecture_keeps_the_parameter_names_of_existing_checkpoints():
         f"{net}.net.{i}.{p}" for net in ("encoder", "decoder") for i in (0, 2)
         for p in ("weight", "bias")
     ]  # fmt: skip
+    hierarchical = HierarchicalVAE(784, 50, (400,)).state_dict()
+    assert [k for k in hierarchical if k.startswith("prior_z1.")] == [
+        "prior_z1.net.first.0.weight", "prior_z1.net.first.0.bias",
+        "prior_z1.net.rest.0.weight", "prior_z1.net.rest.0.bias",
+    ]  # fmt: skip
+
+
+def test_gated_layers_compute_a_gated_linear_unit():
+    """h = (W1 u + b1) * sigmoid(W2 u + b2), by hand from the layer's weights."""
+    torch.manual_seed(0)
+    net, u = mlp([5, 3, 2], GATED), torch.randn(4, 5)
+    weight, bias = net[0].weight, net[0].bias
+    assert weight.shape == (6, 5)  # W = [W1; W2]
+    h = (u @ weight[:3].T + bias[:3]) * torch.sigmoid(u @ weight[3:].T + bias[3:])
+    assert torch.allclose(net(u), h @ net[2].weight.T + net[2].bias, atol=1e-6)
+    # with several inputs the gate and the value both see the sum over the inputs
+    multi, y = MultiInputMLP((5, 2), (3,), 2, layer=GATED), torch.randn(4, 2)
+    pre = u @ multi.first[0].weight.T + y @ multi.first[1].weight.T + multi.first[0].bias
+    h = pre[:, :3] * torch.sigmoid(pre[:, 3:])
+    assert torch.allclose(multi(u, y), h @ multi.rest[0].weight.T + multi.rest[0].bias, atol=1e-6)
+
+
+def test_gated_architecture_has_the_size_of_the_vamp_prior_papers_networks():
+    """Two GatedDense(., 300) layers and linear heads each way: as many parameters as the
+    paper's networks, with p(z1|z2) of the hierarchical VAE gated too."""
+
+    def gated_dense(n_in, n_out):
+        return 2 * (n_in * n_out + n_out)
+
+    def linear(n_in, n_out):
+        return n_in * n_out + n_out
+
+    vae = VAE(784, 40, (300, 300), arch="gated")
+    assert sum(p.numel() for p in vae.encoder.parameters()) == (
+        gated_dense(784, 300) + gated_dense(300, 300) + 2 * linear(300, 40)
+    )
+    assert sum(p.numel() for p in vae.decoder.parameters()) == (
+        gated_dense(40, 300) + gated_dense(300, 300) + linear(300, 784)
+    )
+    hierarchical = HierarchicalVAE(784, 40, (300, 300), arch="gated")
+    for net in (hierarchical.encoder, hierarchical.encoder_z1, hierarchical.decoder,
+                hierarchical.prior_z1):  # fmt: skip
+        assert sum(isinstance(m, nn.GLU) for m in net.modules()) == 2
+        assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+
+
+@pytest.mark.parametrize("model", ["vae", "hvae"])
+def test_gated_vae_and_hvae_with_vamp_prior_train_and_estimate(model, tmp_path, tiny_data):
+    config = TrainConfig(model=model, arch="gated", latent_dim=4, hidden_dims=(32, 32),
+                         batch_size=64, lr=3e-3, epochs=3, device="cpu", prior="vamp",
+                         prior_components=10)  # fmt: skip
+    trained = train(config, tmp_path, data=tiny_data, progress=False, log=lambda line: None)
+    losses = [row["train_loss"] for row in read_metrics(tmp_path)]
+    assert losses[2] < losses[1] < losses[0]
+    assert isinstance(trained.prior, VampPrior) and trained.prior.encoder is trained.encoder
+    loaded = load_run(tmp_path)
+    for name, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    with torch.no_grad():
+        log_w = log_importance_weights(loaded.model, loaded.guide, tiny_data.test, num_particles=5)
+    assert log_w.shape == (5, 128) and bool(torch.isfinite(log_w).all())
+
+
+@pytest.mark.parametrize("model", ["vae", "hvae"])
+def test_gated_models_train_and_evaluate_from_the_command_line(
+    model, tmp_path, learnable_fashion_dir
+):
+    out = tmp_path / "run"
+    assert main(["train", "--model", model, "--arch", "gated", "--data-root",
+                 str(learnable_fashion_dir), "--subset", "100", "--epochs", "2", "--batch-size",
+                 "50", "--lr", "1e-2", "--latent-dim", "3", "--hidden-dim", "16", "16",
+                 "--device", "cpu", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((out / "config.json").read_text())["arch"] == "gated"
+    losses = [row["train_loss"] for row in read_metrics(out)]
+    assert losses[1] < losses[0]
+    assert main(["evaluate", "--run", str(out), "--num-samples", "10", "--subset", "8",
+                 "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    result = json.loads((out / "eval.json").read_text())
+    assert result["model"] == model and result["num_examples"] == 8
+    assert result["test_log_likelihood"] >= result["test_elbo"]
 
 
 def conv_config(**overrides) -> TrainConfig:
@@ -106,7 +207,7 @@ def test_conv_vae_with_vamp_prior_trains_resumes_and_loads(tmp_path, tiny_data):
         (lambda: TrainConfig(model="cvae", arch="conv"),
          "--arch conv is available for --model vae and hvae; the cvae model's networks are MLPs"),
         (lambda: TrainConfig(model="completion", arch="conv"), "available for --model vae and"),
-        (lambda: TrainConfig(arch="resnet"), "unknown arch 'resnet'; choose one of: mlp, conv"),
+        (lambda: TrainConfig(arch="resnet"), "unknown arch 'resnet'; choose one of: mlp, conv, ga"),
         (lambda: TrainConfig(arch="conv", image_shape=(1, 30, 30)).build_vae(),
          "divisible by 4, got 30x30; use --arch mlp"),
         (lambda: VAE(64, 3, arch="conv"), r"needs the image shape \(channels, height, width\)"),
