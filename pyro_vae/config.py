@@ -53,32 +53,23 @@ def resolve_device(name: str) -> torch.device:
 # pieces only it knows, such as its encoder or the size of the data it models.
 
 
-def _vae(config: "TrainConfig") -> VAE:
-    return VAE(
-        config.data_dim,
-        config.latent_dim,
-        config.hidden_dims,
-        image_shape=config.image_shape,
-        arch=config.arch,
-        prior=config.prior,
-        likelihood=config.likelihood,
-        prior_options=config.options("prior"),
-        likelihood_options=config.options("likelihood"),
-    )
+def _unconditional(model_class: type[VAE]) -> Callable[["TrainConfig"], VAE]:
+    """The builder of a model of images alone (the VAE, the hierarchical VAE)."""
 
+    def build(config: "TrainConfig") -> VAE:
+        return model_class(
+            config.data_dim,
+            config.latent_dim,
+            config.hidden_dims,
+            image_shape=config.image_shape,
+            arch=config.arch,
+            prior=config.prior,
+            likelihood=config.likelihood,
+            prior_options=config.options("prior"),
+            likelihood_options=config.options("likelihood"),
+        )
 
-def _hvae(config: "TrainConfig") -> HierarchicalVAE:
-    return HierarchicalVAE(
-        config.data_dim,
-        config.latent_dim,
-        config.hidden_dims,
-        image_shape=config.image_shape,
-        arch=config.arch,
-        prior=config.prior,
-        likelihood=config.likelihood,
-        prior_options=config.options("prior"),
-        likelihood_options=config.options("likelihood"),
-    )
+    return build
 
 
 def _label_cvae(config: "TrainConfig") -> LabelCVAE:
@@ -109,8 +100,8 @@ def _completion(config: "TrainConfig") -> CompletionCVAE:
 
 #: Registry of models by ``--model`` name: a builder from the configuration.
 MODELS: dict[str, Callable[["TrainConfig"], VAE]] = {
-    "vae": _vae,
-    "hvae": _hvae,
+    "vae": _unconditional(VAE),
+    "hvae": _unconditional(HierarchicalVAE),
     "cvae": _label_cvae,
     "completion": _completion,
 }
