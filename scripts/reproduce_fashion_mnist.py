@@ -100,7 +100,11 @@ def finished(run_dir: Path) -> bool:
 def _run(argv: list[str], threads: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     print("$", " ".join(argv), flush=True)
-    subprocess.run([sys.executable, "-m", "pyro_vae", *argv[1:]], env=env, check=True)
+    code = subprocess.run([sys.executable, "-m", "pyro_vae", *argv[1:]], env=env).returncode
+    if code in (130, 143):  # SIGINT/SIGTERM: pyro-vae saved a checkpoint
+        raise SystemExit("stopped; run the same command again to continue")
+    if code:
+        raise SystemExit(f"`{' '.join(argv)}` failed with exit status {code} (see above)")
 
 
 def train(name: str, run_dir: Path, threads: int) -> None:
@@ -206,12 +210,15 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only rewrite the table")
     parser.add_argument("--no-evaluate", action="store_true", help="train only")
     args = parser.parse_args()
-    if not args.report:
-        for name in args.only or CONFIGURATIONS:
-            run_dir = args.runs_dir / name
-            train(name, run_dir, args.threads)
-            if not args.no_evaluate:
-                evaluate(run_dir, args.threads)
+    try:
+        if not args.report:
+            for name in args.only or CONFIGURATIONS:
+                run_dir = args.runs_dir / name
+                train(name, run_dir, args.threads)
+                if not args.no_evaluate:
+                    evaluate(run_dir, args.threads)
+    except KeyboardInterrupt:
+        raise SystemExit("stopped; run the same command again to continue") from None
     report(args.runs_dir)
 
 
