@@ -9,6 +9,7 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -16,6 +17,7 @@ from pyro_vae import __version__, distributed
 from pyro_vae.conditional import OBSERVED_QUADRANT_CHOICES
 from pyro_vae.config import (
     BINARIZE_CHOICES,
+    DATA_FIELDS,
     DEVICE_CHOICES,
     MODELS,
     ON_NAN_CHOICES,
@@ -263,38 +265,10 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    # Every option of TrainConfig is a train option of the same name (dest); the rest of
+    # its fields are set from the data.
     config = TrainConfig(
-        model=args.model,
-        observed_quadrants=args.observed_quadrants,
-        conditional_prior=args.conditional_prior,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        binarize=args.binarize,
-        latent_dim=args.latent_dim,
-        hidden_dims=tuple(args.hidden_dims),
-        arch=args.arch,
-        prior=args.prior,
-        prior_components=args.prior_components,
-        prior_layers=args.prior_layers,
-        likelihood=args.likelihood,
-        likelihood_scale=args.likelihood_scale,
-        likelihood_squeeze=args.likelihood_squeeze,
-        objective=args.objective,
-        particles=args.particles,
-        beta=args.beta,
-        warmup_epochs=args.warmup_epochs,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        lr_decay=args.lr_decay,
-        lr_patience=args.lr_patience,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        subset=args.subset,
-        checkpoint_every=args.checkpoint_every,
-        on_nan=args.on_nan,
+        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in DATA_FIELDS}
     )
     train(config, args.out, resume=args.resume, progress=not args.no_progress)
     if not distributed.is_main_process():  # under torchrun, rank 0 reports and draws

@@ -36,10 +36,9 @@ from pyro.nn import pyro_method
 from torch import nn
 
 from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.networks import ARCHITECTURES, Architecture, MultiInputGaussian
+from pyro_vae.networks import Architecture, MultiInputGaussian
 from pyro_vae.priors import Prior
-from pyro_vae.registry import lookup
-from pyro_vae.vae import VAE
+from pyro_vae.vae import VAE, image_shape_and_arch
 
 
 class HierarchicalVAE(VAE):
@@ -80,9 +79,7 @@ class HierarchicalVAE(VAE):
         likelihood_options: dict[str, Any] | None = None,
     ):
         likelihood = build_likelihood(likelihood, data_dim=data_dim, options=likelihood_options)
-        shape = tuple(image_shape) if image_shape is not None else (data_dim,)
-        if isinstance(arch, str):
-            arch = lookup(ARCHITECTURES, "arch", arch)
+        shape, arch = image_shape_and_arch(data_dim, image_shape, arch)
         top = (latent_dim,)  # z2's size, an extra input of the networks of z1 and x
         super().__init__(
             data_dim,

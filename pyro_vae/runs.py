@@ -277,10 +277,15 @@ def best_epoch(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def epochs_without_improvement(rows: Sequence[dict[str, Any]]) -> int:
-    """Epochs since the best validation ELBO; training stops early when this reaches
-    ``patience``."""
+    """Epochs since the best validation ELBO."""
     best = best_epoch(rows)
     return 0 if best is None else rows[-1]["epoch"] - best["epoch"]
+
+
+def stopped_early(rows: Sequence[dict[str, Any]], patience: int) -> bool:
+    """Early stopping: with ``patience`` > 0, the validation ELBO of ``rows`` (metrics, one
+    per epoch) has not improved for ``patience`` epochs."""
+    return patience > 0 and epochs_without_improvement(rows) >= patience
 
 
 def load_run(

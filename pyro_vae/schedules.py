@@ -7,8 +7,8 @@ A schedule is stepped once per epoch with that epoch's validation ELBO:
   validation ELBO, :math:`\eta \leftarrow \gamma\,\eta` (``lr_decay``) when it has not
   improved (risen at all) for ``lr_patience`` epochs.
 
-Adding one is one factory ``(optimizer, decay, patience) -> scheduler | None``
-plus one registry line; a scheduler has ``step(val_elbo)``, ``state_dict()`` and
+Adding one is one factory ``(optimizer, decay, patience) -> scheduler`` plus one
+registry line; a scheduler has ``step(val_elbo)``, ``state_dict()`` and
 ``load_state_dict()`` (its state goes into the checkpoint).
 """
 
@@ -24,8 +24,21 @@ class EpochScheduler(Protocol):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
 
 
-def _constant(optimizer: torch.optim.Optimizer, decay: float, patience: int) -> None:
-    return None
+class Constant:
+    """The learning rate as given: a schedule that does nothing, and has no state."""
+
+    def step(self, metrics: float) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+def _constant(optimizer: torch.optim.Optimizer, decay: float, patience: int) -> Constant:
+    return Constant()
 
 
 def _plateau(
@@ -38,8 +51,8 @@ def _plateau(
     )
 
 
-#: Registry: name -> factory ``(optimizer, decay, patience) -> scheduler or None``.
-LR_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, float, int], EpochScheduler | None]] = {
+#: Registry: name -> factory ``(optimizer, decay, patience) -> scheduler``.
+LR_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, float, int], EpochScheduler]] = {
     "constant": _constant,
     "plateau": _plateau,
 }

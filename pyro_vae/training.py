@@ -432,7 +432,7 @@ class _Trainer:
         saved_lr = checkpoint["config"]["lr"]
         runs.restore(self.vae, checkpoint["model"], path)
         runs.restore(self.optimizer, checkpoint["optimizer"], path)
-        if self.scheduler is not None and checkpoint.get("scheduler") is not None:
+        if checkpoint.get("scheduler"):  # absent from checkpoints of older pyro-vae versions
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.config.lr != saved_lr:  # --lr changed on resume: it replaces the saved one
             for group in self.optimizer.param_groups:
@@ -468,7 +468,7 @@ class _Trainer:
                 "format": runs.CHECKPOINT_FORMAT,
                 "model": self.vae.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
                 "epoch": done,
                 "step": step,
                 "rng": runs.rng_state(),
@@ -491,13 +491,13 @@ class _Trainer:
 
     def _stopped_early(self) -> bool:
         """Early stopping: the validation ELBO has not improved for ``patience`` epochs."""
-        waited = runs.epochs_without_improvement(self.metrics)
-        if not self.config.patience or waited < self.config.patience:
+        if not runs.stopped_early(self.metrics, self.config.patience):
             return False
         best = runs.best_epoch(self.metrics)
         self.log(
             f"early stopping after epoch {self.metrics[-1]['epoch']}: no better validation "
-            f"ELBO for {waited} epochs; best {best['val_elbo']:.2f} at epoch {best['epoch']} "
+            f"ELBO for {runs.epochs_without_improvement(self.metrics)} epochs; "
+            f"best {best['val_elbo']:.2f} at epoch {best['epoch']} "
             f"(in {self.out / runs.BEST_FILE})"
         )
         return True
@@ -568,8 +568,7 @@ class _Trainer:
         }
         best = runs.best_epoch(self.metrics)
         self.metrics.append(row)
-        if self.scheduler is not None:
-            self.scheduler.step(row["val_elbo"])
+        self.scheduler.step(row["val_elbo"])
         if self.world.is_main and (best is None or row["val_elbo"] > best["val_elbo"]):
             # before the checkpoint: a crash in between retrains this epoch, identically
             runs.save_checkpoint(

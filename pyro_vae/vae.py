@@ -82,6 +82,20 @@ def without_param_statements(module: nn.Module) -> Iterator[None]:
                 owner.__dict__.pop(name, None)
 
 
+def image_shape_and_arch(
+    data_dim: int, image_shape: Sequence[int] | None, arch: Architecture | str
+) -> tuple[tuple[int, ...], Architecture]:
+    """``image_shape`` (default ``(data_dim,)``), checked to hold ``data_dim`` values, and
+    the :class:`~pyro_vae.networks.Architecture` that ``arch`` is or names."""
+    shape = tuple(image_shape) if image_shape is not None else (data_dim,)
+    if math.prod(shape) != data_dim:
+        raise ConfigError(
+            f"image_shape {shape} holds {math.prod(shape)} values, not "
+            f"data_dim={data_dim}; pass matching sizes"
+        )
+    return shape, lookup(ARCHITECTURES, "arch", arch) if isinstance(arch, str) else arch
+
+
 class VAE(PyroModule):
     """Variational autoencoder with injectable networks, prior and likelihood.
 
@@ -134,14 +148,7 @@ class VAE(PyroModule):
         self.likelihood = build_likelihood(
             likelihood, data_dim=data_dim, options=likelihood_options
         )
-        image_shape = tuple(image_shape) if image_shape is not None else (data_dim,)
-        if math.prod(image_shape) != data_dim:
-            raise ConfigError(
-                f"image_shape {image_shape} holds {math.prod(image_shape)} values, not "
-                f"data_dim={data_dim}; pass matching sizes"
-            )
-        if isinstance(arch, str):
-            arch = lookup(ARCHITECTURES, "arch", arch)
+        image_shape, arch = image_shape_and_arch(data_dim, image_shape, arch)
         self.encoder = (
             encoder if encoder is not None else arch.encoder(image_shape, hidden_dims, latent_dim)
         )

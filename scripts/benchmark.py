@@ -48,19 +48,29 @@ ROWS_MARKER = "<!-- scripts/benchmark.py appends rows above this line -->"
 EpochFn = Callable[[torch.Tensor], float | None]
 
 
+def textbook_loss(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """The hand-written negative ELBO of a batch: one reparameterized sample,
+    ``binary_cross_entropy_with_logits`` and the closed-form Gaussian KL."""
+    loc, scale = vae.encoder(x)
+    z = loc + scale * torch.randn_like(loc)
+    recon = F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
+    kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
+    return recon + kl
+
+
+def textbook_optimizer(vae: VAE, lr: float) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` with its defaults over the encoder and decoder."""
+    return torch.optim.Adam([*vae.encoder.parameters(), *vae.decoder.parameters()], lr=lr)
+
+
 def hand_written(vae: VAE, lr: float, batch_size: int) -> EpochFn:
     """The textbook PyTorch VAE step on the same encoder/decoder modules."""
-    optimizer = torch.optim.Adam([*vae.encoder.parameters(), *vae.decoder.parameters()], lr=lr)
+    optimizer = textbook_optimizer(vae, lr)
 
     def epoch(images: torch.Tensor) -> None:
         order = torch.randperm(images.shape[0], device=images.device)
         for first in range(0, images.shape[0], batch_size):
-            x = images[order[first : first + batch_size]]
-            loc, scale = vae.encoder(x)
-            z = loc + scale * torch.randn_like(loc)
-            recon = F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
-            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
-            loss = recon + kl
+            loss = textbook_loss(vae, images[order[first : first + batch_size]])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import pyro
 import torch
-import torch.nn.functional as F
+from benchmark import textbook_loss, textbook_optimizer  # scripts/ is on sys.path
 
 from pyro_vae import VAE, TrainConfig
 from pyro_vae.objectives import OBJECTIVES
@@ -57,17 +57,13 @@ def pyro_vae_steps(images: torch.Tensor, batch: int, check: bool) -> Callable[[i
 
 def pytorch_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
     vae = VAE()
-    optimizer = torch.optim.Adam([*vae.encoder.parameters(), *vae.decoder.parameters()], lr=1e-3)
+    optimizer = textbook_optimizer(vae, lr=1e-3)
 
     def run(first: int, count: int) -> None:
         for i in range(first, first + count):
-            x = _batch(images, i, batch)
-            loc, scale = vae.encoder(x)
-            z = loc + scale * torch.randn_like(loc)
-            recon = F.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="sum")
-            kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - 2 * scale.log()).sum()
+            loss = textbook_loss(vae, _batch(images, i, batch))
             optimizer.zero_grad(set_to_none=True)
-            (recon + kl).backward()
+            loss.backward()
             optimizer.step()
 
     return run

@@ -39,9 +39,9 @@ from pyro_vae.runs import (  # noqa: E402
     CHECKPOINT_FILE,
     EVAL_FILES,
     best_epoch,
-    epochs_without_improvement,
     read_config,
     read_metrics,
+    stopped_early,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,8 +92,7 @@ def finished(run_dir: Path) -> bool:
         return False
     config, rows = read_config(run_dir), read_metrics(run_dir)
     return bool(rows) and (
-        rows[-1]["epoch"] >= config.epochs
-        or (config.patience > 0 and epochs_without_improvement(rows) >= config.patience)
+        rows[-1]["epoch"] >= config.epochs or stopped_early(rows, config.patience)
     )
 
 
