@@ -4,8 +4,8 @@ One step is Pyro's differentiable ELBO of the model/guide pair followed by a
 plain, fused ``torch.optim.Adam`` step over the VAE's parameters: the same objective as
 ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO())`` without SVI's per-parameter
 optimizers. Data stays on the device as one tensor; batches are index slices of
-a fresh permutation each epoch. The running loss is accumulated on the device and
-read only when the progress bar refreshes.
+a fresh permutation each epoch. The loss is read on the host once per step, for the
+running loss and the finiteness check.
 
 After every epoch the validation ELBO (single sample, fixed seed) steps the
 learning-rate schedule (:mod:`pyro_vae.schedules`), and the model of the best
@@ -20,8 +20,8 @@ Nothing trained is lost:
   one to resume from;
 * SIGINT/SIGTERM stop after the current step, save, and raise
   :class:`~pyro_vae.errors.TrainingInterrupted`;
-* a non-finite loss or gradient is caught before ``optimizer.step()``
-  (:func:`nonfinite_step`); training stops with :class:`~pyro_vae.errors.NumericalError`
+* a non-finite loss or gradient is caught and named with its step (see
+  :func:`nonfinite_update`); training stops with :class:`~pyro_vae.errors.NumericalError`
   or, with ``on_nan="rollback"``, restores the last checkpoint and halves the
   learning rate;
 * resuming is exact, also from the middle of an epoch: a mid-epoch checkpoint
@@ -87,26 +87,25 @@ def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return config.beta * min(1.0, (step + 1) / warmup_steps)
 
 
-def nonfinite_step(loss: torch.Tensor, parameters: Sequence[torch.Tensor]) -> str | None:
-    """``"loss"`` or ``"gradient"`` when that is NaN/infinite after ``backward()``, else None.
+def nonfinite_update(parameters: Sequence[torch.Tensor]) -> bool:
+    """Whether an Adam step left NaN/infinite parameters: its gradient was not finite.
 
-    One check per step: the loss and the gradient norms are stacked and tested
-    together, with a single read on the host. Call it before ``optimizer.step()``
-    so that a bad step never reaches the parameters. (A total gradient norm that
-    overflows float32 also counts: Adam's second moment would overflow too.)
+    The per-step check reads only the loss, which the running loss needs anyway;
+    scanning every gradient before each step cost 0.1-0.5 ms a step (issue 7). A
+    non-finite gradient with a finite loss is still caught, one step later, and named
+    with its own step: Adam turns an infinite or NaN gradient into NaN parameters,
+    NaN propagates through every network here (``0 * nan`` is NaN), so the next loss is
+    NaN, and this test on the parameters then tells a bad update from a bad loss. It
+    also runs before every checkpoint, so a bad last step is never saved.
     """
-    norms = [torch.linalg.vector_norm(p.grad) for p in parameters if p.grad is not None]
-    finite = torch.isfinite(torch.stack([loss.detach(), *norms]))
-    if bool(finite.all()):
-        return None
-    return "loss" if not bool(finite[0]) else "gradient"
+    return not all(bool(torch.isfinite(p).all()) for p in parameters)
 
 
 @contextmanager
 def training_steps(vae: VAE) -> Iterator[None]:
     """How the steps run: without Pyro's validation and without ``pyro.param`` statements.
 
-    Validation is off so that a NaN reaches the loss, where :func:`nonfinite_step`
+    Validation is off so that a NaN reaches the loss, where the training loop
     reports it with its step (Pyro's distribution validation would raise a bare
     ``ValueError`` deep in the forward pass, and ``warn_if_nan`` print a warning),
     and because its per-step checks (argument and support checks, model/guide
@@ -514,12 +513,13 @@ class _Trainer:
             self._set_rng(epoch_rng)
         images = self.data.training_images()
         order = torch.randperm(self.num_train, device=self.device)
-        first, loss_sum, seconds, train_seconds = 0, torch.zeros((), device=self.device), 0.0, 0.0
+        first, loss_sum, seconds, train_seconds = 0, 0.0, 0.0, 0.0
+        last_loss = math.nan  # the previous step's loss
         if partial:
             self._set_rng(partial["rng"])
             first, seconds = partial["step"], partial["seconds"]
             train_seconds = partial.get("train_seconds", 0.0)
-            loss_sum = partial["loss_sum"].to(self.device)
+            loss_sum = float(partial["loss_sum"])
 
         bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                    disable=not self.progress, unit="step")  # fmt: skip
@@ -534,29 +534,35 @@ class _Trainer:
                 loss = self._loss(inputs, kl_weight(config, global_step, spe), global_step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                loss = self._sum_over_ranks(loss, stop)
-                fault = nonfinite_step(loss, self.parameters)
-                if fault:
-                    raise self._fault(fault, epoch, i + 1, loss, batch)
+                loss_value = self._sum_over_ranks(loss, stop).item()
+                if not math.isfinite(loss_value):
+                    if i > first and nonfinite_update(self.parameters):
+                        raise self._fault("gradient", epoch, i, last_loss)
+                    raise self._fault("loss", epoch, i + 1, loss_value, batch)
                 self.optimizer.step()
-                loss_sum += loss.detach()
+                loss_sum, last_loss = loss_sum + loss_value, loss_value
                 if self.progress and (i + 1) % PROGRESS_EVERY == 0:
                     seen = min(self.num_train, (i + 1) * config.batch_size)
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.2f}")
+                    bar.set_postfix(loss=f"{loss_sum / seen:.2f}")
                 bar.update()
                 every = config.checkpoint_every
                 if stop.signum or (every and (global_step + 1) % every == 0 and i + 1 < spe):
+                    if nonfinite_update(self.parameters):
+                        raise self._fault("gradient", epoch, i + 1, loss_value)
                     now = time.perf_counter()
-                    self._save(epoch - 1, i + 1, epoch_rng=epoch_rng, loss_sum=loss_sum,
+                    loss_sum_tensor = torch.tensor(loss_sum, dtype=torch.float64)
+                    self._save(epoch - 1, i + 1, epoch_rng=epoch_rng, loss_sum=loss_sum_tensor,
                                seconds=seconds + now - started,
                                train_seconds=train_seconds + now - steps_started)  # fmt: skip
                     if stop.signum:
                         raise self._interrupted(stop.signum)
 
         train_seconds += time.perf_counter() - steps_started
+        if nonfinite_update(self.parameters):
+            raise self._fault("gradient", epoch, spe, last_loss)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / self.num_train,
+            "train_loss": loss_sum / self.num_train,
             "val_elbo": validation_elbo(
                 self.vae, *self.vae.batch_inputs(self.data.val, self.data.val_labels)
             ),
@@ -622,14 +628,17 @@ class _Trainer:
         return total[0]
 
     def _fault(
-        self, what: str, epoch: int, step: int, loss: torch.Tensor, batch: torch.Tensor
+        self, what: str, epoch: int, step: int, loss: float, batch: torch.Tensor | None = None
     ) -> NumericalError:
-        """The error for a non-finite step, diagnosed (this path is rare, so checks are cheap)."""
+        """The error for a non-finite ``what`` ("loss" or "gradient") at ``step``, diagnosed
+        (this path is rare, so checks are cheap): a non-finite loss whose ``batch`` holds
+        NaN is the data's fault, and no rollback can fix it."""
         where = f"epoch {epoch}, step {step} of {self.steps_per_epoch}"
         kept = f"the last good checkpoint ({self.saved_at}) is unchanged in {self.checkpoint_path}"
-        # Did any rank's share of the batch hold NaN? (A collective: every rank is here.)
-        bad_data = torch.tensor([float(not bool(torch.isfinite(batch).all()))], device=self.device)
-        self.world.sum_([bad_data])
+        bad_data = torch.zeros(1, device=self.device)
+        if batch is not None:  # did any rank's share of the batch hold NaN? (every rank is here)
+            bad_data[0] = float(not bool(torch.isfinite(batch).all()))
+            self.world.sum_([bad_data])
         if bad_data.item():
             return NumericalError(
                 f"non-finite {what} at {where}: the training batch holds NaN or infinite "
@@ -643,8 +652,7 @@ class _Trainer:
             else ""
         )
         return NumericalError(
-            f"non-finite {what} (loss {loss.item():g}) at {where}; training stopped and "
-            f"{kept}{advice}"
+            f"non-finite {what} (loss {loss:g}) at {where}; training stopped and {kept}{advice}"
         )
 
     def _interrupted(self, signum: int) -> TrainingInterrupted:

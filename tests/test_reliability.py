@@ -136,17 +136,31 @@ def test_non_finite_loss_or_gradient_stops_at_the_step_it_happens(
     assert "lower --lr (now 0.003), or with --on-nan rollback" in str(fault.value)
     assert (load_checkpoint(out)["epoch"], load_checkpoint(out)["step"]) == (1, 2)
 
+
+@pytest.mark.parametrize(
+    ("poisoned", "step", "checkpoint_every"),
+    [
+        (range(11, 17), 3, 0),  # every step from epoch 2, step 3 on
+        ([11], 3, 0),  # one step: the next loss is NaN, the parameters name the step
+        ([16], 8, 0),  # the epoch's last step: caught before the validation and checkpoint
+        ([12], 4, 2),  # a step with a checkpoint after it: caught before writing it
+    ],
+)
+def test_a_non_finite_gradient_with_a_finite_loss_is_named_with_its_step(
+    tmp_path, tiny_data, faulty_objective, poisoned, step, checkpoint_every
+):
     def poison_gradient(call, loss):
-        if call >= 11:
+        if call in poisoned:
             loss.register_hook(lambda grad: grad * float("inf"))
 
     faulty_objective(poison_gradient)
     out = tmp_path / "gradient"
     with pytest.raises(
-        NumericalError, match=r"^non-finite gradient \(loss [\d.]+\) at epoch 2, step 3 "
+        NumericalError, match=rf"^non-finite gradient \(loss [\d.]+\) at epoch 2, step {step} "
     ):
-        quiet_train(tiny_config(), out, data=tiny_data)
-    assert (load_checkpoint(out)["epoch"], load_checkpoint(out)["step"]) == (1, 0)
+        quiet_train(tiny_config(checkpoint_every=checkpoint_every), out, data=tiny_data)
+    saved = load_checkpoint(out)
+    assert (saved["epoch"], saved["step"]) == ((1, 2) if checkpoint_every else (1, 0))
     assert torch.isfinite(torch.cat([p.flatten() for p in load_run(out).parameters()])).all()
 
 
