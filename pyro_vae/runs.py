@@ -297,12 +297,19 @@ def load_run(
         best validation ELBO, ``best.pt``), or None: ``best`` when the run was trained
         with early stopping (``patience``), else ``last``.
     """
+    return _load_run(run_dir, device, checkpoint)[0]
+
+
+def _load_run(
+    run_dir: str | Path, device: str | torch.device, checkpoint: str | None
+) -> tuple[VAE, dict[str, Any]]:
+    """:func:`load_run`'s model and the checkpoint it came from."""
     config = read_config(run_dir)
     file = CHECKPOINTS[resolve_checkpoint(config, checkpoint)]
     state = load_checkpoint(run_dir, map_location=device, file=file)
     vae = config.build_vae()
     restore(vae, state["model"], Path(run_dir) / file)
-    return vae.to(device).eval()
+    return vae.to(device).eval(), state
 
 
 def evaluate_run(
@@ -338,7 +345,7 @@ def evaluate_run(
     config = read_config(run_dir)
     world, torch_device = distributed.init(resolve_device(device))
     checkpoint = resolve_checkpoint(config, checkpoint)
-    vae = load_run(run_dir, torch_device, checkpoint)
+    vae, state = _load_run(run_dir, torch_device, checkpoint)
     data = config.load_data(torch_device)
     images = (data.test if split == "test" else data.val)[:subset]
     labels = (data.test_labels if split == "test" else data.val_labels)[:subset]
@@ -356,6 +363,7 @@ def evaluate_run(
         "device": str(torch_device),
         "seed": seed,
         "checkpoint": checkpoint,
+        "epoch": state["epoch"],  # of the checkpoint: "best" moves while training goes on
     }
     if vae.likelihood.is_discrete:  # a probability of discrete pixels: also a code length
         log_likelihood = result[f"{split}_log_likelihood"]

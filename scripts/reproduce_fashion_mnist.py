@@ -134,6 +134,15 @@ def _shown(path: Path) -> Path:
     return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
 
 
+def _evaluated_epoch(result: dict, result_file: Path, run_dir: Path, best: int) -> str:
+    """Which epoch an estimate measured, where that is not the run's best epoch now
+    (best.pt moves while a run goes on after its evaluation)."""
+    if "epoch" not in result:  # written before eval.json recorded its checkpoint's epoch
+        stale = result_file.stat().st_mtime < (run_dir / BEST_FILE).stat().st_mtime
+        return " (earlier best)" if stale else ""
+    return "" if result["epoch"] == best else f" (epoch {result['epoch']})"
+
+
 def report(runs_dir: Path) -> None:
     """Rewrite the table in docs/benchmarks.md and the learning-curve figure."""
     lines = [
@@ -158,13 +167,9 @@ def report(runs_dir: Path) -> None:
         best = best_epoch(rows)
         result_file = run_dir / EVAL_FILES["test"]
         result = json.loads(result_file.read_text()) if result_file.exists() else None
-        stale = (
-            result is not None
-            and result_file.stat().st_mtime < (run_dir / BEST_FILE).stat().st_mtime
-        )
         estimate = (
             f"{result['test_log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}"
-            f"{' (earlier best)' if stale else ''}"
+            f"{_evaluated_epoch(result, result_file, run_dir, best['epoch'])}"
             if result
             else "not evaluated"
         )

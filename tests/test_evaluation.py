@@ -174,6 +174,7 @@ def test_cli_evaluate_writes_eval_json(tmp_path, capsys):
                 "num_examples", "active_units", "seconds"):  # fmt: skip
         assert key in result
     assert result["num_examples"] == 64 and result["num_samples"] == 50
+    assert (result["checkpoint"], result["epoch"]) == ("last", 1)  # which model it measured
     assert result["test_log_likelihood"] > result["test_elbo"]
     assert "log p(x) (IW)" in capsys.readouterr().out
     # the same seed gives the same estimate; the model comes back from the checkpoint
