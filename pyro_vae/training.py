@@ -98,7 +98,7 @@ def nonfinite_update(parameters: Sequence[torch.Tensor]) -> bool:
     NaN, and this test on the parameters then tells a bad update from a bad loss. It
     also runs before every checkpoint, so a bad last step is never saved.
     """
-    return not all(bool(torch.isfinite(p).all()) for p in parameters)
+    return bool(runs.nonfinite_entries(list(parameters)))
 
 
 @contextmanager
@@ -536,8 +536,8 @@ class _Trainer:
                 loss.backward()
                 loss_value = self._sum_over_ranks(loss, stop).item()
                 if not math.isfinite(loss_value):
-                    if i > first and nonfinite_update(self.parameters):
-                        raise self._fault("gradient", epoch, i, last_loss)
+                    if i > first:  # was it the previous step's update?
+                        self._check_update(epoch, i, last_loss)
                     raise self._fault("loss", epoch, i + 1, loss_value, batch)
                 self.optimizer.step()
                 loss_sum, last_loss = loss_sum + loss_value, loss_value
@@ -547,8 +547,7 @@ class _Trainer:
                 bar.update()
                 every = config.checkpoint_every
                 if stop.signum or (every and (global_step + 1) % every == 0 and i + 1 < spe):
-                    if nonfinite_update(self.parameters):
-                        raise self._fault("gradient", epoch, i + 1, loss_value)
+                    self._check_update(epoch, i + 1, loss_value)
                     now = time.perf_counter()
                     loss_sum_tensor = torch.tensor(loss_sum, dtype=torch.float64)
                     self._save(epoch - 1, i + 1, epoch_rng=epoch_rng, loss_sum=loss_sum_tensor,
@@ -558,8 +557,7 @@ class _Trainer:
                         raise self._interrupted(stop.signum)
 
         train_seconds += time.perf_counter() - steps_started
-        if nonfinite_update(self.parameters):
-            raise self._fault("gradient", epoch, spe, last_loss)
+        self._check_update(epoch, spe, last_loss)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / self.num_train,
@@ -626,6 +624,12 @@ class _Trainer:
         if flags.item() and stop.signum is None:
             stop.signum = stop.received or signal.SIGTERM
         return total[0]
+
+    def _check_update(self, epoch: int, step: int, loss: float) -> None:
+        """Raise the fault of ``step`` (whose loss was ``loss``) when its update left
+        non-finite parameters (:func:`nonfinite_update`)."""
+        if nonfinite_update(self.parameters):
+            raise self._fault("gradient", epoch, step, loss)
 
     def _fault(
         self, what: str, epoch: int, step: int, loss: float, batch: torch.Tensor | None = None
