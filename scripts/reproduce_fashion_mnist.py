@@ -173,8 +173,12 @@ def report(runs_dir: Path) -> None:
             if result
             else "not evaluated"
         )
-        status = "early-stopped" if finished(run_dir) and rows[-1]["epoch"] < read_config(
-            run_dir).epochs else ("finished" if finished(run_dir) else "in progress")  # fmt: skip
+        if not finished(run_dir):
+            status = "unfinished, resumable"
+        elif rows[-1]["epoch"] < read_config(run_dir).epochs:
+            status = "early-stopped"
+        else:
+            status = "finished"
         hours = sum(row["seconds"] for row in rows) / 3600
         evaluation = f"{result['seconds'] / 60:.1f} min" if result else ""
         lines.append(
