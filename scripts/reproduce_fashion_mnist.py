@@ -71,8 +71,9 @@ CONFIGURATIONS: dict[str, tuple[float, list[str]]] = {
     "hvae-vamp-conv": (-224.67, [*CONV, "--model", "hvae", "--prior", "vamp"]),
 }
 NUM_SAMPLES = 5000
-#: Why a configuration has no run yet: seconds per epoch measured on the 2-core CPU (busy,
-#: docs/benchmarks.md); the protocol needs hundreds of epochs.
+#: Why a configuration has no run in the table: not started (seconds per epoch measured on
+#: the 2-core CPU, busy, docs/benchmarks.md; the protocol needs hundreds of epochs), or a
+#: run set aside (see the notes in docs/benchmarks.md).
 NOT_RUN = {
     "hvae-gated": "diverged at epoch 218 (~14 s/epoch on one core); kept in "
     "runs/fashion-mnist/hvae-gated-diverged; see the notes",
