@@ -224,6 +224,14 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="epochs without improvement before --lr-schedule plateau lowers the lr",
     )
     opt.add_argument(
+        "--clip-grad-norm",
+        type=float,
+        default=DEFAULTS.clip_grad_norm,
+        metavar="NORM",
+        help="clip the gradient of the per-example loss to this norm before each step "
+        "(default: no clipping); the epoch log counts the clipped steps",
+    )
+    opt.add_argument(
         "--patience",
         type=int,
         default=DEFAULTS.patience,

@@ -146,6 +146,10 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_decay: float = 0.5
     lr_patience: int = 10
+    #: Clip the gradient of the per-example loss (the batch's summed loss over the batch
+    #: size, so the limit does not depend on ``batch_size``) to this norm before each
+    #: step; None: no clipping. Keeps a rare outlier batch from throwing Adam off.
+    clip_grad_norm: float | None = None
     #: Early stopping: stop when the validation ELBO has not improved for this many
     #: epochs (0: off). The best epoch's model is kept in ``best.pt`` either way.
     patience: int = 0
@@ -188,6 +192,13 @@ class TrainConfig:
         if not 0 < self.lr_decay < 1:
             raise ConfigError(
                 f"lr-decay must be between 0 and 1 (it multiplies the lr), got {self.lr_decay}"
+            )
+        if self.clip_grad_norm is not None and not (
+            math.isfinite(self.clip_grad_norm) and self.clip_grad_norm > 0
+        ):
+            raise ConfigError(
+                "clip-grad-norm must be a positive number (omit it for no clipping), "
+                f"got {self.clip_grad_norm}"
             )
         for name in ("lr_patience", "patience"):
             if getattr(self, name) < 0:

@@ -72,7 +72,7 @@ from pyro_vae.vae import VAE, without_param_statements
 EVAL_SEED = 12345
 #: Options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "device", "data_root", "lr", "checkpoint_every", "on_nan",
-                     "patience")  # fmt: skip
+                     "patience", "clip_grad_norm")  # fmt: skip
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
 #: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
@@ -515,11 +515,14 @@ class _Trainer:
         order = torch.randperm(self.num_train, device=self.device)
         first, loss_sum, seconds, train_seconds = 0, 0.0, 0.0, 0.0
         last_loss = math.nan  # the previous step's loss
+        # steps whose gradient was clipped, counted on the device (no host read per step)
+        clipped = torch.zeros((), dtype=torch.int64, device=self.device)
         if partial:
             self._set_rng(partial["rng"])
             first, seconds = partial["step"], partial["seconds"]
             train_seconds = partial.get("train_seconds", 0.0)
             loss_sum = float(partial["loss_sum"])
+            clipped += partial.get("clipped_steps", 0)
 
         bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch}/{config.epochs}", leave=False,
                    disable=not self.progress, unit="step")  # fmt: skip
@@ -528,6 +531,7 @@ class _Trainer:
             for i in range(first, spe):
                 global_step = (epoch - 1) * spe + i
                 index = order[i * config.batch_size : (i + 1) * config.batch_size]
+                batch_size = index.shape[0]  # the global batch's
                 index = index[self.world.rank :: self.world.size]  # this rank's share
                 batch = images[index]
                 inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
@@ -539,6 +543,8 @@ class _Trainer:
                     if i > first:  # was it the previous step's update?
                         self._check_update(epoch, i, last_loss)
                     raise self._fault("loss", epoch, i + 1, loss_value, batch)
+                if config.clip_grad_norm is not None:
+                    clipped += self._clip_gradients(batch_size)
                 self.optimizer.step()
                 loss_sum, last_loss = loss_sum + loss_value, loss_value
                 if self.progress and (i + 1) % PROGRESS_EVERY == 0:
@@ -552,7 +558,8 @@ class _Trainer:
                     loss_sum_tensor = torch.tensor(loss_sum, dtype=torch.float64)
                     self._save(epoch - 1, i + 1, epoch_rng=epoch_rng, loss_sum=loss_sum_tensor,
                                seconds=seconds + now - started,
-                               train_seconds=train_seconds + now - steps_started)  # fmt: skip
+                               train_seconds=train_seconds + now - steps_started,
+                               clipped_steps=int(clipped))  # fmt: skip
                     if stop.signum:
                         raise self._interrupted(stop.signum)
 
@@ -570,6 +577,8 @@ class _Trainer:
             # the training steps alone (no validation, no checkpoint): throughput
             "train_seconds": train_seconds,
         }
+        if config.clip_grad_norm is not None:
+            row["clipped_steps"] = int(clipped)
         best = runs.best_epoch(self.metrics)
         self.metrics.append(row)
         self.scheduler.step(row["val_elbo"])
@@ -587,6 +596,7 @@ class _Trainer:
         self.log(
             f"epoch {epoch}/{config.epochs}  train_loss {row['train_loss']:.2f}  "
             f"val_elbo {row['val_elbo']:.2f}  beta {row['beta']:.3g}  {row['seconds']:.1f}s"
+            + (f"  clipped {row['clipped_steps']}/{spe}" if "clipped_steps" in row else "")
         )
         if stop.signum:
             raise self._interrupted(stop.signum)
@@ -608,6 +618,14 @@ class _Trainer:
         seed = distributed.derived_seed(self.config.seed, global_step, self.world.rank)
         with _seeded(seed, self.device):
             return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+
+    def _clip_gradients(self, batch_size: int) -> torch.Tensor:
+        """Scale the gradient down to norm ``clip_grad_norm * batch_size`` when it is
+        larger: the loss is summed over the batch, so this bounds the gradient of the
+        per-example loss. Returns whether it was clipped, as a device tensor."""
+        limit = self.config.clip_grad_norm * batch_size
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, limit)
+        return norm > limit
 
     def _sum_over_ranks(self, loss: torch.Tensor, stop: _StopSignals) -> torch.Tensor:
         """With several ranks: sum the loss, the gradients and the stop requests over ranks

@@ -88,6 +88,31 @@ def faulty_objective(monkeypatch):
 # ---------------------------------------------------------------- numerical faults
 
 
+def test_gradient_clipping_keeps_an_outlier_batch_from_stalling_training(
+    tmp_path, tiny_data, faulty_objective
+):
+    """One batch with a 1e6 times larger loss (a rare image far off the data, as in the
+    diverged HVAE run) fills Adam's second moments, which then shrink every later step:
+    training stalls. Clipped to a norm above the usual ones (5 per example here; they
+    never reach it), the outlier is an ordinary step and the run matches a clean one."""
+
+    def val_elbos(name, clip, outlier):
+        faulty_objective(lambda call, loss: loss * 1e6 if call == outlier else None)
+        quiet_train(tiny_config(epochs=4, clip_grad_norm=clip), tmp_path / name, data=tiny_data)
+        return [row["val_elbo"] for row in read_metrics(tmp_path / name)]
+
+    clean = val_elbos("clean", None, None)
+    assert val_elbos("clean-clipped", 5.0, None) == clean  # a clip that never fires: no change
+    assert [row["clipped_steps"] for row in read_metrics(tmp_path / "clean-clipped")] == [0] * 4
+    stalled = val_elbos("outlier", None, 4)
+    assert stalled[-1] < clean[-1] - 2  # 4 epochs gain ~4 nats; after the outlier, almost none
+    clipped = val_elbos("outlier-clipped", 5.0, 4)
+    assert clipped[-1] == pytest.approx(clean[-1], abs=0.2)
+    assert [row["clipped_steps"] for row in read_metrics(tmp_path / "outlier-clipped")] == [
+        1, 0, 0, 0
+    ]  # fmt: skip
+
+
 def test_nan_in_a_batch_is_caught_and_the_last_good_checkpoint_survives(
     tmp_path, tiny_data, monkeypatch
 ):
@@ -232,11 +257,12 @@ def test_signal_saves_mid_epoch_and_resume_is_exact(
     assert_same_run(out, tmp_path / "straight")
 
 
-@pytest.mark.parametrize("crash_at", [7, 13])
+# clip 1.0 clips every step: a resume must restore the epoch's count of clipped steps
+@pytest.mark.parametrize(("crash_at", "clip"), [(7, None), (13, None), (13, 1.0)])
 def test_crash_resumes_exactly_from_the_last_periodic_checkpoint(
-    tmp_path, tiny_data, faulty_objective, crash_at
+    tmp_path, tiny_data, faulty_objective, crash_at, clip
 ):
-    config = tiny_config(epochs=3, checkpoint_every=3)
+    config = tiny_config(epochs=3, checkpoint_every=3, clip_grad_norm=clip)
     quiet_train(config, tmp_path / "straight", data=tiny_data)
 
     def crash(call, loss):
@@ -259,6 +285,8 @@ def test_crash_resumes_exactly_from_the_last_periodic_checkpoint(
     quiet_train(config, out, data=tiny_data, resume=True)
     assert_same_run(out, tmp_path / "straight")
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    if clip:
+        assert [row["clipped_steps"] for row in read_metrics(out)] == [8, 8, 8]
 
 
 def test_resuming_a_finished_run_does_nothing_and_fewer_epochs_is_an_error(tmp_path, tiny_data):

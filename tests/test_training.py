@@ -3,6 +3,7 @@ import json
 import pyro
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pyro_vae import VAE, CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.config import MODELS
@@ -66,6 +67,10 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path, tiny
         train(tiny_config(epochs=2, latent_dim=5), tmp_path / "run", data=tiny_data,
               resume=True, progress=False)  # fmt: skip
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    # a run that spikes may be continued with clipping
+    train(tiny_config(epochs=2, clip_grad_norm=1.0), tmp_path / "run", data=tiny_data,
+          resume=True, progress=False)  # fmt: skip
+    assert read_metrics(tmp_path / "run")[-1]["clipped_steps"] == 8
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         train(tiny_config(), tmp_path / "empty", data=tiny_data, resume=True, progress=False)
 
@@ -82,10 +87,36 @@ def test_beta_warmup_is_linear_and_positive(tmp_path, tiny_data):
     assert [row["beta"] for row in read_metrics(tmp_path / "run")] == [1.0, 2.0, 2.0]
 
 
+def test_gradient_clipping_bounds_every_step_and_counts_the_clipped_ones(tmp_path, tiny_data):
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        norms.append(torch.nn.utils.get_total_norm([g for g in grads if g is not None]).item())
+
+    hook = register_optimizer_step_pre_hook(record)
+    try:
+        train(tiny_config(), tmp_path / "free", data=tiny_data, progress=False)
+        free, norms[:] = list(norms), []
+        train(tiny_config(clip_grad_norm=0.5), tmp_path / "clipped", data=tiny_data,
+              progress=False)  # fmt: skip
+    finally:
+        hook.remove()
+    limit = 0.5 * 64  # per example, times the batch size (the loss is summed over the batch)
+    assert min(free) > limit  # so every step of the clipped run is clipped...
+    assert len(norms) == 16 and max(norms) == pytest.approx(limit, rel=1e-4)  # ...to the limit
+    metrics = read_metrics(tmp_path / "clipped")
+    assert [row["clipped_steps"] for row in metrics] == [8, 8]
+    assert "clipped_steps" not in read_metrics(tmp_path / "free")[0]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # Adam trains on
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"latent_dim": 0}, "latent-dim must be positive"),
+        ({"clip_grad_norm": 0.0}, "clip-grad-norm must be a positive number"),
+        ({"clip_grad_norm": float("inf")}, "clip-grad-norm must be a positive number"),
         ({"beta": -1.0}, "beta must be a positive number"),
         ({"prior": "cauchy"}, "unknown prior 'cauchy'; choose one of: normal"),
         ({"objective": "iwae", "beta": 2.0}, "no separate KL term"),
