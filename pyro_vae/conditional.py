@@ -33,6 +33,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from pyro_vae.data import ImageData
+from pyro_vae.distributions import diagonal_normal
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import MultiInputGaussian, MultiInputMLP, mlp
@@ -88,7 +89,7 @@ class ClassConditionalNormal(ConditionalPrior):
         self.raw_scale = nn.Parameter(torch.full((num_classes, latent_dim), math.log(math.e - 1)))
 
     def forward(self, y: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(y @ self.loc, F.softplus(y @ self.raw_scale)).to_event(1)
+        return diagonal_normal(y @ self.loc, F.softplus(y @ self.raw_scale))
 
 
 class LabelCVAE(VAE):
@@ -219,7 +220,7 @@ class PriorNetwork(ConditionalPrior):
 
     def forward(self, x_observed: torch.Tensor) -> dist.TorchDistribution:
         loc, scale = self.net(x_observed, self.guess(x_observed).detach())
-        return dist.Normal(loc, scale).to_event(1)
+        return diagonal_normal(loc, scale)
 
 
 class CompletionCVAE(VAE):

@@ -35,6 +35,7 @@ from pyro import poutine
 from pyro.nn import pyro_method
 from torch import nn
 
+from pyro_vae.distributions import diagonal_normal
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import Architecture, MultiInputGaussian
 from pyro_vae.priors import Prior
@@ -101,7 +102,7 @@ class HierarchicalVAE(VAE):
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=beta):
                 z2 = pyro.sample("z2", self.prior())
-                z1 = pyro.sample("z1", dist.Normal(*self.prior_z1(z2)).to_event(1))
+                z1 = pyro.sample("z1", diagonal_normal(*self.prior_z1(z2)))
             pyro.sample("x", self.likelihood(self.decoder(z1, z2)), obs=x)
 
     @pyro_method
@@ -109,8 +110,8 @@ class HierarchicalVAE(VAE):
         r""":math:`q(z_2|x)\,q(z_1|x, z_2)`, the log-densities scaled by ``beta``."""
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=beta):
-                z2 = pyro.sample("z2", dist.Normal(*self.encoder(x)).to_event(1))
-                pyro.sample("z1", dist.Normal(*self.encoder_z1(x, z2)).to_event(1))
+                z2 = pyro.sample("z2", diagonal_normal(*self.encoder(x)))
+                pyro.sample("z1", diagonal_normal(*self.encoder_z1(x, z2)))
 
     @torch.no_grad()
     def decode(self, z2: torch.Tensor) -> torch.Tensor:

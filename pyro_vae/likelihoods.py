@@ -26,6 +26,7 @@ from pyro.distributions.util import broadcast_shape
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.distributions import Independent, independent
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import check_options, lookup
 
@@ -81,7 +82,7 @@ class Likelihood(PyroModule):
             )
 
 
-class IndependentBernoulli(dist.Independent):
+class IndependentBernoulli(Independent):
     r"""Independent Bernoulli pixels from logits, with the fastest log-density per case
 
     .. math:: \log p(x) = \sum_d x_d \ell_d - \operatorname{softplus}(\ell_d).
@@ -234,7 +235,7 @@ class LocationScaleLikelihood(Likelihood):
         return F.softplus(self.raw_scale) + self.min_scale
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return self.family(params, self.scale().expand(params.shape)).to_event(1)
+        return independent(self.family(params, self.scale().expand(params.shape)))
 
 
 class GaussianLikelihood(LocationScaleLikelihood):
@@ -313,7 +314,7 @@ class BetaLikelihood(Likelihood):
             # x = (y - eps) / (1 - 2 eps): TransformedDistribution adds the log-Jacobian.
             to_data = dist.transforms.AffineTransform(-eps / (1 - 2 * eps), 1 / (1 - 2 * eps))
             beta = dist.TransformedDistribution(beta, to_data)
-        return beta.to_event(1)
+        return independent(beta)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         a, b = self._concentrations(params)
@@ -412,7 +413,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         loc, raw_scale = params.chunk(2, dim=-1)
         scale = F.softplus(raw_scale) + self.min_scale
-        return DiscretizedLogistic(loc, scale, self.num_levels).to_event(1)
+        return independent(DiscretizedLogistic(loc, scale, self.num_levels))
 
     def in_domain(self, x: torch.Tensor) -> bool:
         levels = x * (self.num_levels - 1)

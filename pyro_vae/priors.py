@@ -24,6 +24,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.nn import PyroModule
 from torch import nn
 
+from pyro_vae.distributions import diagonal_normal
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import check_options, lookup
 
@@ -146,7 +147,7 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return diagonal_normal(self.loc, self.scale)
 
 
 class LearnedNormal(Prior):
@@ -161,7 +162,7 @@ class LearnedNormal(Prior):
         self.raw_scale = nn.Parameter(torch.full((latent_dim,), math.log(math.expm1(1.0))))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, F.softplus(self.raw_scale) + MIN_SCALE).to_event(1)
+        return diagonal_normal(self.loc, F.softplus(self.raw_scale) + MIN_SCALE)
 
 
 class MixturePrior(Prior):
@@ -280,7 +281,7 @@ class FlowPrior(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        base = dist.Normal(self.loc, self.scale).to_event(1)
+        base = diagonal_normal(self.loc, self.scale)
         # Sampling applies these left to right: f_L^{-1} first, f_1^{-1} last.
         return dist.TransformedDistribution(base, [layer.inv for layer in reversed(self.layers)])
 

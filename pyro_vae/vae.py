@@ -27,13 +27,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
 from pyro_vae.data import ImageData
+from pyro_vae.distributions import diagonal_normal
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import ARCHITECTURES, Architecture
@@ -188,7 +188,7 @@ class VAE(PyroModule):
         with pyro.plate("data", x.shape[0]):
             loc, scale = self.encoder(x, *conditions)
             with poutine.scale(scale=beta):
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                pyro.sample("z", diagonal_normal(loc, scale))
 
     @torch.no_grad()
     def encode(
