@@ -75,12 +75,9 @@ CONFIGURATIONS: dict[str, tuple[float, list[str]]] = {
 }
 NUM_SAMPLES = 5000
 #: Why a configuration has no run in the table: not started (seconds per epoch measured on
-#: the 2-core CPU, busy, docs/benchmarks.md; the protocol needs hundreds of epochs), or a
-#: run set aside (see the notes in docs/benchmarks.md).
+#: the 2-core CPU, docs/benchmarks.md; the protocol needs hundreds of epochs).
 NOT_RUN = {
-    "hvae-gated": "not started with clipping; the first run, without, diverged at epoch 218 "
-    "(runs/fashion-mnist/hvae-gated-diverged; see the notes)",
-    "hvae-vamp-gated": "not started: ~43 s/epoch on this CPU (ReLU; gated costs more)",
+    "hvae-vamp-gated": "not started: ~28 s/epoch on this CPU (gated, one core)",
     "hvae-conv": "not started: ~130 s/epoch on this CPU; needs a GPU",
     "hvae-vamp-conv": "not started: ~320 s/epoch on this CPU; needs a GPU",
 }
