@@ -24,7 +24,7 @@ import ctypes
 import ctypes.util
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pyro
@@ -39,6 +39,10 @@ from pyro_vae.distributed import SINGLE, World, derived_seed
 DEFAULT_MAX_BATCH = 20_000
 #: Burda et al.'s threshold on Cov_x(E_q[z_i]) for a latent unit to count as active.
 ACTIVE_UNIT_THRESHOLD = 0.01
+
+#: The results of one chunk of examples, by key: per example ``"ll"`` (IW estimate),
+#: ``"elbo"``, ``"kl"``, and ``"mean"`` (E_q[z|x]) when the guide has vector latents.
+ChunkResults = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -205,6 +209,8 @@ def estimate_log_likelihood(
     seed: int | None = 0,
     progress: bool = False,
     world: World = SINGLE,
+    done: Mapping[int, ChunkResults] | None = None,
+    on_chunk: Callable[[int, ChunkResults], None] | None = None,
     **kwargs,
 ) -> Estimates:
     r"""Importance-weighted :math:`\log p(x)` of every example, with the guide as proposal.
@@ -223,7 +229,17 @@ def estimate_log_likelihood(
     :param world: with several ranks (:mod:`pyro_vae.distributed`), rank ``r``
         evaluates chunks ``r, r + size, ...`` and the estimates are gathered, in
         order, on every rank: the same as one process with the same seed.
+    :param done: results of chunks evaluated before, by the index of their first
+        example: what ``on_chunk`` received during an interrupted call with the same
+        data, ``num_samples``, ``max_batch`` and ``seed``. They are used as they are,
+        and since every chunk's samples come from its own seed, the estimates are
+        those of an uninterrupted call. Needs a ``seed``.
+    :param on_chunk: called with (first index, results) after each chunk this call
+        evaluates, e.g. to save progress (:func:`pyro_vae.runs.evaluate_run` does).
     """
+    if done and seed is None:
+        raise ValueError("results of earlier chunks (done) can only be reused with a seed")
+    done = done or {}
     started = time.perf_counter()
     num_examples = data[0].shape[0]
     particles_per_pass = min(num_samples, max_batch)
@@ -231,18 +247,23 @@ def estimate_log_likelihood(
     starts = range(0, num_examples, examples_per_pass)[world.rank :: world.size]
     devices = [data[0].device] if data[0].device.type == "cuda" else []
     results: dict[str, list[torch.Tensor]] = {"ll": [], "elbo": [], "kl": [], "mean": []}
-    mine = sum(min(examples_per_pass, num_examples - start) for start in starts)
+    sizes = {start: min(examples_per_pass, num_examples - start) for start in starts}
     with (
         torch.random.fork_rng(devices=devices),
-        tqdm(total=mine, disable=not progress, unit="example", desc=f"IW K={num_samples}") as bar,
-    ):
+        tqdm(total=sum(sizes.values()), initial=sum(sizes[s] for s in sizes if s in done),
+             disable=not progress, unit="example", desc=f"IW K={num_samples}") as bar,
+    ):  # fmt: skip
         for start in starts:
+            if start in done:
+                for key, value in done[start].items():
+                    results[key].append(value)
+                continue
             if seed is not None:
                 torch.manual_seed(derived_seed(seed, start))
             chunk = [tensor[start : start + examples_per_pass] for tensor in data]
             log_sum_w, sum_log_w, sum_kl, mean = None, 0.0, 0.0, None
-            for done in range(0, num_samples, particles_per_pass):
-                k = min(particles_per_pass, num_samples - done)
+            for drawn in range(0, num_samples, particles_per_pass):
+                k = min(particles_per_pass, num_samples - drawn)
                 dens = log_densities(model, guide, *chunk, num_particles=k, **kwargs)
                 log_w = dens.log_weights
                 part = torch.logsumexp(log_w, dim=0)
@@ -250,11 +271,16 @@ def estimate_log_likelihood(
                 sum_log_w = sum_log_w + log_w.sum(dim=0)
                 sum_kl = sum_kl + (dens.log_guide - dens.log_prior).sum(dim=0)
                 mean = dens.posterior_mean if mean is None else mean
-            results["ll"].append(log_sum_w - math.log(num_samples))
-            results["elbo"].append(sum_log_w / num_samples)
-            results["kl"].append(sum_kl / num_samples)
-            if mean is not None:
-                results["mean"].append(mean)
+            chunk_results = {
+                "ll": log_sum_w - math.log(num_samples),
+                "elbo": sum_log_w / num_samples,
+                "kl": sum_kl / num_samples,
+                **({"mean": mean} if mean is not None else {}),
+            }
+            for key, value in chunk_results.items():
+                results[key].append(value)
+            if on_chunk is not None:
+                on_chunk(start, chunk_results)
             release_freed_memory()
             bar.update(chunk[0].shape[0])
     # Rank r holds chunks r, r + size, ...: interleave the ranks' lists back into order.

@@ -13,9 +13,11 @@ training images. Mid-epoch checkpoints (``step > 0``) also hold ``epoch_rng``,
 ``loss_sum`` and ``seconds`` of the epoch in progress (see :mod:`pyro_vae.training`).
 """
 
+import hashlib
 import json
 import random
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import torch
 from pyro_vae import distributed
 from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
-from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
+from pyro_vae.evaluation import DEFAULT_MAX_BATCH, ChunkResults, estimate_log_likelihood
 from pyro_vae.files import atomic_write
 from pyro_vae.likelihoods import bits_per_dim
 from pyro_vae.vae import VAE
@@ -39,6 +41,8 @@ CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
 #: Evaluation results by split.
 EVAL_FILES = {"test": "eval.json", "val": "eval_val.json"}
+#: Seconds between two saves of an evaluation in progress (it is also saved on Ctrl-C).
+EVALUATION_SAVE_SECONDS = 30.0
 
 #: Version of the checkpoint layout; bumped when keys change meaning.
 CHECKPOINT_FORMAT = 2
@@ -312,6 +316,81 @@ def _load_run(
     return vae.to(device).eval(), state
 
 
+def _model_digest(state: dict[str, torch.Tensor]) -> str:
+    """A hash of a model's parameters and buffers: which model an evaluation measured."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class _EvaluationInProgress:
+    """The chunks an evaluation has done so far, kept in ``<result>.partial.pt`` beside its
+    result file (``<result>.partial.<rank>.pt`` per rank under ``torchrun``), so that an
+    interrupted ``evaluate`` goes on where it stopped.
+
+    ``fingerprint`` says what is being evaluated (model, split, images, K, chunking, seed);
+    saved chunks of any other evaluation, or a file that cannot be read, are ignored with a
+    message and then overwritten.
+    """
+
+    def __init__(self, run_dir: Path, split: str, fingerprint: dict[str, Any],
+                 world: distributed.World, log: Callable[[str], None]):  # fmt: skip
+        self.run_dir, self.split, self.fingerprint = run_dir, split, fingerprint
+        rank = "" if world.size == 1 else f".{world.rank}"
+        self.path = run_dir / f"{Path(EVAL_FILES[split]).stem}.partial{rank}.pt"
+        self.chunks: dict[int, ChunkResults] = {}
+        self.seconds_before = 0.0  # spent by the interrupted calls
+        for path in self.files():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                same = saved["fingerprint"] == fingerprint
+            except Exception as error:  # torch raises many kinds for damaged files
+                log(f"ignoring {path}: it cannot be read ({_brief(error)})")
+                continue
+            if not same:
+                log(f"ignoring {path}: it holds part of another evaluation "
+                    f"({_differences(saved['fingerprint'], fingerprint)})")  # fmt: skip
+                continue
+            self.chunks.update(saved["chunks"])
+            self.seconds_before = max(self.seconds_before, saved["seconds"])
+        self.started = self.saved_at = time.perf_counter()
+
+    def files(self) -> list[Path]:
+        """The partial files of this split, of every rank."""
+        return sorted(self.run_dir.glob(f"{Path(EVAL_FILES[self.split]).stem}.partial*.pt"))
+
+    @property
+    def examples_done(self) -> int:
+        return sum(chunk["ll"].numel() for chunk in self.chunks.values())
+
+    @property
+    def seconds(self) -> float:
+        """Seconds spent on this evaluation, by this call and the interrupted ones."""
+        return self.seconds_before + time.perf_counter() - self.started
+
+    def add(self, start: int, results: ChunkResults) -> None:
+        self.chunks[start] = {key: value.cpu() for key, value in results.items()}
+        if time.perf_counter() - self.saved_at >= EVALUATION_SAVE_SECONDS:
+            self.save()
+
+    def save(self) -> None:
+        state = {"fingerprint": self.fingerprint, "chunks": self.chunks, "seconds": self.seconds}
+        atomic_write(self.path, lambda f: torch.save(state, f))
+        self.saved_at = time.perf_counter()
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
+    keys = [key for key in wanted if saved.get(key) != wanted[key]]
+    return ", ".join(f"{key}: {saved.get(key)!r}, now {wanted[key]!r}"
+                     if key != "model" else "another model" for key in keys)  # fmt: skip
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -323,12 +402,18 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     checkpoint: str | None = None,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split)
     or ``eval_val.json`` (validation split) into the run directory and returns its contents.
 
     :param subset: evaluate the first ``subset`` images of the split only.
     :param checkpoint: which saved model, as in :func:`load_run`.
+    :param log: receives a line when an interrupted evaluation is continued.
+
+    Resumable: the chunks done so far are saved every :data:`EVALUATION_SAVE_SECONDS`
+    and on Ctrl-C (``eval.partial.pt``); the same call again continues from them, with
+    the same result as an uninterrupted evaluation, and removes the file at the end.
 
     Launched by ``torchrun`` with several processes, the images are shared out
     among them (see :func:`~pyro_vae.evaluation.estimate_log_likelihood`) and
@@ -350,15 +435,31 @@ def evaluate_run(
     images = (data.test if split == "test" else data.val)[:subset]
     labels = (data.test_labels if split == "test" else data.val_labels)[:subset]
     vae.likelihood.validate(images)
-    estimates = estimate_log_likelihood(
-        vae.model, vae.guide, *vae.batch_inputs(images, labels), num_samples=num_samples,
-        max_batch=max_batch, seed=seed, progress=progress and world.is_main, world=world,
-    )  # fmt: skip
+    fingerprint = {"model": _model_digest(state["model"]), "split": split, "subset": subset,
+                   "num_samples": num_samples, "max_batch": max_batch, "seed": seed}  # fmt: skip
+    rank_log = log if world.is_main else _silent
+    saved = _EvaluationInProgress(Path(run_dir), split, fingerprint, world, rank_log)
+    if saved.chunks:
+        rank_log(f"continuing the evaluation saved in {saved.path}: {saved.examples_done} of "
+                 f"{images.shape[0]} images done")  # fmt: skip
+    try:
+        estimates = estimate_log_likelihood(
+            vae.model, vae.guide, *vae.batch_inputs(images, labels), num_samples=num_samples,
+            max_batch=max_batch, seed=seed, progress=progress and world.is_main, world=world,
+            done=saved.chunks, on_chunk=saved.add,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        saved.save()
+        raise KeyboardInterrupt(
+            f"evaluation stopped; {saved.examples_done} of {images.shape[0]} images are saved "
+            f"in {saved.path}; run the same command again to continue"
+        ) from None
     result = {
         "split": split,
         "model": config.model,
         "estimates": vae.evaluates,
         **estimates.summary(prefix=split),
+        "seconds": saved.seconds,  # with the interrupted calls' time
         "latent_dim": config.latent_dim,
         "device": str(torch_device),
         "seed": seed,
@@ -371,4 +472,6 @@ def evaluate_run(
     if world.is_main:
         text = (json.dumps(result, indent=2) + "\n").encode()
         atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
+        for path in saved.files():  # the result is written: what led to it can go
+            path.unlink(missing_ok=True)
     return result

@@ -1,0 +1,132 @@
+"""An interrupted `pyro-vae evaluate` continues where it stopped, with the same result."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import pyro_vae.evaluation
+from pyro_vae import runs
+from pyro_vae.cli import main
+from pyro_vae.evaluation import estimate_log_likelihood
+
+# 50 test images, 2 per chunk (max-batch 40 // K 20): 25 chunks.
+EVALUATE = ["--num-samples", "20", "--max-batch", "40", "--no-progress"]
+RESULT_KEYS = ("test_log_likelihood", "test_elbo", "test_kl", "log_likelihood_stderr",
+               "active_units", "num_examples", "epoch")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, shared_fashion_dir) -> Path:
+    """A one-epoch run on the fake Fashion-MNIST (tests copy it)."""
+    run = tmp_path_factory.mktemp("evaluate") / "run"
+    assert main(["train", "--batch-size", "20", "--epochs", "1", "--hidden-dim", "8",
+                 "--latent-dim", "2", "--data-root", str(shared_fashion_dir),
+                 "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trained_run, tmp_path_factory) -> dict:
+    run = tmp_path_factory.mktemp("straight") / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["evaluate", "--run", str(run), *EVALUATE]) == 0
+    return json.loads((run / "eval.json").read_text())
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    shutil.copytree(trained_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """``interrupt_at(n)``: the n-th chunk evaluated from now on raises KeyboardInterrupt
+    (as Ctrl-C would); returns the list whose length counts the chunks evaluated."""
+    monkeypatch.setattr(runs, "EVALUATION_SAVE_SECONDS", 0.0)  # save after every chunk
+    real = pyro_vae.evaluation.log_densities
+    calls: list[None] = []
+    stop = {"at": None}
+
+    def counted(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == stop["at"]:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyro_vae.evaluation, "log_densities", counted)
+
+    def arm(n: int | None) -> list[None]:
+        calls.clear()
+        stop["at"] = n
+        return calls
+
+    return arm
+
+
+def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_result(
+    run_copy, uninterrupted, interrupt_at, capsys
+):
+    interrupt_at(10)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 130
+    error = capsys.readouterr().err
+    partial = run_copy / "eval.partial.pt"
+    assert f"18 of 50 images are saved in {partial}; run the same command again" in error
+    assert partial.exists() and not (run_copy / "eval.json").exists()
+
+    calls = interrupt_at(None)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    assert "continuing the evaluation saved in" in capsys.readouterr().out
+    assert len(calls) == 25 - 9  # only the chunks not saved
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
+    assert not partial.exists()  # removed once the result is written
+
+
+def test_saved_chunks_of_another_evaluation_are_not_used(
+    run_copy, uninterrupted, interrupt_at, capsys
+):
+    interrupt_at(5)
+    other = ["--num-samples", "10", "--max-batch", "40", "--no-progress"]
+    assert main(["evaluate", "--run", str(run_copy), *other]) == 130
+    calls = interrupt_at(None)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    assert "holds part of another evaluation (num_samples: 10, now 20)" in capsys.readouterr().out
+    assert len(calls) == 25
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
+
+
+def test_a_damaged_partial_file_is_ignored(run_copy, uninterrupted, interrupt_at, capsys):
+    interrupt_at(10)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 130
+    partial = run_copy / "eval.partial.pt"
+    partial.write_bytes(partial.read_bytes()[:100])  # torn, as by a failing disk
+    interrupt_at(None)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    assert "it cannot be read" in capsys.readouterr().out
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert result["test_log_likelihood"] == uninterrupted["test_log_likelihood"]
+
+
+def test_another_model_does_not_reuse_the_chunks(run_copy, interrupt_at, capsys):
+    """A partial evaluation of ``last`` is not continued for ``best`` once they differ."""
+    interrupt_at(10)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 130
+    state = torch.load(run_copy / "checkpoint.pt", weights_only=False)
+    next(iter(state["model"].values())).add_(0.1)  # as if training had gone on
+    torch.save(state, run_copy / "checkpoint.pt")
+    calls = interrupt_at(None)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    assert "holds part of another evaluation (another model)" in capsys.readouterr().out
+    assert len(calls) == 25
+
+
+def test_reusing_chunks_needs_a_seed():
+    x = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="only be reused with a seed"):
+        estimate_log_likelihood(lambda x: None, lambda x: None, x, seed=None,
+                                done={0: {"ll": torch.zeros(2)}})  # fmt: skip
