@@ -353,7 +353,7 @@ class _EvaluationInProgress:
                 log(f"ignoring {path}: it holds part of another evaluation "
                     f"({_differences(saved['fingerprint'], fingerprint)})")  # fmt: skip
                 continue
-            self.chunks.update(saved["chunks"])
+            self.chunks.update(_unpack_chunks(saved["chunks"]))
             self.seconds_before = max(self.seconds_before, saved["seconds"])
         self.started = self.saved_at = time.perf_counter()
 
@@ -376,9 +376,27 @@ class _EvaluationInProgress:
             self.save()
 
     def save(self) -> None:
-        state = {"fingerprint": self.fingerprint, "chunks": self.chunks, "seconds": self.seconds}
+        state = {"fingerprint": self.fingerprint, "chunks": _pack_chunks(self.chunks),
+                 "seconds": self.seconds}  # fmt: skip
         atomic_write(self.path, lambda f: torch.save(state, f))
         self.saved_at = time.perf_counter()
+
+
+def _pack_chunks(chunks: dict[int, ChunkResults]) -> dict[str, Any]:
+    """Chunks as a few long tensors: thousands of small ones take seconds to save."""
+    starts = sorted(chunks)
+    keys = chunks[starts[0]].keys() if starts else ()
+    return {
+        "starts": starts,
+        "sizes": [chunks[start]["ll"].shape[0] for start in starts],
+        **{key: torch.cat([chunks[start][key] for start in starts]) for key in keys},
+    }
+
+
+def _unpack_chunks(packed: dict[str, Any]) -> dict[int, ChunkResults]:
+    keys = [key for key in packed if key not in ("starts", "sizes")]
+    parts = {key: packed[key].split(packed["sizes"]) for key in keys}
+    return {start: {key: parts[key][i] for key in keys} for i, start in enumerate(packed["starts"])}
 
 
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
