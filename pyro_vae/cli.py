@@ -335,7 +335,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         help="importance-weighted log-likelihood of a trained run",
         description="Estimate log p(x) of every test (or validation) image by importance "
         "sampling with the encoder as proposal, log p(x) ~ logmeanexp_k p(x,z_k)/q(z_k|x), "
-        "and write the summary to DIR/eval.json (DIR/eval_val.json for --split val).",
+        "and write the summary to DIR/eval.json (DIR/eval_val.json for --split val). "
+        "Interrupted, it keeps what it has done in DIR/eval.partial.pt; the same command "
+        "continues from there.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
