@@ -119,6 +119,15 @@ def peak_memory_of_training(device: str, epochs: int = 1) -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+def peak_gpu_memory_of_training(epochs: int = 1) -> float:
+    """Peak GPU memory (MiB) allocated by one `pyro-vae train` epoch on full Fashion-MNIST, in
+    this process (`pyro_vae.train`, which the command runs; torch's allocator counts it)."""
+    torch.cuda.reset_peak_memory_stats()
+    out = Path(tempfile.mkdtemp(prefix="pyro-vae-memory-")) / "run"
+    train(TrainConfig(epochs=epochs, device="cuda"), out, progress=False, log=_quiet)
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256)
@@ -129,11 +138,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="append a row to docs/benchmarks.md")
     parser.add_argument("--memory", action="store_true",
-                        help="only measure the peak RSS of one `pyro-vae train` epoch")  # fmt: skip
+                        help="only measure the peak RSS of one `pyro-vae train` epoch "
+                        "(and, on CUDA, its peak GPU memory)")  # fmt: skip
     args = parser.parse_args()
     if args.memory:
         print(f"peak RSS of `pyro-vae train --epochs 1` (full Fashion-MNIST, {args.device}): "
               f"{peak_memory_of_training(args.device):.0f} MiB")  # fmt: skip
+        if resolve_device(args.device).type == "cuda":
+            peak = peak_gpu_memory_of_training()
+            print(f"peak GPU memory of one training epoch ({torch.cuda.get_device_name()}): "
+                  f"{peak:.0f} MiB")  # fmt: skip
         return
 
     device = resolve_device(args.device)
