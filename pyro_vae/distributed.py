@@ -17,7 +17,7 @@ parameters stay identical without broadcasting them.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,10 @@ class World:
     def is_main(self) -> bool:
         """Rank 0: the one process that writes files, logs and shows progress."""
         return self.rank == 0
+
+    def main_only(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` on rank 0; on the other ranks a log that drops its lines."""
+        return log if self.is_main else _dropped
 
     def barrier(self) -> None:
         """Wait until every rank gets here (no-op in a single process)."""
@@ -65,6 +69,10 @@ class World:
         values: list[Any] = [None] * self.size
         dist.all_gather_object(values, value)
         return values
+
+
+def _dropped(line: str) -> None:
+    """Where the log lines of ranks other than 0 go."""
 
 
 #: The world of a process not launched by ``torchrun``.

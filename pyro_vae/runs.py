@@ -405,10 +405,6 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
                      if key != "model" else "another model" for key in keys)  # fmt: skip
 
 
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""
-
-
 def evaluate_run(
     run_dir: str | Path,
     *,
@@ -455,7 +451,7 @@ def evaluate_run(
     vae.likelihood.validate(images)
     fingerprint = {"model": _model_digest(state["model"]), "split": split, "subset": subset,
                    "num_samples": num_samples, "max_batch": max_batch, "seed": seed}  # fmt: skip
-    rank_log = log if world.is_main else _silent
+    rank_log = world.main_only(log)
     saved = _EvaluationInProgress(Path(run_dir), split, fingerprint, world, rank_log)
     if saved.chunks:
         rank_log(f"continuing the evaluation saved in {saved.path}: {saved.examples_done} of "

@@ -256,9 +256,7 @@ def train(
     world.barrier()  # every rank has checked ``out`` before rank 0 writes to it
     if world.is_main:
         remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
-        rank_log = log
-    else:
-        progress, rank_log = False, _silent
+    progress, rank_log = progress and world.is_main, world.main_only(log)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
 
@@ -294,10 +292,6 @@ def train(
         rank_log(f"resuming {out} {trainer.saved_at}")
     trainer.run(start)
     return vae.eval()
-
-
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""
 
 
 class _StopSignals:
