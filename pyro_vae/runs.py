@@ -371,7 +371,8 @@ class _EvaluationInProgress:
         return self.seconds_before + time.perf_counter() - self.started
 
     def add(self, start: int, results: ChunkResults) -> None:
-        self.chunks[start] = {key: value.cpu() for key, value in results.items()}
+        # kept where they are (the estimator holds them too); moved to the CPU in save()
+        self.chunks[start] = results
         if time.perf_counter() - self.saved_at >= EVALUATION_SAVE_SECONDS:
             self.save()
 
@@ -389,7 +390,7 @@ def _pack_chunks(chunks: dict[int, ChunkResults]) -> dict[str, Any]:
     return {
         "starts": starts,
         "sizes": [chunks[start]["ll"].shape[0] for start in starts],
-        **{key: torch.cat([chunks[start][key] for start in starts]) for key in keys},
+        **{key: torch.cat([chunks[start][key].cpu() for start in starts]) for key in keys},
     }
 
 
