@@ -159,7 +159,8 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS.likelihood,
         help="likelihood p(x|z): bernoulli (binary data); continuous-bernoulli (normalized on "
         "[0, 1]); gaussian, laplace (real data); beta (data in (0, 1)); discretized-logistic "
-        "(8-bit grey levels, use --binarize none; also reported in bits/dim)",
+        "(8-bit grey levels, use --binarize none; also reported in bits/dim); "
+        "autoregressive-bernoulli (binary data, each pixel also given the pixels before it)",
     )
     model.add_argument(
         "--likelihood-scale",

@@ -21,7 +21,7 @@ GRID = torch.arange(256, dtype=torch.float64) / 255
 def data_for(name: str, generator: torch.Generator) -> torch.Tensor:
     """(4, D) data in each likelihood's domain: strictly inside (0, 1), and on the 8-bit grid."""
     x = torch.randint(1, 255, (4, D), generator=generator).double() / 255
-    if name == "bernoulli":
+    if name in ("bernoulli", "autoregressive-bernoulli"):
         return x.round()
     return x
 
@@ -69,6 +69,20 @@ def discretized_logistic(params, x, lik):
     return torch.log(mass)
 
 
+def autoregressive_bernoulli(params, x, lik):
+    """Bernoulli with logits c_i + S_i x + v_i relu(W x + b), every product masked to x_{<i}:
+    hidden unit k (of H) sees x_j for j < m_k, m = round(linspace(1, D - 1, H))."""
+    net = lik.net
+    (w, b), v, s = (net.inputs.weight, net.inputs.bias), net.output.weight, net.skip.weight
+    m = torch.linspace(1, D - 1, w.shape[0]).round()
+    j = torch.arange(D)
+    sees = j < m[:, None]  # (H, D)
+    used_by = m[None, :] <= j[:, None]  # (D, H): unit k feeds logit i if it sees only x_{<i}
+    h = torch.relu(x @ (w * sees).double().T + b.double())
+    logits = params + x @ (s * (j[None, :] < j[:, None])).double().T + h @ (v * used_by).double().T
+    return bernoulli(logits, x, lik)
+
+
 #: Per-dimension log-densities written from the definitions, in float64.
 REFERENCES = {
     "bernoulli": bernoulli,
@@ -77,6 +91,7 @@ REFERENCES = {
     "laplace": laplace,
     "beta": beta,
     "discretized-logistic": discretized_logistic,
+    "autoregressive-bernoulli": autoregressive_bernoulli,
 }
 
 
