@@ -22,6 +22,8 @@ from pyro_vae.errors import (  # noqa: E402
 from pyro_vae.hierarchical import HierarchicalVAE  # noqa: E402
 from pyro_vae.likelihoods import (  # noqa: E402
     LIKELIHOODS,
+    AutoregressiveBernoulli,
+    AutoregressiveBernoulliLikelihood,
     BernoulliLikelihood,
     BetaLikelihood,
     ContinuousBernoulliLikelihood,
@@ -61,6 +63,8 @@ __all__ = [
     "PRIORS",
     "VAE",
     "Architecture",
+    "AutoregressiveBernoulli",
+    "AutoregressiveBernoulliLikelihood",
     "BernoulliLikelihood",
     "BetaLikelihood",
     "CheckpointError",
