@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pyro_vae.data import ImageData
+from pyro_vae.evaluation import log_importance_weights
 
 # The test models are tiny: more threads only add overhead (much of it when other
 # processes share the cores) and make float results depend on the core count.
@@ -91,3 +92,15 @@ def shared_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def learnable_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fake Fashion-MNIST of learnable images (``write_fake_fashion(learnable=True)``)."""
     return write_fake_fashion(tmp_path_factory.mktemp("learnable") / "fashion-mnist", True)
+
+
+def same_seed_log_weights(models, images: torch.Tensor, num_particles: int) -> list[torch.Tensor]:
+    """Each model's log importance weights for ``images``, drawn under the same seed: equal
+    for a model and its reloaded checkpoint."""
+    log_w = []
+    for model in models:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            log_w.append(log_importance_weights(model.model, model.guide, images,
+                                                num_particles=num_particles))  # fmt: skip
+    return log_w

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from conftest import same_seed_log_weights
 
 from pyro_vae import ImageData, TrainConfig, load_run, read_metrics, train
-from pyro_vae.evaluation import log_importance_weights
 from pyro_vae.likelihoods import AutoregressiveBernoulliLikelihood, BernoulliLikelihood
 from pyro_vae.networks import AutoregressiveLogits
 
@@ -113,12 +113,7 @@ def test_learns_the_dependencies_a_factorized_decoder_cannot(tmp_path):
 
     # the run directory restores the network: the same importance weights, binary draws
     loaded = load_run(tmp_path / "autoregressive-bernoulli")
-    log_w = []
-    for model in (vae, loaded):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            log_w.append(log_importance_weights(model.model, model.guide, data.test[:8],
-                                                num_particles=5))  # fmt: skip
+    log_w = same_seed_log_weights((vae, loaded), data.test[:8], num_particles=5)
     assert torch.equal(log_w[0], log_w[1]) and bool(torch.isfinite(log_w[0]).all())
     draws = loaded.likelihood(loaded.decoder(torch.zeros(3, 1))).sample()
     assert draws.shape == (3, 16) and bool(((draws == 0) | (draws == 1)).all())

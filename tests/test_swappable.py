@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import same_seed_log_weights
 
 from pyro_vae import VAE, ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.cli import main
@@ -31,12 +32,7 @@ def test_every_prior_trains_evaluates_and_samples(tmp_path, tiny_data, prior, li
 
     loaded = load_run(tmp_path / "run")
     assert type(loaded.prior) is PRIORS[prior]
-    log_w = []
-    for model in (vae, loaded):
-        torch.manual_seed(0)
-        with torch.no_grad():
-            log_w.append(log_importance_weights(model.model, model.guide, tiny_data.test[:16],
-                                                num_particles=10))  # fmt: skip
+    log_w = same_seed_log_weights((vae, loaded), tiny_data.test[:16], num_particles=10)
     assert log_w[0].shape == (10, 16) and bool(torch.isfinite(log_w[0]).all())
     assert torch.equal(log_w[0], log_w[1])  # the checkpoint restores every parameter
 
