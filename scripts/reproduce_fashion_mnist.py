@@ -91,6 +91,7 @@ NOT_RUN = {
     "hvae-vamp-gated": "not started: ~28 s/epoch on this CPU (gated, one core)",
     "hvae-conv": "not started: ~130 s/epoch on this CPU; needs a GPU",
     "hvae-vamp-conv": "not started: ~320 s/epoch on this CPU; needs a GPU",
+    "vamp-gated-ar": "not started: ~37 s/epoch on this CPU (one core)",
 }
 
 
