@@ -183,7 +183,8 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=list(OBJECTIVES),
         default=DEFAULTS.objective,
         help="elbo: Trace_ELBO; analytic-kl: TraceMeanField_ELBO; "
-        "iwae: importance-weighted bound with --particles samples",
+        "iwae: importance-weighted bound with --particles samples (the best epoch, early "
+        "stopping and the lr schedule then follow the validation IWAE bound)",
     )
     opt.add_argument(
         "--particles",
@@ -251,6 +252,14 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", default="runs/vae", help="run directory to write")
     run.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    run.add_argument(
+        "--init-from",
+        default=DEFAULTS.init_from,
+        metavar="RUN",
+        help="fine-tune: start from the model of another run (its directory, for its best.pt, "
+        "or a checkpoint file) with the same model options; optimizer and epochs start anew, "
+        "e.g. to continue a trained VAE with --objective iwae",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(

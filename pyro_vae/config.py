@@ -35,6 +35,11 @@ ON_NAN_CHOICES = ("stop", "rollback")
 MAX_SEED = 2**32 - 1
 #: Fields set from the data when training starts (not options).
 DATA_FIELDS = ("image_shape", "num_classes")
+#: Fields that decide the model's parameters: a run initialized from another run
+#: (``init_from``) must agree with it on these.
+MODEL_FIELDS = ("model", "observed_quadrants", "conditional_prior", "latent_dim", "hidden_dims",
+                "arch", "prior", "prior_components", "prior_layers", "likelihood",
+                "likelihood_scale", "likelihood_squeeze", *DATA_FIELDS)  # fmt: skip
 
 
 def resolve_device(name: str) -> torch.device:
@@ -160,6 +165,10 @@ class TrainConfig:
     checkpoint_every: int = 0
     #: ``stop``: stop at a non-finite step; ``rollback``: restore the last checkpoint, halve lr.
     on_nan: str = "stop"
+    #: Fine-tuning: start from the model of another run (a run directory, whose ``best.pt``
+    #: is used, or a checkpoint file) instead of a fresh initialization. The optimizer,
+    #: schedule, warm-up and epochs start anew; the models must agree on ``MODEL_FIELDS``.
+    init_from: str | None = None
     #: Set from the data when training starts (flattened size = product).
     image_shape: tuple[int, ...] = (1, 28, 28)
     num_classes: int = 10

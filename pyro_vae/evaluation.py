@@ -121,17 +121,26 @@ def log_importance_weights(
 
 
 @torch.no_grad()
-def elbo_per_example(
-    model: Callable, guide: Callable, *data: torch.Tensor, batch_size: int = 1000, **kwargs
-) -> torch.Tensor:
-    """Single-sample ELBO of each example, evaluated in batches of ``batch_size``.
+def bound_per_example(
+    model: Callable, guide: Callable, *data: torch.Tensor, num_particles: int = 1,
+    max_batch: int = 1000, **kwargs
+) -> torch.Tensor:  # fmt: skip
+    r"""The importance-weighted bound :math:`\log \frac1K \sum_k w_k` of each example with
+    ``K = num_particles`` samples: with one, the single-sample ELBO. Evaluated in chunks of
+    ``max_batch // K`` examples.
 
     :param data: tensors whose first dimension indexes examples (e.g. ``x``, or
         ``x, y``), passed to ``model``/``guide`` in chunks.
     """
-    starts = range(0, data[0].shape[0], batch_size)
-    chunks = ([t[i : i + batch_size] for t in data] for i in starts)
-    return torch.cat([log_importance_weights(model, guide, *c, **kwargs)[0] for c in chunks])
+    size = max(1, max_batch // num_particles)
+    starts = range(0, data[0].shape[0], size)
+    chunks = ([t[i : i + size] for t in data] for i in starts)
+    log_k = math.log(num_particles)
+    return torch.cat([
+        torch.logsumexp(log_importance_weights(model, guide, *c, num_particles=num_particles,
+                                               **kwargs), dim=0) - log_k
+        for c in chunks
+    ])  # fmt: skip
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pyro_vae import distributed
-from pyro_vae.config import TrainConfig, resolve_device
+from pyro_vae.config import MODEL_FIELDS, TrainConfig, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH, ChunkResults, estimate_log_likelihood
 from pyro_vae.files import atomic_write
@@ -275,19 +275,33 @@ def resolve_checkpoint(config: TrainConfig, checkpoint: str | None) -> str:
     return checkpoint
 
 
+def validation_score(row: dict[str, Any]) -> float:
+    """What selects the best epoch, early-stops and steps the lr schedule: the validation
+    value of the bound the run trains on, ``val_iwae`` (the IWAE bound with the run's
+    particles, runs with ``objective="iwae"``) or else ``val_elbo``. An IWAE-trained model
+    can gain in log-likelihood while its single-sample ELBO falls."""
+    return row.get("val_iwae", row["val_elbo"])
+
+
+def validation_name(row: dict[str, Any]) -> str:
+    """The name of :func:`validation_score`'s bound in messages."""
+    return "IWAE bound" if "val_iwae" in row else "ELBO"
+
+
 def best_epoch(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The metrics row with the highest validation ELBO (the first of ties); None if none."""
-    return max(rows, key=lambda row: row["val_elbo"], default=None)
+    """The metrics row with the highest :func:`validation_score` (the first of ties); None
+    if none."""
+    return max(rows, key=validation_score, default=None)
 
 
 def epochs_without_improvement(rows: Sequence[dict[str, Any]]) -> int:
-    """Epochs since the best validation ELBO."""
+    """Epochs since the best :func:`validation_score`."""
     best = best_epoch(rows)
     return 0 if best is None else rows[-1]["epoch"] - best["epoch"]
 
 
 def stopped_early(rows: Sequence[dict[str, Any]], patience: int) -> bool:
-    """Early stopping: with ``patience`` > 0, the validation ELBO of ``rows`` (metrics, one
+    """Early stopping: with ``patience`` > 0, the validation score of ``rows`` (metrics, one
     per epoch) has not improved for ``patience`` epochs."""
     return patience > 0 and epochs_without_improvement(rows) >= patience
 
@@ -314,6 +328,40 @@ def _load_run(
     vae = config.build_vae()
     restore(vae, state["model"], Path(run_dir) / file)
     return vae.to(device).eval(), state
+
+
+def initialize_from(vae: VAE, config: TrainConfig) -> str:
+    """Load the model ``config.init_from`` names into ``vae`` (fine-tuning); return the file.
+
+    ``init_from`` is a run directory (its ``best.pt``: the model early stopping keeps) or
+    a checkpoint file (``best.pt`` or ``checkpoint.pt`` of a run). Its configuration must
+    agree with ``config`` on :data:`~pyro_vae.config.MODEL_FIELDS`, so a differently shaped
+    or differently meant model is a :class:`CheckpointError` naming the fields, not a
+    silent partial load.
+    """
+    source = Path(config.init_from)
+    if not source.exists():
+        raise CheckpointError(
+            f"--init-from {source} does not exist; pass a run directory or its "
+            f"{BEST_FILE} or {CHECKPOINT_FILE}"
+        )
+    run_dir, file = (source, BEST_FILE) if source.is_dir() else (source.parent, source.name)
+    if source.is_dir() and not (source / BEST_FILE).is_file():
+        raise CheckpointError(
+            f"--init-from {source}: the directory holds no {BEST_FILE} (no epoch of that run "
+            f"has finished); pass a checkpoint file instead, such as {source / CHECKPOINT_FILE}"
+        )
+    state = load_checkpoint(run_dir, keys=("model", "config"), file=file)
+    saved = checkpoint_config(state, run_dir)
+    changed = {k: v for k, v in saved.differences(config).items() if k in MODEL_FIELDS}
+    if changed:
+        listed = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in changed.items())
+        raise CheckpointError(
+            f"cannot initialize from {run_dir / file}: its model differs ({listed}); "
+            "use the same model options as that run"
+        )
+    restore(vae, state["model"], run_dir / file)
+    return f"{run_dir / file} (epoch {state.get('epoch', '?')})"
 
 
 def _model_digest(state: dict[str, torch.Tensor]) -> str:

@@ -11,7 +11,9 @@ After every epoch the validation ELBO (single sample, fixed seed) steps the
 learning-rate schedule (:mod:`pyro_vae.schedules`), and the model of the best
 epoch so far is written to ``best.pt``; with ``patience`` training stops once
 the validation ELBO has not improved for that many epochs (early stopping), and
-``load_run``/``evaluate`` then use ``best.pt``.
+``load_run``/``evaluate`` then use ``best.pt``. A run trained on the IWAE bound
+is judged by its validation IWAE bound instead (:func:`~pyro_vae.runs.validation_score`).
+A run may start from another run's model (``init_from``: fine-tuning).
 
 Nothing trained is lost:
 
@@ -62,7 +64,7 @@ from pyro_vae.errors import (
     NumericalError,
     TrainingInterrupted,
 )
-from pyro_vae.evaluation import elbo_per_example
+from pyro_vae.evaluation import bound_per_example
 from pyro_vae.files import remove_stale_temporaries
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.schedules import LR_SCHEDULES
@@ -154,17 +156,18 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def validation_elbo(vae: VAE, *inputs: torch.Tensor) -> float:
-    """Mean single-sample ELBO (nats per example), with a fixed seed.
+def validation_bound(vae: VAE, *inputs: torch.Tensor, num_particles: int = 1) -> float:
+    """Mean over examples of the ``num_particles``-sample importance-weighted bound (one:
+    the single-sample ELBO), in nats, with a fixed seed.
 
     :param inputs: the model's arguments for the validation set, ``vae.batch_inputs(...)``.
     """
     was_training = vae.training
     vae.eval()
     with _seeded(EVAL_SEED, inputs[0].device):
-        elbo = elbo_per_example(vae.model, vae.guide, *inputs).mean().item()
+        bound = bound_per_example(vae.model, vae.guide, *inputs, num_particles=num_particles)
     vae.train(was_training)
-    return elbo
+    return bound.mean().item()
 
 
 def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
@@ -277,6 +280,8 @@ def train(
     vae = config.build_vae().to(device)
     for name, images in (("training", data.train), ("validation", data.val)):
         vae.likelihood.validate(images, f"the {name} images")
+    if checkpoint is None and config.init_from is not None:
+        rank_log(f"initialized from {runs.initialize_from(vae, config)}")
     # fused: one kernel for all parameters instead of ~5 per parameter; on a 2-core CPU
     # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
     optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
@@ -483,14 +488,14 @@ class _Trainer:
             start = {"epoch": epoch, "step": 0}
 
     def _stopped_early(self) -> bool:
-        """Early stopping: the validation ELBO has not improved for ``patience`` epochs."""
+        """Early stopping: the validation score has not improved for ``patience`` epochs."""
         if not runs.stopped_early(self.metrics, self.config.patience):
             return False
         best = runs.best_epoch(self.metrics)
         self.log(
             f"early stopping after epoch {self.metrics[-1]['epoch']}: no better validation "
-            f"ELBO for {runs.epochs_without_improvement(self.metrics)} epochs; "
-            f"best {best['val_elbo']:.2f} at epoch {best['epoch']} "
+            f"{runs.validation_name(best)} for {runs.epochs_without_improvement(self.metrics)} "
+            f"epochs; best {runs.validation_score(best):.2f} at epoch {best['epoch']} "
             f"(in {self.out / runs.BEST_FILE})"
         )
         return True
@@ -559,24 +564,27 @@ class _Trainer:
 
         train_seconds += time.perf_counter() - steps_started
         self._check_update(epoch, spe, last_loss)
+        val_inputs = self.vae.batch_inputs(self.data.val, self.data.val_labels)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / self.num_train,
-            "val_elbo": validation_elbo(
-                self.vae, *self.vae.batch_inputs(self.data.val, self.data.val_labels)
-            ),
+            "val_elbo": validation_bound(self.vae, *val_inputs),
             "beta": kl_weight(config, epoch * spe - 1, spe),
             "lr": self.lr,
             "seconds": seconds + time.perf_counter() - started,
             # the training steps alone (no validation, no checkpoint): throughput
             "train_seconds": train_seconds,
         }
+        if config.objective == "iwae":  # select models by the bound they are trained on
+            row["val_iwae"] = validation_bound(self.vae, *val_inputs,
+                                               num_particles=config.particles)  # fmt: skip
         if config.clip_grad_norm is not None:
             row["clipped_steps"] = int(clipped)
         best = runs.best_epoch(self.metrics)
         self.metrics.append(row)
-        self.scheduler.step(row["val_elbo"])
-        if self.world.is_main and (best is None or row["val_elbo"] > best["val_elbo"]):
+        score = runs.validation_score(row)
+        self.scheduler.step(score)
+        if self.world.is_main and (best is None or score > runs.validation_score(best)):
             # before the checkpoint: a crash in between retrains this epoch, identically
             runs.save_checkpoint(
                 self.out,
@@ -589,7 +597,9 @@ class _Trainer:
             runs.append_metrics(self.out, row)
         self.log(
             f"epoch {epoch}/{config.epochs}  train_loss {row['train_loss']:.2f}  "
-            f"val_elbo {row['val_elbo']:.2f}  beta {row['beta']:.3g}  {row['seconds']:.1f}s"
+            f"val_elbo {row['val_elbo']:.2f}"
+            + (f"  val_iwae {row['val_iwae']:.2f}" if "val_iwae" in row else "")
+            + f"  beta {row['beta']:.3g}  {row['seconds']:.1f}s"
             + (f"  clipped {row['clipped_steps']}/{spe}" if "clipped_steps" in row else "")
         )
         if stop.signum:

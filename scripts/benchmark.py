@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, ImageData, TrainConfig, load_run, read_metrics, train
 from pyro_vae.config import resolve_device
-from pyro_vae.training import validation_elbo
+from pyro_vae.training import validation_bound
 
 DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 ROWS_MARKER = "<!-- scripts/benchmark.py appends rows above this line -->"
@@ -187,7 +187,7 @@ def main() -> None:
 
     num_images = data.train.shape[0]
     median = {name: statistics.median(t) for name, t in times.items()}
-    elbo = {name: validation_elbo(models[name], data.val) for name in ways}
+    elbo = {name: validation_bound(models[name], data.val) for name in ways}
     for name in ways:
         print(f"{name:<13} median epoch {median[name]:.2f}s  {num_images / median[name]:,.0f} img/s"
               f"  val ELBO after {args.epochs} epochs {elbo[name]:.2f}")  # fmt: skip

@@ -20,7 +20,7 @@ def test_help_describes_every_train_option(capsys):
                    "gated", "--latent-dim", "--hidden-dim",
                    "--beta", "--warmup-epochs", "--epochs", "--batch-size", "--lr", "--seed",
                    "--device", "--subset", "--out", "--resume", "--patience", "--lr-schedule",
-                   "--lr-decay", "--lr-patience"):  # fmt: skip
+                   "--lr-decay", "--lr-patience", "--init-from"):  # fmt: skip
         assert option in text
 
 

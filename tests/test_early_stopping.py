@@ -7,7 +7,7 @@ from test_training import params, tiny_config
 from pyro_vae import CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.cli import main
 from pyro_vae.runs import best_epoch, epochs_without_improvement
-from pyro_vae.training import validation_elbo
+from pyro_vae.training import validation_bound
 
 # lr 0.05 makes the validation ELBO of the tiny model stall and fluctuate within ~20 epochs.
 STALLING = dict(lr=0.05, epochs=40)
@@ -24,6 +24,15 @@ def test_epochs_without_improvement_counts_from_the_first_best():
     assert best_epoch(rows_of(-9, -7, -8, -7))["epoch"] == 2
 
 
+def test_runs_trained_on_the_iwae_bound_are_judged_by_it():
+    rows = [{"epoch": 1, "val_elbo": -8.0, "val_iwae": -7.5},
+            {"epoch": 2, "val_elbo": -8.2, "val_iwae": -7.2}]  # fmt: skip
+    assert best_epoch(rows)["epoch"] == 2
+    assert (
+        epochs_without_improvement([*rows, {"epoch": 3, "val_elbo": -7.9, "val_iwae": -7.3}]) == 1
+    )
+
+
 def test_training_stops_early_and_keeps_the_best_epoch(tmp_path, tiny_data):
     out = tmp_path / "run"
     train(tiny_config(patience=3, **STALLING), out, data=tiny_data, progress=False)
@@ -34,8 +43,8 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path, tiny_data):
     assert all(row["val_elbo"] <= best["val_elbo"] for row in rows)
     # best.pt holds that epoch's model: its validation ELBO (same seed) is the logged one
     best_model, last_model = load_run(out), load_run(out, checkpoint="last")
-    assert validation_elbo(best_model, tiny_data.val) == pytest.approx(best["val_elbo"], abs=1e-6)
-    assert validation_elbo(last_model, tiny_data.val) == pytest.approx(
+    assert validation_bound(best_model, tiny_data.val) == pytest.approx(best["val_elbo"], abs=1e-6)
+    assert validation_bound(last_model, tiny_data.val) == pytest.approx(
         rows[-1]["val_elbo"], abs=1e-6
     )
     # resuming an early-stopped run with more epochs trains nothing more
@@ -54,13 +63,13 @@ def test_without_patience_training_runs_all_epochs_and_still_keeps_best(tmp_path
     best = best_epoch(rows)
     assert best["epoch"] < STALLING["epochs"]  # the stall happened, so best != last
     model = load_run(out, checkpoint="best")
-    assert validation_elbo(model, tiny_data.val) == pytest.approx(best["val_elbo"], abs=1e-6)
+    assert validation_bound(model, tiny_data.val) == pytest.approx(best["val_elbo"], abs=1e-6)
     assert load_run(out) is not None  # default without patience: the last epoch
     assert all(torch.equal(a, b) for a, b in zip(params(load_run(out)).values(),
                params(load_run(out, checkpoint="last")).values(), strict=True))  # fmt: skip
 
 
-def test_plateau_schedule_decays_the_lr_when_the_validation_elbo_stalls(tmp_path, tiny_data):
+def test_plateau_schedule_decays_the_lr_when_the_validation_bound_stalls(tmp_path, tiny_data):
     out = tmp_path / "run"
     config = tiny_config(lr_schedule="plateau", lr_decay=0.5, lr_patience=1, **STALLING)
     train(config, out, data=tiny_data, progress=False)
