@@ -408,14 +408,20 @@ def manifold_figure(inputs: FigureInputs, steps: int = 20) -> Figure:
 
 
 def training_figure(inputs: FigureInputs) -> Figure:
-    """Train loss and validation -ELBO per epoch; KL per latent dimension at the end."""
+    """Train loss and validation -ELBO (and -IWAE bound, for runs trained on it) per epoch;
+    KL per latent dimension at the end."""
     fig = _agg_figure(figsize=(12, 4.5))
     curves, bars = fig.subplots(1, 2, width_ratios=(1, 1.3))
     epochs = [row["epoch"] for row in inputs.metrics]
+    iwae = bool(inputs.metrics) and "val_iwae" in inputs.metrics[0]  # trained on the IWAE bound
+    objective = "−IWAE bound" if iwae else "−β-weighted ELBO"
     curves.plot(epochs, [row["train_loss"] for row in inputs.metrics], "o-",
-                label="train loss (−β-weighted ELBO, running mean)")  # fmt: skip
+                label=f"train loss ({objective}, running mean)")  # fmt: skip
     curves.plot(epochs, [-row["val_elbo"] for row in inputs.metrics], "s-",
                 label="validation −ELBO")  # fmt: skip
+    if iwae:
+        curves.plot(epochs, [-row["val_iwae"] for row in inputs.metrics], "^-",
+                    label="validation −IWAE bound (selects the best epoch)")  # fmt: skip
     curves.set_xlabel("epoch")
     curves.set_ylabel("nats per image (lower is better)")
     curves.set_title("Training curves")

@@ -213,12 +213,21 @@ def report(runs_dir: Path) -> None:
             status = "finished"
         hours = sum(row["seconds"] for row in rows) / 3600
         evaluation = f"{result['seconds'] / 60:.1f} min" if result else ""
+        validation = f"{best['val_elbo']:.2f}"
+        if "val_iwae" in best:  # selected by the IWAE bound it trains on
+            validation += f" (IWAE bound {best['val_iwae']:.2f})"
+        # a fine-tuned run continues its source's best epoch: its curve starts there
+        first = 0
+        if name in FINE_TUNED:
+            source = runs_dir / FINE_TUNED[name]
+            first = best_epoch(read_metrics(source))["epoch"]
+            options = [*options, "--init-from", f"{_shown(source)} (epoch {first})"]
         lines.append(
-            f"| {name} | {_published(published)} | {estimate} | {best['val_elbo']:.2f} | "
+            f"| {name} | {_published(published)} | {estimate} | {validation} | "
             f"{best['epoch']} / {rows[-1]['epoch']} | {status} | {hours:.2f} h | {evaluation} | "
             f"`{' '.join(options)}` |"
         )
-        axis.plot([r["epoch"] for r in rows], [r["val_elbo"] for r in rows], label=name)
+        axis.plot([first + r["epoch"] for r in rows], [r["val_elbo"] for r in rows], label=name)
     written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     curves = CURVES.relative_to(BENCHMARKS.parent)
     lines += ["", f"Learning curves: ![validation ELBO]({curves})", "",

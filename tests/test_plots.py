@@ -28,6 +28,7 @@ from pyro_vae.plots import (
     reconstructions_figure,
     samples_figure,
     slerp,
+    training_figure,
     traversals_figure,
 )
 
@@ -292,3 +293,17 @@ def test_readme_figures_exist_and_are_pngs():
             "docs/figures/manifold.png"} <= set(linked)  # fmt: skip
     for path in linked:
         check_png(root / path)
+
+
+def test_training_curves_of_an_iwae_run_show_the_bound_that_selects_its_best_epoch(tiny_data):
+    vae = tiny_config().build_vae().eval()
+    rows = [{"epoch": 1, "train_loss": 30.0, "val_elbo": -32.0, "val_iwae": -31.0},
+            {"epoch": 2, "train_loss": 29.0, "val_elbo": -31.5, "val_iwae": -30.2}]  # fmt: skip
+    curves = training_figure(inputs_for(vae, tiny_data, rows)).axes[0]
+    shown = {line.get_label(): list(line.get_ydata()) for line in curves.lines}
+    assert shown["validation −IWAE bound (selects the best epoch)"] == [31.0, 30.2]
+    assert shown["train loss (−IWAE bound, running mean)"] == [30.0, 29.0]
+    plain = [{key: row[key] for key in ("epoch", "train_loss", "val_elbo")} for row in rows]
+    labels = [line.get_label() for line in training_figure(inputs_for(vae, tiny_data, plain))
+              .axes[0].lines]  # fmt: skip
+    assert labels == ["train loss (−β-weighted ELBO, running mean)", "validation −ELBO"]
