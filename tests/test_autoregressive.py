@@ -8,9 +8,10 @@ import pytest
 import torch
 from conftest import same_seed_log_weights
 
-from pyro_vae import ImageData, TrainConfig, load_run, read_metrics, train
+from pyro_vae import CheckpointError, ImageData, TrainConfig, load_run, read_metrics, train
 from pyro_vae.likelihoods import AutoregressiveBernoulliLikelihood, BernoulliLikelihood
 from pyro_vae.networks import AutoregressiveLogits
+from pyro_vae.runs import restore
 
 
 def randomized(likelihood: AutoregressiveBernoulliLikelihood, seed: int = 0):
@@ -119,3 +120,22 @@ def test_learns_the_dependencies_a_factorized_decoder_cannot(tmp_path):
     assert draws.shape == (3, 16) and bool(((draws == 0) | (draws == 1)).all())
     pictures = loaded.sample(3)  # figures: the probabilities along a draw
     assert pictures.shape == (3, 16) and bool(((pictures > 0) & (pictures < 1)).all())
+
+
+def test_checkpoints_leave_out_the_masks_and_accept_older_ones_that_hold_them():
+    made = AutoregressiveLogits(6, (8,))
+    torch.nn.init.normal_(made.output.weight)
+    torch.nn.init.normal_(made.skip.weight)
+    state = made.state_dict()
+    assert not [key for key in state if key.endswith("mask")]  # derived from the sizes
+    x = torch.bernoulli(torch.full((4, 6), 0.5))
+
+    older = {**state, **{f"{name}.mask": layer.mask.clone() for name, layer in
+                         made._masked_layers()}}  # fmt: skip
+    restored = AutoregressiveLogits(6, (8,))
+    restored.load_state_dict(older)
+    assert torch.equal(restored(x), made(x))
+
+    older["skip.mask"] = torch.ones(6, 6)  # a mask that lets pixels see themselves
+    with pytest.raises(CheckpointError, match="saved MADE mask of skip differs"):
+        restore(AutoregressiveLogits(6, (8,)), older, "old.pt")
