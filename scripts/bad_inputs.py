@@ -71,16 +71,17 @@ def main() -> None:
     checkpoint = w / "torn-run" / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     torn_data = w / "torn-data"
-    shutil.copytree(DATASETS["fashion-mnist"].system_dirs[0], torn_data)
+    torn_data.mkdir()
+    for gz in DATASETS["fashion-mnist"].system_dirs[0].glob("*-ubyte.gz"):  # the IDX files only
+        shutil.copy(gz, torn_data)
     gz = torn_data / "train-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:100_000])
     (w / "a-file").write_text("not a directory")
     (w / "empty").mkdir()
-    out = str(w / "new")
 
     cli_cases = [
         ["--prior", "cauchy"],
-        ["--likelihood", "gaussian"],
+        ["--likelihood", "poisson"],
         ["--dataset", "cifar"],
         ["--epochs", "0"],
         ["--epochs", "ten"],
@@ -109,12 +110,18 @@ def main() -> None:
         [*QUICK, "--resume", "--latent-dim", "8", "--out", str(w / "run")],
         ["--resume", "--out", str(w / "torn-run")],
         [*QUICK, "--resume", "--epochs", "1", "--out", str(w / "run")],
+        [*QUICK, "--init-from", str(w / "nowhere")],
+        [*QUICK, "--init-from", str(w / "empty")],
+        [*QUICK, "--latent-dim", "8", "--init-from", str(w / "run")],
+        [*QUICK, "--init-from", str(w / "torn-run" / "checkpoint.pt")],
     ]
     rows = ["| input | answer | message |", "|---|---|---|"]
     os.environ["http_proxy"] = os.environ["https_proxy"] = "http://127.0.0.1:9"  # no downloads
-    for argv in cli_cases:
+    for number, argv in enumerate(cli_cases):
         shown = " ".join(["train", *argv]).replace(" ".join(QUICK), "[quick options]")
-        argv = ["train", *argv] if "--out" in argv else ["train", *argv, "--out", out]
+        # each case its own directory, so that one that trains cannot answer for the next
+        fresh = ["--out", str(w / f"new-{number}")]
+        argv = ["train", *argv] if "--out" in argv else ["train", *argv, *fresh]
         status, message = run_cli(argv)
         rows.append(f"| `pyro-vae {cell(shown)}` | {status} | {cell(message)} |")
 
