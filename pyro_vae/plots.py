@@ -39,6 +39,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torch.distributions import Independent, Normal, kl_divergence
 from torchvision.utils import make_grid
@@ -423,6 +424,7 @@ def training_figure(inputs: FigureInputs) -> Figure:
         curves.plot(epochs, [-row["val_iwae"] for row in inputs.metrics], "^-",
                     label="validation −IWAE bound (selects the best epoch)")  # fmt: skip
     curves.set_xlabel("epoch")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     curves.set_ylabel("nats per image (lower is better)")
     curves.set_title("Training curves")
     curves.grid(alpha=0.3)

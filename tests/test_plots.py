@@ -303,6 +303,7 @@ def test_training_curves_of_an_iwae_run_show_the_bound_that_selects_its_best_epo
     shown = {line.get_label(): list(line.get_ydata()) for line in curves.lines}
     assert shown["validation −IWAE bound (selects the best epoch)"] == [31.0, 30.2]
     assert shown["train loss (−IWAE bound, running mean)"] == [30.0, 29.0]
+    assert all(tick == int(tick) for tick in curves.get_xticks())  # whole epochs only
     plain = [{key: row[key] for key in ("epoch", "train_loss", "val_elbo")} for row in rows]
     labels = [line.get_label() for line in training_figure(inputs_for(vae, tiny_data, plain))
               .axes[0].lines]  # fmt: skip
