@@ -17,7 +17,6 @@ registered in :data:`ARCHITECTURES` by their ``--arch`` name.
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -156,10 +155,11 @@ class AutoregressiveLogits(nn.Module):
 
     @staticmethod
     def _drop_saved_masks(module: "AutoregressiveLogits", state_dict: dict, prefix: str,
-                          *args: Any) -> None:  # fmt: skip
-        """Load hook: remove the masks a checkpoint of an earlier pyro-vae holds, after
-        checking that they are the masks this network derives (else refuse the load)."""
-        error_msgs = args[-1]
+                          local_metadata: dict, strict: bool, missing_keys: list[str],
+                          unexpected_keys: list[str], error_msgs: list[str]) -> None:  # fmt: skip
+        """Load hook (torch's pre-hook signature): remove the masks a checkpoint of an
+        earlier pyro-vae holds, after checking that they are the masks this network
+        derives (else refuse the load)."""
         for name, layer in module._masked_layers():
             saved = state_dict.pop(f"{prefix}{name}.mask", None)
             if saved is not None and not torch.equal(saved.to(layer.mask), layer.mask):
