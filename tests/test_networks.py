@@ -85,6 +85,31 @@ def test_architectures_take_extra_inputs_that_broadcast(arch):
     assert torch.allclose(params[4], decoder(z[4], u[0]), atol=1e-6)
 
 
+@pytest.mark.parametrize("model", [VAE, HierarchicalVAE])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_pyro_optim_updates_every_parameter(arch, model):
+    """SVI with a ``pyro.optim`` optimizer (the Pyro-example way, as in the README) must
+    train every parameter. Pyro's param store keeps ``.contiguous()`` copies of module
+    parameters, so a parameter in another memory format (channels-last convolution
+    weights, once tried for speed) would be optimized as a copy the module never uses."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = model(
+        784,
+        3,
+        (16,),
+        image_shape=(1, 28, 28),
+        arch=arch,
+        prior="vamp",
+        prior_options={"components": 4},
+    )
+    before = {name: p.detach().clone() for name, p in vae.named_parameters()}
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi.step(torch.bernoulli(torch.full((8, 784), 0.3)))
+    frozen = [name for name, p in vae.named_parameters() if torch.equal(p.detach(), before[name])]
+    assert not frozen
+
+
 def test_mlp_architecture_keeps_the_parameter_names_of_existing_checkpoints():
     state = VAE(784, 50, (400,)).state_dict()
     assert [k for k in state if k.startswith(("encoder.", "decoder."))] == [
