@@ -21,6 +21,7 @@ from pyro_vae.evaluation import log_importance_weights
 from pyro_vae.networks import (
     ARCHITECTURES,
     GATED,
+    ChannelsLastConvTranspose2d,
     ConvDecoder,
     ConvEncoder,
     MLPDecoder,
@@ -50,6 +51,25 @@ def test_conv_encoder_matches_per_example_computation():
     x = torch.rand(3, 2, 784)
     loc, _ = encoder(x)
     assert torch.allclose(loc[1, 0], encoder(x[1, 0:1])[0][0], atol=1e-6)
+
+
+def test_channels_last_transposed_convolution_computes_what_nchw_does():
+    """Outputs and gradients equal nn.ConvTranspose2d's, in NCHW order, for an NCHW input
+    with several output channels; the weight and its gradient stay NCHW."""
+    torch.manual_seed(0)
+    layer = ChannelsLastConvTranspose2d(3, 2, 4, stride=2, padding=1)
+    reference = nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 3, 7, 7, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    out, expected = layer(x), reference(x_ref)
+    assert torch.allclose(out, expected, atol=1e-6)
+    weights = torch.randn_like(expected)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert torch.allclose(layer.weight.grad, reference.weight.grad, atol=1e-5)
+    assert layer.weight.is_contiguous() and layer.weight.grad.is_contiguous()
 
 
 def test_decoder_rejects_image_sizes_it_cannot_produce():
