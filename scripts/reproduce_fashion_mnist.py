@@ -96,6 +96,8 @@ CONFIGURATIONS: dict[str, tuple[float | None, list[str]]] = {
 #: Fine-tuned configuration -> the configuration whose best model it starts from.
 FINE_TUNED = {"vamp-gated-iwae": "vamp-gated"}
 NUM_SAMPLES = 5000
+#: The issue's target: ahead of every published row.
+TARGET = -224.5
 #: Why a configuration has no run in the table: not started (seconds per epoch measured on
 #: the 2-core CPU, docs/benchmarks.md; the protocol needs hundreds of epochs).
 NOT_RUN = {
@@ -176,6 +178,25 @@ def _published(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _plot_results(axis: plt.Axes, compared: list[tuple[str, float | None, dict | None]]) -> None:
+    """Test log-likelihood of each configuration: pyro-vae's estimate (± its standard
+    error over test images) beside the published value, and the issue's target."""
+    published = [(row, value) for row, (_, value, _) in enumerate(compared) if value is not None]
+    ours = [(row, result) for row, (_, _, result) in enumerate(compared) if result is not None]
+    axis.plot([value for _, value in published], [row for row, _ in published], "D",
+              mfc="none", color="gray", label="published")  # fmt: skip
+    axis.errorbar([result["test_log_likelihood"] for _, result in ours], [row for row, _ in ours],
+                  xerr=[result["log_likelihood_stderr"] for _, result in ours], fmt="o",
+                  capsize=3, label="pyro-vae (± standard error)")  # fmt: skip
+    axis.axvline(TARGET, color="C3", linestyle="--", label=f"target {TARGET}")
+    axis.set_yticks(range(len(compared)), [name for name, _, _ in compared])
+    axis.invert_yaxis()
+    axis.set(xlabel="test log p(x), K=5000 (nats; higher is better)",
+             title="Test log-likelihood against the published values")  # fmt: skip
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize="small")
+    axis.grid(alpha=0.3, axis="x")
+
+
 def report(runs_dir: Path) -> None:
     """Rewrite the table in docs/benchmarks.md and the learning-curve figure."""
     lines = [
@@ -188,18 +209,23 @@ def report(runs_dir: Path) -> None:
         "trained | status | training time | evaluation time | options |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, (axis, results) = plt.subplots(
+        1, 2, figsize=(13, 5), width_ratios=(7, 6), layout="constrained"
+    )
+    compared: list[tuple[str, float | None, dict | None]] = []  # (name, published, eval.json)
     for name, (published, options) in CONFIGURATIONS.items():
         run_dir = runs_dir / name
         if not (run_dir / CHECKPOINT_FILE).exists():
             reason = NOT_RUN.get(name, "")
             lines.append(f"| {name} | {_published(published)} | not run | | | {reason} | | | "
                          f"`{' '.join(options)}` |")  # fmt: skip
+            compared.append((name, published, None))
             continue
         rows = read_metrics(run_dir)
         best = best_epoch(rows)
         result_file = run_dir / EVAL_FILES["test"]
         result = json.loads(result_file.read_text()) if result_file.exists() else None
+        compared.append((name, published, result))
         estimate = (
             f"{result['test_log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}"
             f"{_evaluated_epoch(result, result_file, run_dir, best['epoch'])}"
@@ -231,7 +257,8 @@ def report(runs_dir: Path) -> None:
         axis.plot([first + r["epoch"] for r in rows], [r["val_elbo"] for r in rows], label=name)
     written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     curves = CURVES.relative_to(BENCHMARKS.parent)
-    lines += ["", f"Learning curves: ![validation ELBO]({curves})", "",
+    lines += ["", "Validation ELBO by epoch (left) and test log-likelihoods against the published "
+              f"ones (right): ![learning curves and results]({curves})", "",
               f"Table written {written}.", END]  # fmt: skip
     axis.set(xlabel="epoch", ylabel="validation ELBO (nats)", title="Fashion-MNIST, issue 8")
     # the 30 nats below the best run's best epoch: where the runs are compared (a run
@@ -240,6 +267,7 @@ def report(runs_dir: Path) -> None:
     axis.set_ylim(top - 32, top)
     axis.legend()
     axis.grid(alpha=0.3)
+    _plot_results(results, compared)
     CURVES.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(CURVES, dpi=120, bbox_inches="tight")
     text = BENCHMARKS.read_text()
