@@ -101,7 +101,7 @@ TARGET = -224.5
 #: Why a configuration has no run in the table: not started (seconds per epoch measured on
 #: the 2-core CPU, docs/benchmarks.md; the protocol needs hundreds of epochs).
 NOT_RUN = {
-    "hvae-vamp-gated": "not started: ~28 s/epoch on this CPU (gated, one core)",
+    "hvae-vamp-gated": "not started: ~38 s/epoch on this CPU (gated, one core)",
     "hvae-conv": "not started: ~70 s/epoch on this CPU (one core)",
     "hvae-vamp-conv": "not started: ~200 s/epoch on this CPU (one core); needs a GPU",
     "vamp-gated-ar": "not started: ~37 s/epoch on this CPU (one core)",
