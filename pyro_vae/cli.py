@@ -182,7 +182,7 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--objective",
         choices=list(OBJECTIVES),
         default=DEFAULTS.objective,
-        help="elbo: Trace_ELBO; analytic-kl: TraceMeanField_ELBO; "
+        help="elbo: Trace_ELBO (without its host reads); analytic-kl: TraceMeanField_ELBO; "
         "iwae: importance-weighted bound with --particles samples (the best epoch, early "
         "stopping and the lr schedule then follow the validation IWAE bound)",
     )

@@ -3,7 +3,8 @@ r"""Training objectives: callables ``(model, guide, *args, **kwargs) -> loss``.
 Each returns a differentiable loss summed over the batch (so the loss per
 example is ``loss / batch_size``):
 
-* ``elbo``: :class:`~pyro.infer.Trace_ELBO`, the Monte Carlo ELBO;
+* ``elbo``: :class:`ReparamTrace_ELBO`, the Monte Carlo ELBO (Pyro's
+  :class:`~pyro.infer.Trace_ELBO` without its host reads, for reparameterized guides);
 * ``analytic-kl``: :class:`~pyro.infer.TraceMeanField_ELBO`, the KL term in
   closed form where the prior allows it (lower variance);
 * ``iwae``: the importance-weighted bound of Burda et al. (2016),
@@ -19,6 +20,9 @@ from collections.abc import Callable
 
 import pyro.infer
 import torch
+from pyro import poutine
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from pyro_vae.evaluation import log_densities
 
@@ -36,6 +40,61 @@ def iwae_objective(num_particles: int) -> Objective:
     return loss
 
 
+def _not_subsample(name: str, site: dict) -> bool:
+    return not site_is_subsample(site)
+
+
+class ReparamTrace_ELBO(pyro.infer.Trace_ELBO):
+    r"""The Monte Carlo ELBO of :class:`~pyro.infer.Trace_ELBO`, computed without host reads.
+
+    For each particle, with :math:`z \sim q(z|x)` drawn by reparameterization,
+
+    .. math:: -\mathcal L = \sum_{s \in \text{guide}} \log q(z_s)
+              - \sum_{s \in \text{model}} \log p(\,\cdot_s \mid \ldots),
+
+    each term scaled (``poutine.scale``, e.g. the KL weight) and masked as its site
+    says; the result is averaged over particles. Its gradient is the pathwise
+    gradient, which is what Trace_ELBO's surrogate loss gives when every guide site
+    has ``rsample``: the same value and gradient for the same draws.
+
+    What it leaves out, per step: Trace_ELBO reads every site's ``log_prob_sum`` and
+    its surrogate loss on the host (``torch_item``; a device synchronization on a
+    GPU), scans the loss for NaN, and copies both traces to drop the plates'
+    subsample sites. Here subsample sites are skipped instead. With Pyro's
+    validation enabled, the traces come from Trace_ELBO with all its checks. A guide
+    site without ``rsample`` (a discrete latent) needs score-function terms: that
+    particle's gradient is Trace_ELBO's (with its host reads).
+    """
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if is_validation_enabled():  # Trace_ELBO's model/guide checks
+            return super()._get_trace(model, guide, args, kwargs)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        replayed = poutine.replay(model, trace=guide_trace)
+        return poutine.trace(replayed).get_trace(*args, **kwargs), guide_trace
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss = loss + self._particle_loss(model_trace, guide_trace)
+        return loss / self.num_particles
+
+    def _particle_loss(
+        self, model_trace: poutine.Trace, guide_trace: poutine.Trace
+    ) -> torch.Tensor:
+        loss = guide_trace.log_prob_sum(_not_subsample) - model_trace.log_prob_sum(_not_subsample)
+        latent = (site for _, site in guide_trace.iter_stochastic_nodes())
+        if all(site["fn"].has_rsample or site_is_subsample(site) for site in latent):
+            return loss
+        # score-function terms: the gradient of Trace_ELBO's surrogate, the ELBO's value
+        model_trace = prune_subsample_sites(model_trace)
+        guide_trace = prune_subsample_sites(guide_trace)
+        model_trace.compute_log_prob()
+        guide_trace.compute_score_parts()
+        surrogate = self._differentiable_loss_particle(model_trace, guide_trace)[1]
+        return loss.detach() + (surrogate - surrogate.detach())
+
+
 def _elbo(elbo_class: type[pyro.infer.ELBO]) -> Callable[[int], Objective]:
     def make(num_particles: int) -> Objective:
         vectorize = num_particles > 1
@@ -48,7 +107,7 @@ def _elbo(elbo_class: type[pyro.infer.ELBO]) -> Callable[[int], Objective]:
 
 #: Registry: name -> factory taking the number of particles.
 OBJECTIVES: dict[str, Callable[[int], Objective]] = {
-    "elbo": _elbo(pyro.infer.Trace_ELBO),
+    "elbo": _elbo(ReparamTrace_ELBO),
     "analytic-kl": _elbo(pyro.infer.TraceMeanField_ELBO),
     "iwae": iwae_objective,
 }

@@ -1,11 +1,12 @@
 """The training loop behind ``pyro-vae train``.
 
-One step is Pyro's differentiable ELBO of the model/guide pair followed by a
-plain, fused ``torch.optim.Adam`` step over the VAE's parameters: the same objective as
-``SVI(model, guide, pyro.optim.Adam, Trace_ELBO())`` without SVI's per-parameter
-optimizers. Data stays on the device as one tensor; batches are index slices of
-a fresh permutation each epoch. The loss is read on the host once per step, for the
-running loss and the finiteness check.
+One step is the differentiable ELBO of the model/guide pair (by default
+:class:`~pyro_vae.objectives.ReparamTrace_ELBO`: Trace_ELBO's value and gradient
+without its host reads) followed by a plain, fused ``torch.optim.Adam`` step over the
+VAE's parameters: the same objective as ``SVI(model, guide, pyro.optim.Adam,
+Trace_ELBO())`` without SVI's per-parameter optimizers. Data stays on the device as
+one tensor; batches are index slices of a fresh permutation each epoch. The loss is
+read on the host once per step, for the running loss and the finiteness check.
 
 After every epoch the validation ELBO (single sample, fixed seed) steps the
 learning-rate schedule (:mod:`pyro_vae.schedules`), and the model of the best
@@ -117,7 +118,8 @@ def training_steps(vae: VAE) -> Iterator[None]:
     (:func:`~pyro_vae.vae.without_param_statements`).
     """
     with pyro.validation_enabled(False), without_param_statements(vae), warnings.catch_warnings():
-        # Trace_ELBO checks its loss for NaN even without validation
+        # Pyro's ELBOs (analytic-kl's TraceMeanField_ELBO) check the loss for NaN even
+        # without validation
         warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
         yield
 

@@ -7,7 +7,7 @@ to run. This isolates the step: in one process, the same 784-400-50 MLP and the
 same randomly ordered batches, blocks of ``--steps`` steps alternate between
 
 * ``pyro-vae``: what `pyro-vae train` runs per step, inside
-  :func:`pyro_vae.training.training_steps`: the ``elbo`` objective (Trace_ELBO) of
+  :func:`pyro_vae.training.training_steps`: the ``elbo`` objective (ReparamTrace_ELBO) of
   the model/guide, backward, the loss read on the host and checked for NaN, fused Adam;
 * ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
   ``torch.optim.Adam``);

@@ -1,0 +1,102 @@
+"""The training objectives: the default ELBO against Pyro's Trace_ELBO."""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+
+from pyro_vae import VAE
+from pyro_vae.conditional import CompletionCVAE, LabelCVAE
+from pyro_vae.hierarchical import HierarchicalVAE
+from pyro_vae.objectives import OBJECTIVES, ReparamTrace_ELBO
+from pyro_vae.training import training_steps
+
+X = torch.bernoulli(torch.full((6, 16), 0.4), generator=torch.Generator().manual_seed(3))
+LABELS = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+
+
+def _model(name: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    if name == "completion-cvae":  # its baseline's log-likelihood is an auxiliary site
+        vae = CompletionCVAE(image_shape=(1, 4, 4), latent_dim=2, hidden_dims=(8,))
+        return vae, vae.batch_inputs(X, LABELS)
+    return {
+        "vae": lambda: (VAE(16, 3, (8,)), (X,)),
+        "vamp-prior": lambda: (VAE(16, 3, (8,), prior="vamp"), (X,)),
+        "hvae": lambda: (HierarchicalVAE(16, 3, (8,)), (X,)),
+        "label-cvae": lambda: (LabelCVAE(16, 3, 2, (8,)), (X, LABELS)),
+    }[name]()  # fmt: skip
+
+
+MODELS = ["vae", "vamp-prior", "hvae", "label-cvae", "completion-cvae"]
+
+
+def _loss_and_grads(loss_fn, vae, inputs, seed: int = 1):
+    vae.zero_grad()
+    pyro.set_rng_seed(seed)
+    with training_steps(vae):
+        loss = loss_fn(vae.model, vae.guide, *inputs, beta=0.3)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in vae.parameters()]
+
+
+@pytest.mark.parametrize("particles", [1, 3])
+@pytest.mark.parametrize("name", MODELS)
+def test_default_elbo_equals_trace_elbo_in_value_and_gradient(name, particles):
+    """Same draws (same seed): the same loss and the same gradient of every parameter,
+    with the KL weight beta=0.3, vectorized particles, conditions and auxiliary sites."""
+    vae, inputs = _model(name)
+    options = dict(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1)
+    ours, our_grads = _loss_and_grads(OBJECTIVES["elbo"](particles), vae, inputs)
+    pyros, pyro_grads = _loss_and_grads(Trace_ELBO(**options).differentiable_loss, vae, inputs)
+    assert isinstance(OBJECTIVES["elbo"](particles).__self__, ReparamTrace_ELBO)
+    assert torch.allclose(ours, pyros, rtol=1e-5)
+    for mine, theirs in zip(our_grads, pyro_grads, strict=True):
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+    assert any(bool(g.abs().sum() > 0) for g in our_grads)
+
+
+def test_default_elbo_reads_nothing_on_the_host(monkeypatch):
+    """No .item(), bool() or float() of a tensor in the loss or its backward pass: on a
+    GPU each would wait for the device. (Pyro's Trace_ELBO reads every site's log-density.)"""
+    vae, (x,) = _model("vae")
+
+    def host_read(*args):
+        raise AssertionError("a tensor was read on the host")
+
+    for method in ("item", "__bool__", "__float__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, method, host_read)
+    loss_fn = OBJECTIVES["elbo"](1)
+    with training_steps(vae):
+        loss_fn(vae.model, vae.guide, x).backward()
+        with pytest.raises(AssertionError, match="read on the host"):
+            Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+
+
+def test_discrete_guide_sites_get_trace_elbos_score_function_gradient():
+    """A guide site without rsample: the gradient is Trace_ELBO's (score-function terms
+    included), the value the ELBO's."""
+    logit = torch.nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+    data = torch.tensor([1.0, 2.0, 0.5])
+
+    def model(y):
+        with pyro.plate("data", 3):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("y", dist.Normal(3 * c, 1.0), obs=y)
+
+    def guide(y):
+        with pyro.plate("data", 3):
+            pyro.sample("c", dist.Bernoulli(logits=logit))
+
+    def grad_and_loss(loss_fn):
+        logit.grad = None
+        pyro.set_rng_seed(5)
+        with pyro.validation_enabled(False):
+            loss = loss_fn(model, guide, data)
+        loss.backward()
+        return logit.grad.clone(), loss.detach()
+
+    ours = grad_and_loss(ReparamTrace_ELBO(num_particles=4).differentiable_loss)
+    pyros = grad_and_loss(Trace_ELBO(num_particles=4).differentiable_loss)
+    assert torch.allclose(ours[0], pyros[0]) and bool(ours[0].abs().sum() > 0)
+    assert torch.allclose(ours[1], pyros[1])
