@@ -19,6 +19,10 @@ any time and start it again with the same arguments.
     python scripts/reproduce_fashion_mnist.py --only vae-mlp --threads 1
     python scripts/reproduce_fashion_mnist.py --report             # only rewrite the table
 
+The table is not rewritten while it holds results whose run directories are missing
+from ``--runs-dir`` (runs/ is not in git; a fresh checkout has none): copy them there
+first, or pass ``--force``.
+
 The table (with commands, epochs, seeds, wall times and the machine) replaces the
 section between the markers in docs/benchmarks.md; the learning curves go to
 docs/figures/fashion_mnist_curves.png.
@@ -197,8 +201,28 @@ def _plot_results(axis: plt.Axes, compared: list[tuple[str, float | None, dict |
     axis.grid(alpha=0.3, axis="x")
 
 
-def report(runs_dir: Path) -> None:
-    """Rewrite the table in docs/benchmarks.md and the learning-curve figure."""
+def recorded_elsewhere(runs_dir: Path) -> list[str]:
+    """Configurations with results in the table whose run directories are not in ``runs_dir``
+    (runs/ is not in git: a fresh checkout, or another machine, has none of them)."""
+    text = BENCHMARKS.read_text()
+    if BEGIN not in text:
+        return []
+    table = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    names = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()
+             if line.startswith("| ") and " | not run | " not in line]  # fmt: skip
+    here = {name for name in CONFIGURATIONS if (runs_dir / name / CHECKPOINT_FILE).exists()}
+    return [name for name in names if name in CONFIGURATIONS and name not in here]
+
+
+def report(runs_dir: Path, force: bool = False) -> None:
+    """Rewrite the table in docs/benchmarks.md and the learning-curve figure, unless the
+    table holds results whose runs are not here (``force``: rewrite it all the same)."""
+    missing = [] if force else recorded_elsewhere(runs_dir)
+    if missing:
+        print(f"table not rewritten: it holds results of {', '.join(missing)}, whose run "
+              f"directories are not in {runs_dir}; copy them there, or add --force to write "
+              "the table of the runs here alone")  # fmt: skip
+        return
     lines = [
         BEGIN,
         f"Machine: {machine()}. Runs in `{_shown(runs_dir)}`; each command below is the training "
@@ -288,6 +312,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--report", action="store_true", help="only rewrite the table")
     parser.add_argument("--no-evaluate", action="store_true", help="train only")
+    parser.add_argument(
+        "--force", action="store_true", help="rewrite the table even if runs in it are not here"
+    )
     args = parser.parse_args()
     try:
         if not args.report:
@@ -298,7 +325,7 @@ def main() -> None:
                     evaluate(run_dir, args.threads)
     except KeyboardInterrupt:
         raise SystemExit("stopped; run the same command again to continue") from None
-    report(args.runs_dir)
+    report(args.runs_dir, force=args.force)
 
 
 if __name__ == "__main__":
