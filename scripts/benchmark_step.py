@@ -1,6 +1,6 @@
 """One training step: pyro-vae's against the hand-written PyTorch step (issue 7).
 
-    python scripts/benchmark_step.py --batch-size 64 [--blocks 12] [--steps 100]
+    python scripts/benchmark_step.py --batch-size 64 [--blocks 12] [--steps 100] [--device cuda]
 
 Whole-epoch timings (scripts/benchmark.py) on a shared VM vary by 10-20% from run
 to run. This isolates the step: in one process, the same 784-400-50 MLP and the
@@ -11,6 +11,13 @@ same randomly ordered batches, blocks of ``--steps`` steps alternate between
   the model/guide, backward, the loss read on the host and checked for NaN, fused Adam;
 * ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
   ``torch.optim.Adam``);
+* ``pyro-vae-cuda-graph`` (CUDA only): pyro-vae's step, objective, backward and fused
+  Adam, captured once in a CUDA graph and replayed, the loss still read and checked on
+  the host after each step; a non-finite loss skips the update inside the graph (fused
+  Adam's ``found_inf``). Pyro's Python (traces, handlers, distributions) runs only at
+  capture; this measures whether the graph removes its per-step cost on a GPU before
+  the training loop uses one. It needs an objective with no host reads
+  (``ReparamTrace_ELBO``): a read inside a capture is an error.
 
 and the median time per step of each is printed with its ratio to ``pytorch``.
 """
@@ -26,6 +33,7 @@ import torch
 from benchmark import textbook_loss, textbook_optimizer  # scripts/ is on sys.path
 
 from pyro_vae import VAE, TrainConfig
+from pyro_vae.config import resolve_device
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.training import training_steps
 
@@ -36,7 +44,7 @@ def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
 
 
 def pyro_vae_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
-    vae = VAE()
+    vae = VAE().to(images.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
     loss_fn = OBJECTIVES["elbo"](1)
 
@@ -54,8 +62,46 @@ def pyro_vae_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], Non
     return run
 
 
+def pyro_vae_cuda_graph_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
+    device = images.device
+    vae = VAE().to(device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=torch.tensor(1e-3, device=device),
+                                 fused=True, capturable=True)  # fmt: skip
+    loss_fn = OBJECTIVES["elbo"](1)
+    static_x = _batch(images, 0, batch).clone()
+
+    def step() -> torch.Tensor:
+        loss = loss_fn(vae.model, vae.guide, static_x, beta=1.0)
+        loss.backward()
+        optimizer.found_inf = (~torch.isfinite(loss)).float()  # 1: skip the update
+        optimizer.step()
+        return loss.detach()
+
+    graph = torch.cuda.CUDAGraph()
+    with training_steps(vae):
+        side = torch.cuda.Stream()  # warm-up on a side stream, as torch's recipe does
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                optimizer.zero_grad(set_to_none=True)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            static_loss = step()
+
+    def run(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            static_x.copy_(_batch(images, i, batch))
+            graph.replay()
+            if not math.isfinite(static_loss.item()):
+                raise FloatingPointError("non-finite loss")
+
+    return run
+
+
 def pytorch_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
-    vae = VAE()
+    vae = VAE().to(images.device)
     optimizer = textbook_optimizer(vae, lr=1e-3)
 
     def run(first: int, count: int) -> None:
@@ -74,27 +120,36 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=12, help="blocks per way (median taken)")
     parser.add_argument("--steps", type=int, default=100, help="steps per block")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     pyro.set_rng_seed(0)
     # Fashion-MNIST, binarized once; batches are consecutive rows.
-    images = TrainConfig(device="cpu").load_data("cpu").training_images()
+    images = TrainConfig(device=str(device)).load_data(device).training_images()
     ways = {
         "pyro-vae": pyro_vae_steps(images, args.batch_size),
         "pytorch": pytorch_steps(images, args.batch_size),
     }
+    if device.type == "cuda":
+        ways["pyro-vae-cuda-graph"] = pyro_vae_cuda_graph_steps(images, args.batch_size)
     times: dict[str, list[float]] = {name: [] for name in ways}
     for block in range(args.blocks):
         for name, run in ways.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             started = time.perf_counter()
             run(block * args.steps, args.steps)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             times[name].append((time.perf_counter() - started) / args.steps * 1000)
     base = statistics.median(times["pytorch"])
-    print(f"batch {args.batch_size}, {args.threads} threads, {args.blocks} blocks of "
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{args.threads} threads"
+    print(f"batch {args.batch_size}, {where}, {args.blocks} blocks of "
           f"{args.steps} steps per way")  # fmt: skip
     for name, block_times in times.items():
         median = statistics.median(block_times)
-        print(f"{name:<20} {median:6.2f} ms/step  {median / base:.3f}x pytorch")
+        print(f"{name:<20} {median:6.3f} ms/step  {median / base:.3f}x pytorch")
 
 
 if __name__ == "__main__":
