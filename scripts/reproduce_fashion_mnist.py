@@ -19,9 +19,10 @@ any time and start it again with the same arguments.
     python scripts/reproduce_fashion_mnist.py --only vae-mlp --threads 1
     python scripts/reproduce_fashion_mnist.py --report             # only rewrite the table
 
-The table is not rewritten while it holds results whose run directories are missing
-from ``--runs-dir`` (runs/ is not in git; a fresh checkout has none): copy them there
-first, or pass ``--force``.
+runs/ is not in git, and a run directory stays on the machine that trained it: the
+report copies each run's record (config, metrics, test result and the machine: small
+text files) to docs/runs/fashion-mnist/NAME/, and writes a configuration whose run
+directory is missing from its record, or, without one either, keeps its row as written.
 
 The table (with commands, epochs, seeds, wall times and the machine) replaces the
 section between the markers in docs/benchmarks.md; the learning curves go to
@@ -32,6 +33,8 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -46,7 +49,9 @@ import torch  # noqa: E402
 from pyro_vae.runs import (  # noqa: E402
     BEST_FILE,
     CHECKPOINT_FILE,
+    CONFIG_FILE,
     EVAL_FILES,
+    METRICS_FILE,
     best_epoch,
     read_config,
     read_metrics,
@@ -56,6 +61,10 @@ from pyro_vae.runs import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 CURVES = ROOT / "docs" / "figures" / "fashion_mnist_curves.png"
+#: Each run's record, committed with the table (see the module's docstring).
+RECORDS = ROOT / "docs" / "runs" / "fashion-mnist"
+MACHINE_FILE = "machine.txt"
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, EVAL_FILES["test"])
 BEGIN = "<!-- reproduce_fashion_mnist.py: table begin -->"
 END = "<!-- reproduce_fashion_mnist.py: table end -->"
 
@@ -120,8 +129,11 @@ def _command(name: str, run_dir: Path) -> list[str]:
 
 def finished(run_dir: Path) -> bool:
     """Trained to the end: early-stopped, or all ``--epochs`` done."""
-    if not (run_dir / CHECKPOINT_FILE).exists():
-        return False
+    return (run_dir / CHECKPOINT_FILE).exists() and trained_to_the_end(run_dir)
+
+
+def trained_to_the_end(run_dir: Path) -> bool:
+    """What :func:`finished` tells, read from a run directory or a record."""
     config, rows = read_config(run_dir), read_metrics(run_dir)
     return bool(rows) and (
         rows[-1]["epoch"] >= config.epochs or stopped_early(rows, config.patience)
@@ -173,6 +185,8 @@ def _evaluated_epoch(result: dict, result_file: Path, run_dir: Path, best: int) 
     """Which epoch an estimate measured, where that is not the run's best epoch now
     (best.pt moves while a run goes on after its evaluation)."""
     if "epoch" not in result:  # written before eval.json recorded its checkpoint's epoch
+        if not (run_dir / BEST_FILE).exists():  # a record: no checkpoint to compare with
+            return ""
         stale = result_file.stat().st_mtime < (run_dir / BEST_FILE).stat().st_mtime
         return " (earlier best)" if stale else ""
     return "" if result["epoch"] == best else f" (epoch {result['epoch']})"
@@ -201,28 +215,40 @@ def _plot_results(axis: plt.Axes, compared: list[tuple[str, float | None, dict |
     axis.grid(alpha=0.3, axis="x")
 
 
-def recorded_elsewhere(runs_dir: Path) -> list[str]:
-    """Configurations with results in the table whose run directories are not in ``runs_dir``
-    (runs/ is not in git: a fresh checkout, or another machine, has none of them)."""
+def source(name: str, runs_dir: Path) -> Path | None:
+    """Where the report reads a configuration from: its run directory, first copied to its
+    record, or else its record; None if neither is here."""
+    run_dir, record = runs_dir / name, RECORDS / name
+    if (run_dir / CHECKPOINT_FILE).exists():
+        record.mkdir(parents=True, exist_ok=True)
+        for file in RECORD_FILES:
+            if (run_dir / file).exists():
+                shutil.copy2(run_dir / file, record / file)
+        (record / MACHINE_FILE).write_text(machine() + "\n")
+        return run_dir
+    return record if (record / METRICS_FILE).exists() else None
+
+
+def written_rows() -> dict[str, str]:
+    """The table's rows as docs/benchmarks.md has them, by configuration."""
     text = BENCHMARKS.read_text()
-    if BEGIN not in text:
-        return []
-    table = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    names = [line.split(" | ")[0].removeprefix("| ") for line in table.splitlines()
-             if line.startswith("| ") and " | not run | " not in line]  # fmt: skip
-    here = {name for name in CONFIGURATIONS if (runs_dir / name / CHECKPOINT_FILE).exists()}
-    return [name for name in names if name in CONFIGURATIONS and name not in here]
+    table = text.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in text else ""
+    rows = (line for line in table.splitlines() if line.startswith("| "))
+    return {line.split(" | ")[0].removeprefix("| "): line for line in rows}
 
 
-def report(runs_dir: Path, force: bool = False) -> None:
-    """Rewrite the table in docs/benchmarks.md and the learning-curve figure, unless the
-    table holds results whose runs are not here (``force``: rewrite it all the same)."""
-    missing = [] if force else recorded_elsewhere(runs_dir)
-    if missing:
-        print(f"table not rewritten: it holds results of {', '.join(missing)}, whose run "
-              f"directories are not in {runs_dir}; copy them there, or add --force to write "
-              "the table of the runs here alone")  # fmt: skip
-        return
+def _written_result(row: str) -> dict | None:
+    """The test log-likelihood and its standard error in a row as written, if it has them."""
+    found = re.search(r"\| (-\d+\.\d+) ± (\d+\.\d+)", row)
+    if not found:
+        return None
+    return {"test_log_likelihood": float(found[1]), "log_likelihood_stderr": float(found[2])}
+
+
+def report(runs_dir: Path) -> None:
+    """Rewrite the table in docs/benchmarks.md and the learning-curve figure from the run
+    directories and records here, keeping the written rows of configurations with neither."""
+    written = written_rows()
     lines = [
         BEGIN,
         f"Machine: {machine()}. Runs in `{_shown(runs_dir)}`; each command below is the training "
@@ -237,9 +263,15 @@ def report(runs_dir: Path, force: bool = False) -> None:
         1, 2, figsize=(13, 5), width_ratios=(7, 6), layout="constrained"
     )
     compared: list[tuple[str, float | None, dict | None]] = []  # (name, published, eval.json)
+    without_curves = []
     for name, (published, options) in CONFIGURATIONS.items():
-        run_dir = runs_dir / name
-        if not (run_dir / CHECKPOINT_FILE).exists():
+        run_dir = source(name, runs_dir)
+        if run_dir is None and " | not run | " not in written.get(name, " | not run | "):
+            lines.append(written[name])
+            compared.append((name, published, _written_result(written[name])))
+            without_curves.append(name)
+            continue
+        if run_dir is None:
             reason = NOT_RUN.get(name, "")
             lines.append(f"| {name} | {_published(published)} | not run | | | {reason} | | | "
                          f"`{' '.join(options)}` |")  # fmt: skip
@@ -256,8 +288,8 @@ def report(runs_dir: Path, force: bool = False) -> None:
             if result
             else "not evaluated"
         )
-        if not finished(run_dir):
-            status = "unfinished, resumable"
+        if not trained_to_the_end(run_dir):
+            status = "unfinished, resumable" if run_dir.parent == runs_dir else "unfinished"
         elif rows[-1]["epoch"] < read_config(run_dir).epochs:
             status = "early-stopped"
         else:
@@ -269,21 +301,29 @@ def report(runs_dir: Path, force: bool = False) -> None:
             validation += f" (IWAE bound {best['val_iwae']:.2f})"
         # a fine-tuned run continues its source's best epoch: its curve starts there
         first = 0
-        if name in FINE_TUNED:
-            source = runs_dir / FINE_TUNED[name]
-            first = best_epoch(read_metrics(source))["epoch"]
-            options = [*options, "--init-from", f"{_shown(source)} (epoch {first})"]
+        start = source(FINE_TUNED[name], runs_dir) if name in FINE_TUNED else None
+        if start is not None:
+            first = best_epoch(read_metrics(start))["epoch"]
+            shown = _shown(runs_dir / FINE_TUNED[name])
+            options = [*options, "--init-from", f"{shown} (epoch {first})"]
+        if run_dir.parent != runs_dir:  # a record: say where it ran if not on this machine
+            trained_on = (run_dir / MACHINE_FILE).read_text().strip()
+            status += f" (record; ran on {trained_on})" if trained_on != machine() else " (record)"
         lines.append(
             f"| {name} | {_published(published)} | {estimate} | {validation} | "
             f"{best['epoch']} / {rows[-1]['epoch']} | {status} | {hours:.2f} h | {evaluation} | "
             f"`{' '.join(options)}` |"
         )
         axis.plot([first + r["epoch"] for r in rows], [r["val_elbo"] for r in rows], label=name)
-    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     curves = CURVES.relative_to(BENCHMARKS.parent)
+    kept = ""
+    if without_curves:
+        kept = (" Rows kept as written before, with no run directory or record here (so no "
+                f"curve in the figure): {', '.join(without_curves)}.")  # fmt: skip
     lines += ["", "Validation ELBO by epoch (left) and test log-likelihoods against the published "
               f"ones (right): ![learning curves and results]({curves})", "",
-              f"Table written {written}.", END]  # fmt: skip
+              f"Table written {when}.{kept}", END]  # fmt: skip
     axis.set(xlabel="epoch", ylabel="validation ELBO (nats)", title="Fashion-MNIST, issue 8")
     # the 30 nats below the best run's best epoch: where the runs are compared (a run
     # just started stays below until it gets there)
@@ -312,9 +352,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--report", action="store_true", help="only rewrite the table")
     parser.add_argument("--no-evaluate", action="store_true", help="train only")
-    parser.add_argument(
-        "--force", action="store_true", help="rewrite the table even if runs in it are not here"
-    )
     args = parser.parse_args()
     try:
         if not args.report:
@@ -325,7 +362,7 @@ def main() -> None:
                     evaluate(run_dir, args.threads)
     except KeyboardInterrupt:
         raise SystemExit("stopped; run the same command again to continue") from None
-    report(args.runs_dir, force=args.force)
+    report(args.runs_dir)
 
 
 if __name__ == "__main__":
