@@ -265,10 +265,10 @@ def report(runs_dir: Path) -> None:
     compared: list[tuple[str, float | None, dict | None]] = []  # (name, published, eval.json)
     without_curves = []
     for name, (published, options) in CONFIGURATIONS.items():
-        run_dir = source(name, runs_dir)
-        if run_dir is None and " | not run | " not in written.get(name, " | not run | "):
-            lines.append(written[name])
-            compared.append((name, published, _written_result(written[name])))
+        run_dir, row = source(name, runs_dir), written.get(name, "")
+        if run_dir is None and row and " | not run | " not in row:
+            lines.append(row)
+            compared.append((name, published, _written_result(row)))
             without_curves.append(name)
             continue
         if run_dir is None:
@@ -288,8 +288,9 @@ def report(runs_dir: Path) -> None:
             if result
             else "not evaluated"
         )
+        from_record = run_dir.parent == RECORDS
         if not trained_to_the_end(run_dir):
-            status = "unfinished, resumable" if run_dir.parent == runs_dir else "unfinished"
+            status = "unfinished" if from_record else "unfinished, resumable"
         elif rows[-1]["epoch"] < read_config(run_dir).epochs:
             status = "early-stopped"
         else:
@@ -306,7 +307,7 @@ def report(runs_dir: Path) -> None:
             first = best_epoch(read_metrics(start))["epoch"]
             shown = _shown(runs_dir / FINE_TUNED[name])
             options = [*options, "--init-from", f"{shown} (epoch {first})"]
-        if run_dir.parent != runs_dir:  # a record: say where it ran if not on this machine
+        if from_record:  # say where it ran, if not on this machine
             trained_on = (run_dir / MACHINE_FILE).read_text().strip()
             status += f" (record; ran on {trained_on})" if trained_on != machine() else " (record)"
         lines.append(
