@@ -79,6 +79,13 @@ class ReparamTrace_ELBO(pyro.infer.Trace_ELBO):
             loss = loss + self._particle_loss(model_trace, guide_trace)
         return loss / self.num_particles
 
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """For :class:`~pyro.infer.SVI`: the loss, its gradient accumulated into the parameters."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return loss.item()
+
     def _particle_loss(
         self, model_trace: poutine.Trace, guide_trace: poutine.Trace
     ) -> torch.Tensor:

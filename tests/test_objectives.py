@@ -4,7 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import VAE
 from pyro_vae.conditional import CompletionCVAE, LabelCVAE
@@ -54,6 +54,25 @@ def test_default_elbo_equals_trace_elbo_in_value_and_gradient(name, particles):
     for mine, theirs in zip(our_grads, pyro_grads, strict=True):
         assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-6)
     assert any(bool(g.abs().sum() > 0) for g in our_grads)
+
+
+def test_svi_with_the_default_elbo_steps_as_with_trace_elbo():
+    """SVI calls loss_and_grads: the same loss and the same parameters after each step
+    (with Pyro's validation off, as in training, where the traces are the lean ones)."""
+    stepped = []
+    for elbo in (ReparamTrace_ELBO(), Trace_ELBO()):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae, (x,) = _model("vae")
+        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+        with pyro.validation_enabled(False):
+            losses = [svi.step(x) for _ in range(30)]
+        stepped.append((losses, [p.detach().clone() for p in vae.parameters()]))
+    (ours, our_params), (pyros, pyro_params) = stepped
+    assert ours == pytest.approx(pyros, rel=1e-4)
+    assert ours[-1] < ours[0]
+    for mine, theirs in zip(our_params, pyro_params, strict=True):
+        assert torch.allclose(mine, theirs, rtol=1e-3, atol=1e-5)
 
 
 def test_default_elbo_reads_nothing_on_the_host(monkeypatch):
