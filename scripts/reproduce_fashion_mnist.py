@@ -242,11 +242,19 @@ def source(name: str, runs_dir: Path) -> Path | None:
 
 
 def written_rows() -> dict[str, str]:
-    """The table's rows as docs/benchmarks.md has them, by configuration."""
+    """The table's rows as docs/benchmarks.md has them, by configuration, each saying in its
+    status where it ran (the machine the table named when it was written)."""
     text = BENCHMARKS.read_text()
     table = text.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in text else ""
-    rows = (line for line in table.splitlines() if line.startswith("| "))
-    return {line.split(" | ")[0].removeprefix("| "): line for line in rows}
+    named = table.split("Machine: ", 1)[1].split(". Runs in", 1)[0] if "Machine: " in table else ""
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| "):
+            cells = line.split(" | ")
+            if named and "ran on " not in cells[5]:
+                cells[5] += f" (ran on {named})"
+            rows[cells[0].removeprefix("| ")] = " | ".join(cells)
+    return rows
 
 
 def _written_result(row: str) -> dict | None:
