@@ -269,6 +269,7 @@ def report(runs_dir: Path) -> None:
     """Rewrite the table in docs/benchmarks.md and the learning-curve figure from the run
     directories and records here, keeping the written rows of configurations with neither."""
     written = written_rows()
+    sources = {name: source(name, runs_dir) for name in CONFIGURATIONS}  # copies each once
     lines = [
         BEGIN,
         f"Machine: {machine()}. Runs in `{_shown(runs_dir)}`; each command below is the training "
@@ -285,7 +286,7 @@ def report(runs_dir: Path) -> None:
     compared: list[tuple[str, float | None, dict | None]] = []  # (name, published, eval.json)
     without_curves = []
     for name, (published, options) in CONFIGURATIONS.items():
-        run_dir, row = source(name, runs_dir), written.get(name, "")
+        run_dir, row = sources[name], written.get(name, "")
         if run_dir is None and row and " | not run | " not in row:
             lines.append(row)
             compared.append((name, published, _written_result(row)))
@@ -323,7 +324,7 @@ def report(runs_dir: Path) -> None:
             validation += f" (IWAE bound {best['val_iwae']:.2f})"
         # a fine-tuned run continues its source's best epoch: its curve starts there
         first = 0
-        start = source(FINE_TUNED[name], runs_dir) if name in FINE_TUNED else None
+        start = sources[FINE_TUNED[name]] if name in FINE_TUNED else None
         if start is not None:
             first = best_epoch(read_metrics(start))["epoch"]
             shown = _shown(runs_dir / FINE_TUNED[name])
