@@ -129,13 +129,3 @@ def shutdown() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def derived_seed(*keys: int) -> int:
-    """A seed determined by ``keys`` alone (e.g. seed, step, rank), the same in every process.
-
-    Seeding each piece of work by what it is, not by the order a process meets
-    it, makes results independent of how the work is split over ranks. (The hash
-    of a tuple of ints is not salted per process, unlike that of a string.)
-    """
-    return hash(keys) & (2**63 - 1)

@@ -33,7 +33,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from pyro_vae.distributed import SINGLE, World, derived_seed
+from pyro_vae.distributed import SINGLE, World
+from pyro_vae.seeding import derived_seed
 
 #: Default bound on particles x examples evaluated in one pass (bounds peak memory).
 DEFAULT_MAX_BATCH = 20_000

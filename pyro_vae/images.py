@@ -16,6 +16,7 @@ from pyro_vae.config import resolve_device
 from pyro_vae.data import ImageData
 from pyro_vae.errors import ConfigError
 from pyro_vae.runs import load_run, read_config
+from pyro_vae.seeding import seeded
 
 
 def save_grid(
@@ -58,8 +59,6 @@ def sample_run(
     torch_device = resolve_device(device)
     model = load_run(run_dir, torch_device, checkpoint)
     data = config.load_data(torch_device) if data is None else data.to(torch_device)
-    devices = [torch_device] if torch_device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, torch_device):
         images, nrow = model.sample_grid(num, label, data)
     return save_grid(images, config.image_shape, path, nrow)

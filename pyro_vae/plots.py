@@ -47,6 +47,7 @@ from torchvision.utils import make_grid
 from pyro_vae.data import ImageData, load_images
 from pyro_vae.errors import ConfigError
 from pyro_vae.runs import load_run, read_config, read_metrics
+from pyro_vae.seeding import seeded
 from pyro_vae.vae import VAE
 
 #: Prior draws used to summarize a non-Gaussian prior's marginals.
@@ -499,10 +500,8 @@ def plot_run(
     if data is None:  # grey levels (see the module doc); only the test split is drawn
         root = data_root if data_root is not None else config.data_root
         data = load_images(config.dataset, root, binarize=False, subset=1)
-    model_device = next(vae.parameters()).device
-    devices = [model_device] if model_device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # figures are reproducible, caller's RNG kept
-        torch.manual_seed(PLOT_SEED)
+    # figures are reproducible, the caller's RNG kept
+    with seeded(PLOT_SEED, next(vae.parameters()).device):
         inputs = FigureInputs.create(
             vae, data.test, data.test_labels, data.class_names, data.image_shape,
             read_metrics(run_dir),

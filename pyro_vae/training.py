@@ -69,6 +69,7 @@ from pyro_vae.evaluation import bound_per_example
 from pyro_vae.files import remove_stale_temporaries
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.schedules import LR_SCHEDULES
+from pyro_vae.seeding import derived_seed, seeded
 from pyro_vae.vae import VAE, without_param_statements
 
 #: Seed of the validation ELBO's latent samples, so epochs and runs compare fairly.
@@ -132,7 +133,7 @@ def check_model_and_guide(vae: VAE, loss_fn: Callable[..., torch.Tensor], data: 
     left as it was (resuming stays exact)."""
     with (
         pyro.validation_enabled(True),
-        _seeded(0, data.val.device),
+        seeded(0, data.val.device),
         torch.no_grad(),
         warnings.catch_warnings(record=True) as caught,
     ):
@@ -149,14 +150,6 @@ def check_model_and_guide(vae: VAE, loss_fn: Callable[..., torch.Tensor], data: 
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Draw from a generator seeded with ``seed``; the global RNG is left as it was."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 @torch.no_grad()
 def validation_bound(vae: VAE, *inputs: torch.Tensor, num_particles: int = 1) -> float:
     """Mean over examples of the ``num_particles``-sample importance-weighted bound (one:
@@ -166,7 +159,7 @@ def validation_bound(vae: VAE, *inputs: torch.Tensor, num_particles: int = 1) ->
     """
     was_training = vae.training
     vae.eval()
-    with _seeded(EVAL_SEED, inputs[0].device):
+    with seeded(EVAL_SEED, inputs[0].device):
         bound = bound_per_example(vae.model, vae.guide, *inputs, num_particles=num_particles)
     vae.train(was_training)
     return bound.mean().item()
@@ -621,8 +614,8 @@ class _Trainer:
             return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
         if inputs[0].shape[0] == 0:
             return torch.zeros((), device=self.device, requires_grad=True)
-        seed = distributed.derived_seed(self.config.seed, global_step, self.world.rank)
-        with _seeded(seed, self.device):
+        seed = derived_seed(self.config.seed, global_step, self.world.rank)
+        with seeded(seed, self.device):
             return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
 
     def _clip_gradients(self, batch_size: int) -> torch.Tensor:
