@@ -25,6 +25,7 @@ import ctypes.util
 import math
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pyro
@@ -34,7 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from pyro_vae.distributed import SINGLE, World
-from pyro_vae.seeding import derived_seed
+from pyro_vae.seeding import derived_seed, seeded
 
 #: Default bound on particles x examples evaluated in one pass (bounds peak memory).
 DEFAULT_MAX_BATCH = 20_000
@@ -232,7 +233,8 @@ def estimate_log_likelihood(
     :param max_batch: at most this many (particle, example) pairs are evaluated
         at once, whatever K is: peak memory is about ``max_batch`` times the
         per-sample activations (for the 784-400-50 MLP, ~10 KB each).
-    :param seed: seeds the samples (``None``: use the current RNG state). Each
+    :param seed: seeds the samples, leaving the caller's RNG as it was (``None``: draw
+        from the current RNG, which advances, so repeated calls are independent). Each
         chunk of examples evaluated together is seeded by ``(seed, its first
         index)``, so an example's estimate does not depend on how the examples
         are split over ranks.
@@ -255,38 +257,24 @@ def estimate_log_likelihood(
     particles_per_pass = min(num_samples, max_batch)
     examples_per_pass = max(1, max_batch // num_samples)
     starts = range(0, num_examples, examples_per_pass)[world.rank :: world.size]
-    devices = [data[0].device] if data[0].device.type == "cuda" else []
     results: dict[str, list[torch.Tensor]] = {"ll": [], "elbo": [], "kl": [], "mean": []}
     sizes = {start: min(examples_per_pass, num_examples - start) for start in starts}
-    with (
-        torch.random.fork_rng(devices=devices),
-        tqdm(total=sum(sizes.values()), initial=sum(sizes[s] for s in sizes if s in done),
-             disable=not progress, unit="example", desc=f"IW K={num_samples}") as bar,
-    ):  # fmt: skip
+    with tqdm(
+        total=sum(sizes.values()), initial=sum(sizes[s] for s in sizes if s in done),
+        disable=not progress, unit="example", desc=f"IW K={num_samples}",
+    ) as bar:  # fmt: skip
         for start in starts:
             if start in done:
                 for key, value in done[start].items():
                     results[key].append(value)
                 continue
-            if seed is not None:
-                torch.manual_seed(derived_seed(seed, start))
             chunk = [tensor[start : start + examples_per_pass] for tensor in data]
-            log_sum_w, sum_log_w, sum_kl, mean = None, 0.0, 0.0, None
-            for drawn in range(0, num_samples, particles_per_pass):
-                k = min(particles_per_pass, num_samples - drawn)
-                dens = log_densities(model, guide, *chunk, num_particles=k, **kwargs)
-                log_w = dens.log_weights
-                part = torch.logsumexp(log_w, dim=0)
-                log_sum_w = part if log_sum_w is None else torch.logaddexp(log_sum_w, part)
-                sum_log_w = sum_log_w + log_w.sum(dim=0)
-                sum_kl = sum_kl + (dens.log_guide - dens.log_prior).sum(dim=0)
-                mean = dens.posterior_mean if mean is None else mean
-            chunk_results = {
-                "ll": log_sum_w - math.log(num_samples),
-                "elbo": sum_log_w / num_samples,
-                "kl": sum_kl / num_samples,
-                **({"mean": mean} if mean is not None else {}),
-            }
+            # a seeded chunk leaves the caller's RNG as it was; an unseeded one draws from it
+            chunk_seed = derived_seed(seed, start) if seed is not None else None
+            with seeded(chunk_seed, chunk[0].device) if chunk_seed is not None else nullcontext():
+                chunk_results = _estimate_chunk(
+                    model, guide, chunk, num_samples, particles_per_pass, kwargs
+                )
             for key, value in chunk_results.items():
                 results[key].append(value)
             if on_chunk is not None:
@@ -310,3 +298,31 @@ def estimate_log_likelihood(
         num_samples=num_samples,
         seconds=time.perf_counter() - started,
     )
+
+
+def _estimate_chunk(
+    model: Callable,
+    guide: Callable,
+    chunk: list[torch.Tensor],
+    num_samples: int,
+    particles_per_pass: int,
+    kwargs: dict,
+) -> ChunkResults:
+    """The estimates of one chunk of examples from ``num_samples`` importance samples,
+    drawn ``particles_per_pass`` at a time and combined with a running log-sum-exp."""
+    log_sum_w, sum_log_w, sum_kl, mean = None, 0.0, 0.0, None
+    for drawn in range(0, num_samples, particles_per_pass):
+        k = min(particles_per_pass, num_samples - drawn)
+        dens = log_densities(model, guide, *chunk, num_particles=k, **kwargs)
+        log_w = dens.log_weights
+        part = torch.logsumexp(log_w, dim=0)
+        log_sum_w = part if log_sum_w is None else torch.logaddexp(log_sum_w, part)
+        sum_log_w = sum_log_w + log_w.sum(dim=0)
+        sum_kl = sum_kl + (dens.log_guide - dens.log_prior).sum(dim=0)
+        mean = dens.posterior_mean if mean is None else mean
+    return {
+        "ll": log_sum_w - math.log(num_samples),
+        "elbo": sum_log_w / num_samples,
+        "kl": sum_kl / num_samples,
+        **({"mean": mean} if mean is not None else {}),
+    }

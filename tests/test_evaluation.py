@@ -95,6 +95,22 @@ def test_per_example_not_per_batch():
     assert torch.allclose(backward.log_likelihood.flip(0), forward, atol=1e-4)
 
 
+def test_seeded_estimates_repeat_and_keep_the_rng_unseeded_ones_draw_afresh():
+    x = ppca_data(n=4)
+
+    def estimate(seed):
+        return estimate_log_likelihood(
+            ppca_model, imperfect_guide, x, num_samples=20, max_batch=40, seed=seed
+        ).log_likelihood
+
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    assert torch.equal(estimate(3), estimate(3))
+    assert torch.equal(torch.get_rng_state(), state)  # seeded: the caller's RNG is untouched
+    assert not torch.equal(estimate(None), estimate(None))  # unseeded: independent draws
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
 def test_active_units_and_stderr():
     def half_dead_guide(x):
         loc = posterior_mean(x)
