@@ -365,8 +365,11 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-batch",
         type=int,
-        default=DEFAULT_MAX_BATCH,
-        help="at most this many (sample, image) pairs per pass; bounds memory",
+        default=None,
+        help="at most this many (sample, image) pairs per pass; bounds memory (default: "
+        f"{DEFAULT_MAX_BATCH} on a GPU; on a CPU what ran fastest for the --arch, "
+        + ", ".join(f"{a.cpu_evaluation_batch} for {name}" for name, a in ARCHITECTURES.items())
+        + ")",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument(

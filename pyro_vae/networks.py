@@ -374,6 +374,9 @@ class Architecture:
     #: The kind of hidden layer of the fully connected networks over latents alone,
     #: such as :math:`p(z_1|z_2)` of the hierarchical VAE.
     layer: HiddenLayer = RELU
+    #: (sample, image) pairs per pass of the importance-weighted evaluation that ran
+    #: fastest on a CPU (``scripts/benchmark_evaluation.py --sweep``, docs/benchmarks.md).
+    cpu_evaluation_batch: int = 20_000
 
     def encoder(
         self,
@@ -445,6 +448,10 @@ class ConvArchitecture(Architecture):
     """Convolutional networks (:class:`ConvEncoder`, :class:`ConvDecoder`) with the given
     convolution ``channels`` (the decoder's in reverse); needs ``(C, H, W)`` images
     with H and W divisible by ``2 ** len(channels)``."""
+
+    # Passes of 20,000 pairs, whose activations run to hundreds of MB, took about
+    # twice as long per image on these 2-core machines.
+    cpu_evaluation_batch = 2_500
 
     def __init__(self, channels: Sequence[int] = (32, 64)):
         self.channels = tuple(channels)

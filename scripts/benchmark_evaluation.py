@@ -2,17 +2,22 @@
 
     python scripts/benchmark_evaluation.py --run runs/default                 # 10k x 5000
     python scripts/benchmark_evaluation.py --run runs/default --memory-only   # peak RSS vs K
+    python scripts/benchmark_evaluation.py --run runs/conv --sweep 20000 5000 2500 1000
 
 The full run calls `pyro_vae.runs.evaluate_run` exactly as the CLI does. The memory
 check evaluates 2 images with growing K, each in a fresh process, and reports the
 peak resident memory above what loading the model and data takes: it stays flat in K
-because at most --max-batch (sample, image) pairs are evaluated at once.
+because at most --max-batch (sample, image) pairs are evaluated at once. The sweep
+times the estimate of the first --subset (default 20) test images with each --max-batch
+value, in alternating rounds in one process, to choose an architecture's
+``cpu_evaluation_batch`` (the default ``--max-batch`` on a CPU).
 """
 
 import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -59,6 +64,28 @@ def memory_table(run: str, max_batch: int) -> list[str]:
     return rows
 
 
+def sweep_table(run: str, max_batches: list[int], num_images: int, num_samples: int,
+                rounds: int) -> list[str]:  # fmt: skip
+    from pyro_vae import load_run, read_config
+    from pyro_vae.evaluation import estimate_log_likelihood
+
+    vae = load_run(run)
+    data = read_config(run).load_data()
+    inputs = vae.batch_inputs(data.test[:num_images], data.test_labels[:num_images])
+    seconds: dict[int, list[float]] = {max_batch: [] for max_batch in max_batches}
+    for _ in range(rounds):
+        for max_batch in max_batches:
+            estimates = estimate_log_likelihood(
+                vae.model, vae.guide, *inputs, num_samples=num_samples, max_batch=max_batch
+            )
+            seconds[max_batch].append(estimates.seconds / num_images)
+    rows = [f"| --max-batch | s per image, median (min-max of {rounds} rounds) |", "|---|---|"]
+    for max_batch, times in seconds.items():
+        rows.append(f"| {max_batch} | {statistics.median(times):.3f} "
+                    f"({min(times):.3f}-{max(times):.3f}) |")  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="trained run directory")
@@ -67,11 +94,19 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--sweep", type=int, nargs="+", metavar="MAX_BATCH",
+                        help="only time these --max-batch values (CPU)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the sweep")
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     print(f"machine: {platform.node()} {device or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+    if args.sweep:
+        print(f"run {args.run}, K={args.num_samples}, first {args.subset or 20} test images")
+        print("\n".join(sweep_table(args.run, args.sweep, args.subset or 20,
+                                    args.num_samples, args.rounds)))  # fmt: skip
+        return
     if not args.memory_only:
         from pyro_vae.runs import evaluate_run
 

@@ -10,7 +10,10 @@ import torch
 import pyro_vae.evaluation
 from pyro_vae import runs
 from pyro_vae.cli import main
-from pyro_vae.evaluation import estimate_log_likelihood
+from pyro_vae.config import TrainConfig
+from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
+from pyro_vae.networks import ARCHITECTURES
+from pyro_vae.runs import default_max_batch
 
 # 50 test images, 2 per chunk (max-batch 40 // K 20): 25 chunks.
 EVALUATE = ["--num-samples", "20", "--max-batch", "40", "--no-progress"]
@@ -123,6 +126,29 @@ def test_another_model_does_not_reuse_the_chunks(run_copy, interrupt_at, capsys)
     assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
     assert "holds part of another evaluation (another model)" in capsys.readouterr().out
     assert len(calls) == 25
+
+
+def test_without_max_batch_a_cpu_evaluation_uses_the_architectures_pass_size(
+    run_copy, uninterrupted, interrupt_at, monkeypatch
+):
+    """The default --max-batch on a CPU is the --arch's ``cpu_evaluation_batch``: an
+    evaluation stopped with it given explicitly continues, and ends, as if it were omitted."""
+    interrupt_at(10)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 130
+    monkeypatch.setattr(ARCHITECTURES["mlp"], "cpu_evaluation_batch", 40)  # EVALUATE's
+    calls = interrupt_at(None)
+    assert main(["evaluate", "--run", str(run_copy), "--num-samples", "20", "--no-progress"]) == 0
+    assert len(calls) == 25 - 9  # the saved chunks were reused: the same pass size
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
+
+
+def test_default_max_batch_by_architecture_and_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    conv, mlp = TrainConfig(arch="conv"), TrainConfig(arch="mlp")
+    assert default_max_batch(conv, cpu) == ARCHITECTURES["conv"].cpu_evaluation_batch == 2_500
+    assert default_max_batch(mlp, cpu) == ARCHITECTURES["mlp"].cpu_evaluation_batch == 20_000
+    assert default_max_batch(conv, cuda) == default_max_batch(mlp, cuda) == DEFAULT_MAX_BATCH
 
 
 def test_reusing_chunks_needs_a_seed():
