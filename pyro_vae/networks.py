@@ -449,8 +449,8 @@ class ConvArchitecture(Architecture):
     convolution ``channels`` (the decoder's in reverse); needs ``(C, H, W)`` images
     with H and W divisible by ``2 ** len(channels)``."""
 
-    # Passes of 20,000 pairs, whose activations run to hundreds of MB, took about
-    # twice as long per image on these 2-core machines.
+    # Passes of 20,000 pairs, whose activations run to hundreds of MB, took 1.5-1.8
+    # times as long per image as 2,500 on a 2-core CPU (docs/benchmarks.md).
     cpu_evaluation_batch = 2_500
 
     def __init__(self, channels: Sequence[int] = (32, 64)):
