@@ -24,6 +24,7 @@ from pyro.nn.auto_reg_nn import MaskedLinear, create_mask
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 
 
 @dataclass(frozen=True)
@@ -376,7 +377,7 @@ class Architecture:
     layer: HiddenLayer = RELU
     #: (sample, image) pairs per pass of the importance-weighted evaluation that ran
     #: fastest on a CPU (``scripts/benchmark_evaluation.py --sweep``, docs/benchmarks.md).
-    cpu_evaluation_batch: int = 20_000
+    cpu_evaluation_batch: int = DEFAULT_MAX_BATCH
 
     def encoder(
         self,

@@ -103,9 +103,10 @@ def main() -> None:
     print(f"machine: {platform.node()} {device or platform.machine()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
     if args.sweep:
-        print(f"run {args.run}, K={args.num_samples}, first {args.subset or 20} test images")
-        print("\n".join(sweep_table(args.run, args.sweep, args.subset or 20,
-                                    args.num_samples, args.rounds)))  # fmt: skip
+        num_images = args.subset or 20
+        print(f"run {args.run}, K={args.num_samples}, first {num_images} test images")
+        print("\n".join(sweep_table(args.run, args.sweep, num_images, args.num_samples,
+                                    args.rounds)))  # fmt: skip
         return
     if not args.memory_only:
         from pyro_vae.runs import evaluate_run
