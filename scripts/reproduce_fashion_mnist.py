@@ -7,8 +7,9 @@ model evaluated on all 10k test images by importance sampling with K=5000.
 
 The ``-ar`` configurations go beyond the table: the same networks with the
 ``autoregressive-bernoulli`` likelihood, each pixel also given the pixels before
-it (a MADE added to the decoder's logits); ``vamp-gated-iwae`` fine-tunes the best
-vamp-gated model on the IWAE bound (``--init-from``, ``--objective iwae``).
+it (a MADE added to the decoder's logits); the ``-iwae`` configurations fine-tune the
+best model of vamp-gated and of hvae-conv on the IWAE bound (``--init-from``,
+``--objective iwae``).
 
 Every step is resumable: a run directory with a checkpoint is continued with
 ``--resume``, a finished run (early-stopped or at ``--epochs``) is not trained
@@ -105,9 +106,10 @@ CONFIGURATIONS: dict[str, tuple[float | None, list[str]]] = {
     "vae-gated-ar": (None, [*GATED_NETWORKS, *AUTOREGRESSIVE]),
     "vamp-gated-ar": (None, [*GATED_NETWORKS, *AUTOREGRESSIVE, "--prior", "vamp"]),
     "vamp-gated-iwae": (None, [*GATED_NETWORKS, "--prior", "vamp", *IWAE]),
+    "hvae-conv-iwae": (None, [*CONV, *HVAE, *IWAE]),
 }
 #: Fine-tuned configuration -> the configuration whose best model it starts from.
-FINE_TUNED = {"vamp-gated-iwae": "vamp-gated"}
+FINE_TUNED = {"vamp-gated-iwae": "vamp-gated", "hvae-conv-iwae": "hvae-conv"}
 NUM_SAMPLES = 5000
 TEST_IMAGES = 10_000
 #: The issue's target: ahead of every published row.
