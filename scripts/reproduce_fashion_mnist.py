@@ -79,8 +79,10 @@ GATED_NETWORKS = ["--arch", "gated", *MLP]
 #: ... with the published 100-epoch KL warm-up (Tomczak & Welling 2018); the later option
 #: overrides PROTOCOL's.
 GATED = [*GATED_NETWORKS, "--warmup-epochs", "100"]
-#: Convolutional networks with the MLPs' 300-300 heads and the published 100-epoch warm-up.
-CONV = ["--arch", "conv", *MLP, "--warmup-epochs", "100"]
+#: Convolutional networks with the MLPs' 300-300 heads ...
+CONV_NETWORKS = ["--arch", "conv", *MLP]
+#: ... with the published 100-epoch warm-up.
+CONV = [*CONV_NETWORKS, "--warmup-epochs", "100"]
 #: The two-level VAE clips gradients: its first run (no clipping) diverged at epoch 218 from
 #: rare images whose batches had gradient norms of 460 to 1.1e6 per example (usual: 43-63).
 HVAE = ["--model", "hvae", "--clip-grad-norm", "100"]
@@ -106,7 +108,7 @@ CONFIGURATIONS: dict[str, tuple[float | None, list[str]]] = {
     "vae-gated-ar": (None, [*GATED_NETWORKS, *AUTOREGRESSIVE]),
     "vamp-gated-ar": (None, [*GATED_NETWORKS, *AUTOREGRESSIVE, "--prior", "vamp"]),
     "vamp-gated-iwae": (None, [*GATED_NETWORKS, "--prior", "vamp", *IWAE]),
-    "hvae-conv-iwae": (None, [*CONV, *HVAE, *IWAE]),
+    "hvae-conv-iwae": (None, [*CONV_NETWORKS, *HVAE, *IWAE]),
 }
 #: Fine-tuned configuration -> the configuration whose best model it starts from.
 FINE_TUNED = {"vamp-gated-iwae": "vamp-gated", "hvae-conv-iwae": "hvae-conv"}
