@@ -277,6 +277,13 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "roll back to the last checkpoint and halve the learning rate",
     )
     run.add_argument(
+        "--no-cuda-graph",
+        dest="cuda_graph",
+        action="store_false",
+        help="on a GPU, run every training step eagerly instead of replaying it from a CUDA "
+        "graph (for debugging a model that a graph records wrongly)",
+    )
+    run.add_argument(
         "--plot", action="store_true", help="write the figures of `pyro-vae plot` to OUT/figures"
     )
     p.set_defaults(handler=_run_train)

@@ -165,6 +165,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     #: ``stop``: stop at a non-finite step; ``rollback``: restore the last checkpoint, halve lr.
     on_nan: str = "stop"
+    #: On one GPU, replay each full-batch training step from a CUDA graph (pyro_vae.graphs):
+    #: the same computation without Pyro's Python on every step. False: run steps eagerly.
+    cuda_graph: bool = True
     #: Fine-tuning: start from the model of another run (a run directory, whose ``best.pt``
     #: is used, or a checkpoint file) instead of a fresh initialization. The optimizer,
     #: schedule, warm-up and epochs start anew; the models must agree on ``MODEL_FIELDS``.

@@ -6,7 +6,10 @@ without its host reads) followed by a plain, fused ``torch.optim.Adam`` step ove
 VAE's parameters: the same objective as ``SVI(model, guide, pyro.optim.Adam,
 Trace_ELBO())`` without SVI's per-parameter optimizers. Data stays on the device as
 one tensor; batches are index slices of a fresh permutation each epoch. The loss is
-read on the host once per step, for the running loss and the finiteness check.
+read on the host once per step, for the running loss and the finiteness check. On
+one GPU each full-batch step (objective, backward, clipping, update) is recorded
+once as a CUDA graph and replayed (:mod:`pyro_vae.graphs`): Pyro's Python then
+runs at capture only, and the step costs about what a hand-written one does.
 
 After every epoch the validation ELBO (single sample, fixed seed) steps the
 learning-rate schedule (:mod:`pyro_vae.schedules`), and the model of the best
@@ -67,6 +70,7 @@ from pyro_vae.errors import (
 )
 from pyro_vae.evaluation import bound_per_example
 from pyro_vae.files import remove_stale_temporaries
+from pyro_vae.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.seeding import derived_seed, seeded
@@ -76,7 +80,7 @@ from pyro_vae.vae import VAE, without_param_statements
 EVAL_SEED = 12345
 #: Options that may change when a run is resumed.
 RESUMABLE_CHANGES = ("epochs", "device", "data_root", "lr", "checkpoint_every", "on_nan",
-                     "patience", "clip_grad_norm")  # fmt: skip
+                     "patience", "clip_grad_norm", "cuda_graph")  # fmt: skip
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
 #: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
@@ -103,6 +107,12 @@ def nonfinite_update(parameters: Sequence[torch.Tensor]) -> bool:
     also runs before every checkpoint, so a bad last step is never saved.
     """
     return bool(runs.nonfinite_entries(list(parameters)))
+
+
+def uses_cuda_graphs(config: TrainConfig, device: torch.device, world: distributed.World) -> bool:
+    """Whether the training steps are replayed from a CUDA graph (:mod:`pyro_vae.graphs`):
+    on one GPU, unless ``config.cuda_graph`` is off."""
+    return config.cuda_graph and device.type == "cuda" and world.size == 1
 
 
 @contextmanager
@@ -279,7 +289,8 @@ def train(
         rank_log(f"initialized from {runs.initialize_from(vae, config)}")
     # fused: one kernel for all parameters instead of ~5 per parameter; on a 2-core CPU
     # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True,
+                                 capturable=uses_cuda_graphs(config, device, world))  # fmt: skip
     trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
     check_model_and_guide(vae, trainer.loss_fn, data)
     # A checkpoint is checked through before anything in ``out`` is written.
@@ -356,6 +367,9 @@ class _Trainer:
         self.steps_per_epoch = math.ceil(self.num_train / config.batch_size)
         self.metrics: list[dict[str, Any]] = []
         self.saved_at = ""  # where the checkpoint on disk stands, for messages
+        self.captures = uses_cuda_graphs(config, self.device, world)
+        self.captured: CapturedStep | None = None
+        self.captured_lr = math.nan
 
     @property
     def checkpoint_path(self) -> Path:
@@ -425,6 +439,9 @@ class _Trainer:
         saved_lr = checkpoint["config"]["lr"]
         runs.restore(self.vae, checkpoint["model"], path)
         runs.restore(self.optimizer, checkpoint["optimizer"], path)
+        for group in self.optimizer.param_groups:  # as saved by this run on another device
+            group["capturable"] = self.captures
+        self.captured = None  # it holds the replaced optimizer state tensors
         if checkpoint.get("scheduler"):  # absent from checkpoints of older pyro-vae versions
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.config.lr != saved_lr:  # --lr changed on resume: it replaces the saved one
@@ -529,17 +546,21 @@ class _Trainer:
                 index = index[self.world.rank :: self.world.size]  # this rank's share
                 batch = images[index]
                 inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
-                loss = self._loss(inputs, kl_weight(config, global_step, spe), global_step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                loss_value = self._sum_over_ranks(loss, stop).item()
+                beta = kl_weight(config, global_step, spe)
+                replayed = self._replayed_step(inputs, beta, batch_size)
+                if replayed is None:  # an eager step: the update follows the check below
+                    loss, was_clipped = self._gradient(inputs, beta, global_step, stop), None
+                else:  # a graph's: the update is done, or skipped if the loss is not finite
+                    loss, was_clipped = replayed
+                loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     if i > first:  # was it the previous step's update?
                         self._check_update(epoch, i, last_loss)
                     raise self._fault("loss", epoch, i + 1, loss_value, batch)
-                if config.clip_grad_norm is not None:
-                    clipped += self._clip_gradients(batch_size)
-                self.optimizer.step()
+                if replayed is None:
+                    was_clipped = self._apply_update(batch_size)
+                if was_clipped is not None:
+                    clipped += was_clipped
                 loss_sum, last_loss = loss_sum + loss_value, loss_value
                 if self.progress and (i + 1) % PROGRESS_EVERY == 0:
                     seen = min(self.num_train, (i + 1) * config.batch_size)
@@ -600,8 +621,72 @@ class _Trainer:
         if stop.signum:
             raise self._interrupted(stop.signum)
 
+    def _replayed_step(
+        self, inputs: tuple[torch.Tensor, ...], beta: float, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The step replayed from a CUDA graph: its loss and whether it was clipped (device
+        tensors); None where the step runs eagerly instead.
+
+        Graphs are used on a single GPU (``config.cuda_graph``) for full batches; a short
+        last batch runs eagerly, as does everything once a step cannot be captured (an
+        objective that reads values on the host, such as ``analytic-kl``'s NaN warning):
+        that is logged, and training goes on without graphs.
+        """
+        if not (self.captures and batch_size == self.config.batch_size):
+            return None
+        try:
+            return self._captured_step()(*inputs, torch.full((), beta, device=self.device))
+        except GraphCaptureError as error:
+            self.captures = False
+            self.log(f"training without CUDA graphs: the step could not be captured ({error})")
+            return None
+
+    def _captured_step(self) -> CapturedStep:
+        """The graph of a full-batch step at the current learning rate, which the fused Adam
+        update holds as a constant: a new one after the schedule changes it or a restore
+        replaces the optimizer's state tensors (:meth:`restore` drops the old one).
+
+        The graph updates the parameters before the host sees the loss, so a non-finite
+        loss skips the update on the device
+        (:func:`~pyro_vae.graphs.skip_update_unless_finite`): the parameters stay those of
+        the last good step, as when an eager step stops before its update.
+        """
+        if self.captured is None or self.captured_lr != self.lr:
+            batch_size = self.config.batch_size
+
+            def step(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+                loss = self._gradient(tensors[:-1], tensors[-1], 0, None)
+                with skip_update_unless_finite(self.optimizer, loss):
+                    return loss, self._apply_update(batch_size)
+
+            self.captured, self.captured_lr = CapturedStep(step), self.lr
+        return self.captured
+
+    def _gradient(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        beta: float | torch.Tensor,
+        global_step: int,
+        stop: _StopSignals | None,
+    ) -> torch.Tensor:
+        """The loss of the global batch (detached), its gradient in the parameters (summed
+        over ranks)."""
+        loss = self._loss(inputs, beta, global_step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return self._sum_over_ranks(loss.detach(), stop)
+
+    def _apply_update(self, batch_size: int) -> torch.Tensor | None:
+        """Clip the gradient (if configured) and take the optimizer step; return whether it
+        was clipped, as a device tensor (None without clipping)."""
+        clipped = (
+            self._clip_gradients(batch_size) if self.config.clip_grad_norm is not None else None
+        )
+        self.optimizer.step()
+        return clipped
+
     def _loss(
-        self, inputs: tuple[torch.Tensor, ...], beta: float, global_step: int
+        self, inputs: tuple[torch.Tensor, ...], beta: float | torch.Tensor, global_step: int
     ) -> torch.Tensor:
         """The objective summed over a batch (``inputs``: this rank's share of the global batch).
 
@@ -626,7 +711,7 @@ class _Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, limit)
         return norm > limit
 
-    def _sum_over_ranks(self, loss: torch.Tensor, stop: _StopSignals) -> torch.Tensor:
+    def _sum_over_ranks(self, loss: torch.Tensor, stop: _StopSignals | None) -> torch.Tensor:
         """With several ranks: sum the loss, the gradients and the stop requests over ranks
         (one all-reduce), so every rank takes the same step, sees the same non-finite check
         and stops at the same step; return the global batch's loss."""

@@ -6,18 +6,15 @@ Whole-epoch timings (scripts/benchmark.py) on a shared VM vary by 10-20% from ru
 to run. This isolates the step: in one process, the same 784-400-50 MLP and the
 same randomly ordered batches, blocks of ``--steps`` steps alternate between
 
-* ``pyro-vae``: what `pyro-vae train` runs per step, inside
-  :func:`pyro_vae.training.training_steps`: the ``elbo`` objective (ReparamTrace_ELBO) of
-  the model/guide, backward, the loss read on the host and checked for NaN, fused Adam;
+* ``pyro-vae-eager``: pyro-vae's step run eagerly, as `pyro-vae train` runs it on a CPU,
+  inside :func:`pyro_vae.training.training_steps`: the ``elbo`` objective
+  (ReparamTrace_ELBO) of the model/guide, backward, the loss read on the host and
+  checked, fused Adam;
 * ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
   ``torch.optim.Adam``);
-* ``pyro-vae-cuda-graph`` (CUDA only): pyro-vae's step, objective, backward and fused
-  Adam, captured once in a CUDA graph and replayed, the loss still read and checked on
-  the host after each step; a non-finite loss skips the update inside the graph (fused
-  Adam's ``found_inf``). Pyro's Python (traces, handlers, distributions) runs only at
-  capture; this measures whether the graph removes its per-step cost on a GPU before
-  the training loop uses one. It needs an objective with no host reads
-  (``ReparamTrace_ELBO``): a read inside a capture is an error.
+* ``pyro-vae-cuda-graph`` (CUDA only): the same step recorded once in a CUDA graph and
+  replayed (:class:`pyro_vae.graphs.CapturedStep`), as `pyro-vae train` runs it on one
+  GPU: Pyro's Python (traces, handlers, distributions) runs only at capture.
 
 and the median time per step of each is printed with its ratio to ``pytorch``.
 """
@@ -34,6 +31,7 @@ from benchmark import textbook_loss, textbook_optimizer  # scripts/ is on sys.pa
 
 from pyro_vae import VAE, TrainConfig
 from pyro_vae.config import resolve_device
+from pyro_vae.graphs import CapturedStep, skip_update_unless_finite
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.training import training_steps
 
@@ -43,59 +41,37 @@ def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
     return images[first : first + batch]
 
 
-def pyro_vae_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
+def pyro_vae_steps(images: torch.Tensor, batch: int, graph: bool) -> Callable[[int, int], None]:
+    """pyro-vae's step as `pyro-vae train` takes it: eagerly (the loss is read and checked
+    before the update), or with ``graph`` replayed from a CUDA graph that skips the update
+    of a non-finite loss (:class:`~pyro_vae.graphs.CapturedStep`, as on one GPU)."""
     vae = VAE().to(images.device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True, capturable=graph)
     loss_fn = OBJECTIVES["elbo"](1)
+
+    def gradient(x: torch.Tensor) -> torch.Tensor:
+        loss = loss_fn(vae.model, vae.guide, x, beta=1.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach()
+
+    def graphed_step(x: torch.Tensor) -> tuple[torch.Tensor]:
+        loss = gradient(x)
+        with skip_update_unless_finite(optimizer, loss):
+            optimizer.step()
+        return (loss,)
+
+    captured = CapturedStep(graphed_step)
 
     def run(first: int, count: int) -> None:
         with training_steps(vae):
             for i in range(first, first + count):
                 x = _batch(images, i, batch)
-                loss = loss_fn(vae.model, vae.guide, x, beta=1.0)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = captured(x)[0] if graph else gradient(x)
                 if not math.isfinite(loss.item()):
-                    raise FloatingPointError("non-finite loss")
-                optimizer.step()
-
-    return run
-
-
-def pyro_vae_cuda_graph_steps(images: torch.Tensor, batch: int) -> Callable[[int, int], None]:
-    device = images.device
-    vae = VAE().to(device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=torch.tensor(1e-3, device=device),
-                                 fused=True, capturable=True)  # fmt: skip
-    loss_fn = OBJECTIVES["elbo"](1)
-    static_x = _batch(images, 0, batch).clone()
-
-    def step() -> torch.Tensor:
-        loss = loss_fn(vae.model, vae.guide, static_x, beta=1.0)
-        loss.backward()
-        optimizer.found_inf = (~torch.isfinite(loss)).float()  # 1: skip the update
-        optimizer.step()
-        return loss.detach()
-
-    graph = torch.cuda.CUDAGraph()
-    with training_steps(vae):
-        side = torch.cuda.Stream()  # warm-up on a side stream, as torch's recipe does
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                optimizer.zero_grad(set_to_none=True)
-                step()
-        torch.cuda.current_stream().wait_stream(side)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            static_loss = step()
-
-    def run(first: int, count: int) -> None:
-        for i in range(first, first + count):
-            static_x.copy_(_batch(images, i, batch))
-            graph.replay()
-            if not math.isfinite(static_loss.item()):
-                raise FloatingPointError("non-finite loss")
+                    raise FloatingPointError(f"non-finite loss at step {i}")
+                if not graph:
+                    optimizer.step()
 
     return run
 
@@ -128,11 +104,11 @@ def main() -> None:
     # Fashion-MNIST, binarized once; batches are consecutive rows.
     images = TrainConfig(device=str(device)).load_data(device).training_images()
     ways = {
-        "pyro-vae": pyro_vae_steps(images, args.batch_size),
+        "pyro-vae-eager": pyro_vae_steps(images, args.batch_size, graph=False),
         "pytorch": pytorch_steps(images, args.batch_size),
     }
     if device.type == "cuda":
-        ways["pyro-vae-cuda-graph"] = pyro_vae_cuda_graph_steps(images, args.batch_size)
+        ways["pyro-vae-cuda-graph"] = pyro_vae_steps(images, args.batch_size, graph=True)
     times: dict[str, list[float]] = {name: [] for name in ways}
     for block in range(args.blocks):
         for name, run in ways.items():

@@ -8,6 +8,7 @@ import torch
 
 from pyro_vae.data import ImageData
 from pyro_vae.evaluation import log_importance_weights
+from pyro_vae.objectives import OBJECTIVES
 
 # The test models are tiny: more threads only add overhead (much of it when other
 # processes share the cores) and make float results depend on the core count.
@@ -104,3 +105,32 @@ def same_seed_log_weights(models, images: torch.Tensor, num_particles: int) -> l
             log_w.append(log_importance_weights(model.model, model.guide, images,
                                                 num_particles=num_particles))  # fmt: skip
     return log_w
+
+
+@pytest.fixture
+def faulty_objective(monkeypatch):
+    """Wrap the ``elbo`` objective: ``faulty_objective(action)`` runs ``action(call, loss)``
+    on every training step's call (1-based count), and uses what it returns as the loss when
+    not None. (Calls without gradients, the check before training, are not counted.)"""
+
+    def install(action):
+        make = OBJECTIVES["elbo"]
+        calls = [0]
+
+        def factory(particles):
+            inner = make(particles)
+
+            def loss_fn(*args, **kwargs):
+                if not torch.is_grad_enabled():
+                    return inner(*args, **kwargs)
+                calls[0] += 1
+                loss = inner(*args, **kwargs)
+                replaced = action(calls[0], loss)
+                return loss if replaced is None else replaced
+
+            return loss_fn
+
+        monkeypatch.setitem(OBJECTIVES, "elbo", factory)
+        return calls
+
+    return install

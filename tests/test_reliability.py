@@ -28,7 +28,6 @@ from pyro_vae import (
 from pyro_vae import training as training_module
 from pyro_vae.cli import main
 from pyro_vae.errors import TrainingInterrupted
-from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.runs import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).parents[1]
@@ -54,35 +53,6 @@ def assert_same_run(a: Path, b: Path) -> None:
     timings = ("seconds", "train_seconds")
     strip = [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(a)]
     assert strip == [{k: v for k, v in row.items() if k not in timings} for row in read_metrics(b)]
-
-
-@pytest.fixture
-def faulty_objective(monkeypatch):
-    """Wrap the ``elbo`` objective: ``faulty_objective(action)`` runs ``action(call, loss)``
-    on every training step's call (1-based count), and uses what it returns as the loss when
-    not None. (Calls without gradients, the check before training, are not counted.)"""
-
-    def install(action):
-        make = OBJECTIVES["elbo"]
-        calls = [0]
-
-        def factory(particles):
-            inner = make(particles)
-
-            def loss_fn(*args, **kwargs):
-                if not torch.is_grad_enabled():
-                    return inner(*args, **kwargs)
-                calls[0] += 1
-                loss = inner(*args, **kwargs)
-                replaced = action(calls[0], loss)
-                return loss if replaced is None else replaced
-
-            return loss_fn
-
-        monkeypatch.setitem(OBJECTIVES, "elbo", factory)
-        return calls
-
-    return install
 
 
 # ---------------------------------------------------------------- numerical faults

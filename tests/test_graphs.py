@@ -1,0 +1,244 @@
+"""Training steps replayed from CUDA graphs (issue 7): the same training, without Pyro's
+per-step Python. The graph tests need a GPU and are skipped without one; the guard they
+rely on and the choice of when to use graphs are checked everywhere."""
+
+import pytest
+import torch
+from conftest import make_tiny_data, prototype_images
+from test_reliability import assert_same_run, quiet_train, tiny_config
+
+from pyro_vae import ImageData, NumericalError, TrainConfig, read_metrics, train
+from pyro_vae import graphs as graphs_module
+from pyro_vae import training as training_module
+from pyro_vae.cli import build_parser
+from pyro_vae.distributed import SINGLE, World
+from pyro_vae.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
+from pyro_vae.runs import load_checkpoint
+from pyro_vae.training import uses_cuda_graphs
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_a_non_finite_loss_skips_the_update_and_leaves_the_optimizer_state_alone():
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = torch.optim.Adam([weight], lr=0.1, fused=True)
+
+    def step(scale: float) -> None:
+        loss = scale * (weight**2).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with skip_update_unless_finite(optimizer, loss):
+            optimizer.step()
+
+    step(1.0)
+    after_one = weight.detach().clone()
+    state = {k: v.clone() for k, v in optimizer.state[weight].items()}
+    assert not torch.equal(after_one, torch.tensor([1.0, -2.0]))  # a finite loss updates
+    step(float("nan"))
+    assert torch.equal(weight.detach(), after_one)
+    assert all(torch.equal(optimizer.state[weight][k], v) for k, v in state.items())
+    assert not hasattr(optimizer, "found_inf")  # later plain steps are not affected
+    step(1.0)
+    assert optimizer.state[weight]["step"].item() == 2
+
+
+def test_graphs_are_used_on_one_gpu_unless_switched_off():
+    parsed = build_parser().parse_args(["train", "--no-cuda-graph"])
+    assert parsed.cuda_graph is False
+    assert build_parser().parse_args(["train"]).cuda_graph is True
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert uses_cuda_graphs(TrainConfig(), gpu, SINGLE)
+    assert not uses_cuda_graphs(TrainConfig(cuda_graph=False), gpu, SINGLE)
+    assert not uses_cuda_graphs(TrainConfig(), cpu, SINGLE)
+    assert not uses_cuda_graphs(TrainConfig(), gpu, World(rank=0, size=2))
+
+
+CAPTURE_ERROR = "operation not permitted when stream is capturing"
+
+
+class _UncapturedStep:
+    """A stand-in for CapturedStep that calls the step function: the trainer's graph branch
+    (the guarded update, outputs, fallback) on a CPU."""
+
+    fail: bool = False
+
+    def __init__(self, step):
+        self.step = step
+
+    def __call__(self, *inputs):
+        if self.fail:
+            raise GraphCaptureError(
+                "RuntimeError: operation not permitted when stream is capturing"
+            )
+        return self.step(*inputs)
+
+
+@pytest.fixture
+def graph_branch_on_cpu(monkeypatch):
+    """Train as on one GPU, with the step function called directly instead of replayed."""
+    monkeypatch.setattr(training_module, "uses_cuda_graphs", lambda *args: True)
+    monkeypatch.setattr(training_module, "CapturedStep", _UncapturedStep)
+    return _UncapturedStep
+
+
+def test_the_graph_step_trains_as_the_eager_step_does(tmp_path, tiny_data, graph_branch_on_cpu):
+    """The same computation, the update taken before the loss is read: the same run."""
+    config = tiny_config(epochs=2, clip_grad_norm=5.0)
+    quiet_train(config, tmp_path / "graph", data=tiny_data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training_module, "uses_cuda_graphs", lambda *args: False)
+        quiet_train(config, tmp_path / "eager", data=tiny_data)
+    assert_same_run(tmp_path / "graph", tmp_path / "eager")
+    assert load_checkpoint(tmp_path / "graph")["optimizer"]["param_groups"][0]["capturable"]
+
+
+def test_a_non_finite_loss_in_the_graph_step_is_named_as_in_the_eager_step(
+    tmp_path, tiny_data, faulty_objective, graph_branch_on_cpu
+):
+    """The graph has updated before the host sees the loss: the skipped update keeps the
+    parameters of the last good step, so the fault is named with the same step."""
+    faulty_objective(lambda call, loss: loss * float("nan") if call == 11 else None)
+    with pytest.raises(NumericalError) as fault:
+        quiet_train(tiny_config(checkpoint_every=2), tmp_path / "run", data=tiny_data)
+    assert str(fault.value).startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8; ")
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_with_a_message(
+    tmp_path, tiny_data, graph_branch_on_cpu
+):
+    graph_branch_on_cpu.fail = True
+    lines: list[str] = []
+    train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, progress=False,
+          log=lines.append)  # fmt: skip
+    assert lines[0] == (
+        f"training without CUDA graphs: the step could not be captured (RuntimeError: "
+        f"{CAPTURE_ERROR})"
+    )
+    assert len(lines) == 3  # said once, then the two epochs
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
+
+
+@cuda
+def test_every_call_of_a_captured_step_works_on_its_own_inputs():
+    weight = torch.arange(4.0, device="cuda")
+    step = CapturedStep(lambda x: ((x * weight).sum(dim=1), torch.randn_like(x)), warmup=2)
+    noises = []
+    for call in range(6):  # 2 eager, 1 captured and replayed, 3 replays
+        x = torch.rand(3, 4, device="cuda")
+        total, noise = step(x)
+        assert torch.allclose(total, (x * weight).sum(dim=1)), call
+        noises.append(noise.clone())
+    assert step.graph is not None
+    assert not torch.equal(noises[-1], noises[-2])  # fresh random numbers on each replay
+
+
+@cuda
+def test_a_step_that_reads_the_device_on_the_host_cannot_be_captured():
+    step = CapturedStep(lambda x: (x * float(x.sum()),), warmup=1)
+    x = torch.ones(2, device="cuda")
+    assert torch.equal(step(x)[0], 2 * x)  # eager warm-up
+    with pytest.raises(GraphCaptureError):
+        step(x)
+    assert torch.equal(x * float(x.sum()), 2 * x)  # the GPU still works eagerly,
+    assert torch.randn(1000, device="cuda").std() > 0.5  # random numbers included
+
+
+def _count_captures(monkeypatch) -> list[int]:
+    count = [0]
+    capture = CapturedStep._capture
+
+    def counted(self, inputs):
+        count[0] += 1
+        capture(self, inputs)
+
+    monkeypatch.setattr(graphs_module.CapturedStep, "_capture", counted)
+    return count
+
+
+def _gpu_config(**overrides) -> TrainConfig:
+    options = dict(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=4,
+                   device="cuda", clip_grad_norm=50.0)  # fmt: skip
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+@cuda
+def test_gpu_training_replays_one_captured_step_and_learns_as_eager_training_does(
+    tmp_path, monkeypatch
+):
+    captures = _count_captures(monkeypatch)
+    lines: list[str] = []
+    data = make_tiny_data()
+    train(_gpu_config(), tmp_path / "graph", data=data, progress=False, log=lines.append)
+    assert captures[0] == 1  # one capture, replayed for 4 epochs of 8 batches (2 eager)
+    assert not any("without CUDA graphs" in line for line in lines)
+    train(_gpu_config(cuda_graph=False), tmp_path / "eager", data=data, progress=False,
+          log=lines.append)  # fmt: skip
+    assert captures[0] == 1
+    graph, eager = read_metrics(tmp_path / "graph"), read_metrics(tmp_path / "eager")
+    assert graph[-1]["val_elbo"] > graph[0]["val_elbo"] + 1  # it learns
+    # the same training up to the latent noise (drawn in another order)
+    assert graph[-1]["val_elbo"] == pytest.approx(eager[-1]["val_elbo"], abs=1.0)
+    assert graph[-1]["train_loss"] == pytest.approx(eager[-1]["train_loss"], abs=1.0)
+
+
+@cuda
+def test_a_resumed_run_captures_its_step_again_with_its_new_learning_rate(tmp_path, monkeypatch):
+    captures = _count_captures(monkeypatch)
+    data = make_tiny_data()
+    out = tmp_path / "run"
+    train(_gpu_config(epochs=1), out, data=data, progress=False, log=print)
+    train(_gpu_config(epochs=2, lr=1e-3), out, data=data, progress=False, log=print, resume=True)
+    assert captures[0] == 2
+    assert [row["lr"] for row in read_metrics(out)] == [3e-3, 1e-3]
+    saved = load_checkpoint(out)["optimizer"]["param_groups"][0]
+    assert saved["lr"] == 1e-3 and saved["capturable"] is True
+
+
+@cuda
+def test_an_objective_with_host_reads_trains_eagerly_with_a_message(tmp_path):
+    lines: list[str] = []
+    config = _gpu_config(objective="analytic-kl", epochs=2)
+    train(config, tmp_path / "run", data=make_tiny_data(), progress=False, log=lines.append)
+    assert lines[0].startswith("training without CUDA graphs: the step could not be captured")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
+
+
+@cuda
+def test_a_nan_batch_stops_a_graph_replaying_run_with_its_checkpoint_intact(tmp_path, monkeypatch):
+    draw, calls = ImageData.training_images, [0]
+
+    def poisoned(self):
+        calls[0] += 1
+        images = draw(self)
+        return images.index_fill(0, torch.arange(0, 512, 7, device=images.device),
+                                 float("nan")) if calls[0] == 2 else images  # fmt: skip
+
+    monkeypatch.setattr(ImageData, "training_images", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NumericalError, match="^non-finite loss at epoch 2, step 1 of 8: the "):
+        train(_gpu_config(epochs=2), out, data=make_tiny_data(), progress=False, log=print)
+    checkpoint = load_checkpoint(out)
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 0)
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+
+
+@cuda
+def test_the_hierarchical_conv_vampprior_vae_is_captured(tmp_path, monkeypatch):
+    """The configuration that issue 8's best published row needs a GPU for."""
+    captures = _count_captures(monkeypatch)
+    images, labels = prototype_images(300, side=28)
+    val = torch.bernoulli(images[200:250], generator=torch.Generator().manual_seed(1))
+    data = ImageData(train=images[:200], train_labels=labels[:200], val=val,
+                     val_labels=labels[200:250], test=val, test_labels=labels[200:250],
+                     image_shape=(1, 28, 28), class_names=tuple("abcd"), binarize=True)  # fmt: skip
+    lines: list[str] = []
+    config = TrainConfig(model="hvae", arch="conv", prior="vamp", prior_components=20,
+                         hidden_dims=(64, 64), latent_dim=8, batch_size=50, epochs=3,
+                         device="cuda", clip_grad_norm=100.0)  # fmt: skip
+    train(config, tmp_path / "run", data=data, progress=False, log=lines.append)
+    assert captures[0] == 1 and not any("without CUDA graphs" in line for line in lines)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
