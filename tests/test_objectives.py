@@ -75,21 +75,25 @@ def test_svi_with_the_default_elbo_steps_as_with_trace_elbo():
         assert torch.allclose(mine, theirs, rtol=1e-3, atol=1e-5)
 
 
-def test_default_elbo_reads_nothing_on_the_host(monkeypatch):
-    """No .item(), bool() or float() of a tensor in the loss or its backward pass: on a
-    GPU each would wait for the device. (Pyro's Trace_ELBO reads every site's log-density.)"""
-    vae, (x,) = _model("vae")
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(("objective", "particles"), [("elbo", 1), ("elbo", 3), ("iwae", 4)])
+def test_the_objectives_read_nothing_on_the_host(monkeypatch, model, objective, particles):
+    """No .item(), bool() or float() of a tensor in the loss or its backward pass, also
+    with the KL weight as a tensor: on a GPU each read would wait for the device, and the
+    training step could not be recorded as a CUDA graph, which passes the weight as a
+    tensor (pyro_vae.graphs). (Pyro's Trace_ELBO reads every site's log-density.)"""
+    vae, inputs = _model(model)
 
     def host_read(*args):
         raise AssertionError("a tensor was read on the host")
 
     for method in ("item", "__bool__", "__float__", "tolist"):
         monkeypatch.setattr(torch.Tensor, method, host_read)
-    loss_fn = OBJECTIVES["elbo"](1)
+    loss_fn = OBJECTIVES[objective](particles)
     with training_steps(vae):
-        loss_fn(vae.model, vae.guide, x).backward()
+        loss_fn(vae.model, vae.guide, *inputs, beta=torch.tensor(0.3)).backward()
         with pytest.raises(AssertionError, match="read on the host"):
-            Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+            Trace_ELBO().differentiable_loss(vae.model, vae.guide, *inputs)
 
 
 def test_discrete_guide_sites_get_trace_elbos_score_function_gradient():
