@@ -1,5 +1,8 @@
 """The training objectives: the default ELBO against Pyro's Trace_ELBO."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -9,7 +12,9 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro_vae import VAE
 from pyro_vae.conditional import CompletionCVAE, LabelCVAE
 from pyro_vae.hierarchical import HierarchicalVAE
+from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.objectives import OBJECTIVES, ReparamTrace_ELBO
+from pyro_vae.priors import PRIORS
 from pyro_vae.training import training_steps
 
 X = torch.bernoulli(torch.full((6, 16), 0.4), generator=torch.Generator().manual_seed(3))
@@ -75,25 +80,47 @@ def test_svi_with_the_default_elbo_steps_as_with_trace_elbo():
         assert torch.allclose(mine, theirs, rtol=1e-3, atol=1e-5)
 
 
+def _host_read(*args):
+    raise AssertionError("a tensor was read on the host")
+
+
+@contextmanager
+def host_reads_forbidden() -> Iterator[None]:
+    """Inside: ``.item()``, ``bool()``, ``float()`` or ``.tolist()`` of a tensor raises."""
+    with pytest.MonkeyPatch.context() as patch:
+        for method in ("item", "__bool__", "__float__", "tolist"):
+            patch.setattr(torch.Tensor, method, _host_read)
+        yield
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize(("objective", "particles"), [("elbo", 1), ("elbo", 3), ("iwae", 4)])
-def test_the_objectives_read_nothing_on_the_host(monkeypatch, model, objective, particles):
+def test_the_objectives_read_nothing_on_the_host(model, objective, particles):
     """No .item(), bool() or float() of a tensor in the loss or its backward pass, also
     with the KL weight as a tensor: on a GPU each read would wait for the device, and the
     training step could not be recorded as a CUDA graph, which passes the weight as a
     tensor (pyro_vae.graphs). (Pyro's Trace_ELBO reads every site's log-density.)"""
     vae, inputs = _model(model)
-
-    def host_read(*args):
-        raise AssertionError("a tensor was read on the host")
-
-    for method in ("item", "__bool__", "__float__", "tolist"):
-        monkeypatch.setattr(torch.Tensor, method, host_read)
     loss_fn = OBJECTIVES[objective](particles)
-    with training_steps(vae):
+    with training_steps(vae), host_reads_forbidden():
         loss_fn(vae.model, vae.guide, *inputs, beta=torch.tensor(0.3)).backward()
         with pytest.raises(AssertionError, match="read on the host"):
             Trace_ELBO().differentiable_loss(vae.model, vae.guide, *inputs)
+
+
+REGISTERED = [*(("prior", name) for name in PRIORS),
+              *(("likelihood", name) for name in LIKELIHOODS)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "name"), REGISTERED)
+def test_every_registered_prior_and_likelihood_reads_nothing_on_the_host(kind, name):
+    """A new prior or likelihood keeps GPU training recordable as a CUDA graph (a step
+    that reads a value on the host trains eagerly, much slower there)."""
+    vae = VAE(16, 3, (8,), **{kind: name})
+    on_grid = torch.randint(1, 255, (6, 16), generator=torch.Generator().manual_seed(4)) / 255
+    x = next(data for data in (X, on_grid) if vae.likelihood.in_domain(data))
+    with training_steps(vae), host_reads_forbidden():
+        OBJECTIVES["elbo"](1)(vae.model, vae.guide, x, beta=torch.tensor(0.3)).backward()
 
 
 def test_discrete_guide_sites_get_trace_elbos_score_function_gradient():
