@@ -128,7 +128,8 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         help="encoder/decoder networks (vae, hvae): mlp (fully connected, ReLU); conv (two "
         "stride-2 convolutions with 32 and 64 channels, mirrored by transposed convolutions); "
         "gated (fully connected with gated dense layers (W1 u + b1) * sigmoid(W2 u + b2), as in "
-        "the VampPrior paper with --hidden-dim 300 300)",
+        "the VampPrior paper with --hidden-dim 300 300); gated-conv (conv with every convolution "
+        "and hidden layer gated so)",
     )
     model.add_argument(
         "--prior",

@@ -31,8 +31,9 @@ from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 class HiddenLayer:
     r"""A kind of fully connected hidden layer: ``n_in`` inputs to ``n_out`` features.
 
-    The layer is a linear map to ``expansion * n_out`` values, then ``activation``,
-    which turns them into the ``n_out`` features:
+    The layer is a linear map to ``expansion * n_out`` values, then ``activation``
+    (built for the dimension of the features), which turns them into the ``n_out``
+    features:
 
     * :data:`RELU`: :math:`h = \max(0, W u + b)`;
     * :data:`GATED`: the gated dense layer of Tomczak & Welling (2018) (a gated
@@ -41,19 +42,35 @@ class HiddenLayer:
       :math:`W = [W_1; W_2]` and :math:`b = [b_1; b_2]` stacked in one linear map of
       ``2 * n_out`` outputs that :class:`torch.nn.GLU` splits into halves (one
       matrix product instead of two).
+
+    :meth:`conv` makes the same kind of layer over feature maps, the convolution
+    taking the linear map's place and the channels the features' (for ``GATED``,
+    the gated convolution of Tomczak & Welling's convolutional models).
     """
 
     expansion: int
-    activation: Callable[[], nn.Module]
+    #: ``dim -> module``: the activation over the features in dimension ``dim``.
+    activation: Callable[[int], nn.Module]
 
     def __call__(self, n_in: int, n_out: int) -> list[nn.Module]:
         """The layer's modules, to apply in turn."""
-        return [nn.Linear(n_in, self.expansion * n_out), self.activation()]
+        return [nn.Linear(n_in, self.expansion * n_out), self.activation(-1)]
+
+    def conv(
+        self, convolution: Callable[[int, int], nn.Module], c_in: int, c_out: int
+    ) -> list[nn.Module]:
+        """``convolution(c_in, expansion * c_out)`` then the activation over the channels
+        of ``(..., C, H, W)`` maps, giving ``c_out`` channels."""
+        return [convolution(c_in, self.expansion * c_out), self.activation(-3)]
+
+
+def _relu(dim: int) -> nn.Module:
+    return nn.ReLU()
 
 
 #: :math:`h = \max(0, W u + b)`.
-RELU = HiddenLayer(1, nn.ReLU)
-#: :math:`h = (W_1 u + b_1) \odot \sigma(W_2 u + b_2)` (``nn.GLU`` splits the last dimension).
+RELU = HiddenLayer(1, _relu)
+#: :math:`h = (W_1 u + b_1) \odot \sigma(W_2 u + b_2)` (``nn.GLU`` splits the features' dimension).
 GATED = HiddenLayer(2, nn.GLU)
 
 
@@ -227,7 +244,7 @@ class MultiInputMLP(nn.Module):
         self.first = nn.ModuleList(
             nn.Linear(dim, first_width, bias=i == 0) for i, dim in enumerate(input_dims)
         )
-        self.activation = layer.activation() if hidden_dims else nn.Identity()
+        self.activation = layer.activation(-1) if hidden_dims else nn.Identity()
         self.rest = mlp(widths, layer)
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
@@ -265,7 +282,8 @@ class ConvEncoder(nn.Module):
 
     Two stride-2 convolutions (each halving H and W) extract features :math:`h(x)`,
     then an MLP with ``hidden_dims`` maps them to :math:`(\mu, \sigma)` (scale as in
-    :class:`MLPEncoder`); any leading batch dimensions are kept. With ``extra_dims``
+    :class:`MLPEncoder`); any leading batch dimensions are kept. Convolutions and hidden
+    layers are of the kind ``layer`` (:class:`HiddenLayer`: ReLU or gated). With ``extra_dims``
     the MLP also takes further vectors, ``(x, u_1, ...) -> (loc, scale)`` over
     :math:`[h(x), u_1, \dots]` (:class:`MultiInputGaussian`, so a ``u`` with more
     leading dimensions than ``x``, e.g. K samples of a latent, broadcasts against
@@ -280,22 +298,35 @@ class ConvEncoder(nn.Module):
         hidden_dims: Sequence[int] = (256,),
         extra_dims: Sequence[int] = (),
         min_scale: float = 1e-4,
+        *,
+        layer: HiddenLayer = RELU,
     ):
         super().__init__()
         in_channels, height, width = image_shape
         layers: list[nn.Module] = []
         for out_channels in channels:
-            layers += [nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1), nn.ReLU()]
+            layers += layer.conv(_halving_conv, in_channels, out_channels)
             in_channels, height, width = out_channels, height // 2, width // 2
         self.image_shape = tuple(image_shape)
         self.convs = nn.Sequential(*layers, nn.Flatten())
         self.head = MultiInputGaussian(
-            (in_channels * height * width, *extra_dims), hidden_dims, latent_dim, min_scale
-        )
+            (in_channels * height * width, *extra_dims), hidden_dims, latent_dim, min_scale,
+            layer=layer,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.convs(x.reshape(-1, *self.image_shape)).reshape(*x.shape[:-1], -1)
         return self.head(features, *extras)
+
+
+def _halving_conv(c_in: int, c_out: int) -> nn.Module:
+    """4x4 convolution with stride 2: H and W halved."""
+    return nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+
+
+def _doubling_conv(c_in: int, c_out: int) -> nn.Module:
+    """4x4 transposed convolution with stride 2: H and W doubled."""
+    return ChannelsLastConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
 
 
 class ChannelsLastConvTranspose2d(nn.ConvTranspose2d):
@@ -324,7 +355,9 @@ class ConvDecoder(nn.Module):
     An MLP with ``hidden_dims`` maps ``z`` (and, with ``extra_dims``, further vectors,
     as in :class:`MultiInputMLP`) to a small feature map that two stride-2 transposed
     convolutions enlarge to ``params_per_dim`` maps of the image's shape, flattened
-    channel-major to ``batch + (params_per_dim * C * H * W,)``.
+    channel-major to ``batch + (params_per_dim * C * H * W,)``. Hidden layers, the
+    feature map and the first convolution are of the kind ``layer``; the last
+    convolution, which gives the parameters, is linear.
     """
 
     def __init__(
@@ -335,6 +368,8 @@ class ConvDecoder(nn.Module):
         channels: Sequence[int] = (64, 32),
         hidden_dims: Sequence[int] = (256,),
         extra_dims: Sequence[int] = (),
+        *,
+        layer: HiddenLayer = RELU,
     ):
         super().__init__()
         out_channels, height, width = image_shape
@@ -346,16 +381,17 @@ class ConvDecoder(nn.Module):
             )
         self.start_shape = (channels[0], height // scale, width // scale)
         self.head = MultiInputMLP(
-            (latent_dim, *extra_dims), hidden_dims, math.prod(self.start_shape)
-        )
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(channels, (*channels[1:], out_channels * params_per_dim),
-                               strict=True):  # fmt: skip
-            layers += [ChannelsLastConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-        self.deconvs = nn.Sequential(*layers[:-1])  # no ReLU on the output parameters
+            (latent_dim, *extra_dims), hidden_dims, layer.expansion * math.prod(self.start_shape),
+            layer=layer,
+        )  # fmt: skip
+        self.head_activation = layer.activation(-1)
+        layers = [module for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+                  for module in layer.conv(_doubling_conv, c_in, c_out)]  # fmt: skip
+        layers.append(_doubling_conv(channels[-1], out_channels * params_per_dim))
+        self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.head(z, *extras))
+        h = self.head_activation(self.head(z, *extras))
         batch_shape = h.shape[:-1]
         return self.deconvs(h.reshape(-1, *self.start_shape)).reshape(*batch_shape, -1)
 
@@ -447,15 +483,21 @@ class MLPArchitecture(Architecture):
 
 class ConvArchitecture(Architecture):
     """Convolutional networks (:class:`ConvEncoder`, :class:`ConvDecoder`) with the given
-    convolution ``channels`` (the decoder's in reverse); needs ``(C, H, W)`` images
-    with H and W divisible by ``2 ** len(channels)``."""
+    convolution ``channels`` (the decoder's in reverse) and convolutions and hidden
+    layers of the kind ``layer`` (:class:`HiddenLayer`); needs ``(C, H, W)`` images
+    with H and W divisible by ``2 ** len(channels)``.
+
+    With ``layer=GATED`` every convolution and hidden layer is gated, as in the
+    convolutional VAEs of Tomczak & Welling (2018), whose gated dense layers did
+    better here than ReLU ones (the ``gated`` rows of docs/benchmarks.md)."""
 
     # Passes of 20,000 pairs, whose activations run to hundreds of MB, took 1.5-1.8
     # times as long per image as 2,500 on a 2-core CPU (docs/benchmarks.md).
     cpu_evaluation_batch = 2_500
 
-    def __init__(self, channels: Sequence[int] = (32, 64)):
+    def __init__(self, channels: Sequence[int] = (32, 64), layer: HiddenLayer = RELU):
         self.channels = tuple(channels)
+        self.layer = layer
 
     def _check_shape(self, image_shape: Sequence[int]) -> None:
         if len(image_shape) != 3:
@@ -472,7 +514,8 @@ class ConvArchitecture(Architecture):
         extra_dims: Sequence[int] = (),
     ) -> nn.Module:
         self._check_shape(image_shape)
-        return ConvEncoder(image_shape, latent_dim, self.channels, hidden_dims, extra_dims)
+        return ConvEncoder(image_shape, latent_dim, self.channels, hidden_dims, extra_dims,
+                           layer=self.layer)  # fmt: skip
 
     def decoder(
         self,
@@ -484,7 +527,7 @@ class ConvArchitecture(Architecture):
     ) -> nn.Module:
         self._check_shape(image_shape)
         return ConvDecoder(latent_dim, image_shape, params_per_dim, self.channels[::-1],
-                           hidden_dims[::-1], extra_dims)  # fmt: skip
+                           hidden_dims[::-1], extra_dims, layer=self.layer)  # fmt: skip
 
 
 #: Registry of architectures by ``--arch`` name.
@@ -492,4 +535,5 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mlp": MLPArchitecture(),
     "conv": ConvArchitecture(),
     "gated": MLPArchitecture(GATED),
+    "gated-conv": ConvArchitecture(layer=GATED),
 }

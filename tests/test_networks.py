@@ -143,6 +143,35 @@ def test_mlp_architecture_keeps_the_parameter_names_of_existing_checkpoints():
     ]  # fmt: skip
 
 
+def test_conv_architecture_keeps_the_parameter_names_of_existing_checkpoints():
+    state = VAE(784, 40, (300, 300), image_shape=(1, 28, 28), arch="conv").state_dict()
+    assert [k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")] == [
+        "encoder.convs.0", "encoder.convs.2", "encoder.head.net.first.0",
+        "encoder.head.net.rest.0", "encoder.head.net.rest.2",
+        "decoder.head.first.0", "decoder.head.rest.0", "decoder.head.rest.2",
+        "decoder.deconvs.0", "decoder.deconvs.2",
+    ]  # fmt: skip
+
+
+def test_gated_conv_architecture_gates_every_convolution_and_hidden_layer():
+    """Each convolution gives twice its channels, halves that a GLU over the channels
+    multiplies; the decoder's last convolution, the parameters, stays linear."""
+    torch.manual_seed(0)
+    vae = VAE(784, 40, (300, 300), image_shape=(1, 28, 28), arch="gated-conv")
+    convs = [m for m in vae.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert [c.out_channels for c in convs] == [64, 128, 64, 1]
+    glus = [m for m in vae.modules() if isinstance(m, nn.GLU)]
+    assert sorted(g.dim for g in glus) == [-3] * 3 + [-1] * 5  # 3 gated convs, 5 dense
+    assert not any(isinstance(m, nn.ReLU) for m in vae.modules())
+    first = vae.encoder.convs[0]
+    x = torch.rand(2, 1, 28, 28)
+    value, gate = first(x).chunk(2, dim=1)
+    assert torch.allclose(vae.encoder.convs[1](first(x)), value * torch.sigmoid(gate))
+    loc, scale = vae.encoder(x.reshape(2, 784))
+    assert loc.shape == scale.shape == (2, 40) and bool((scale > 0).all())
+    assert vae.decoder(loc).shape == (2, 784)
+
+
 def test_gated_layers_compute_a_gated_linear_unit():
     """h = (W1 u + b1) * sigmoid(W2 u + b2), by hand from the layer's weights."""
     torch.manual_seed(0)
