@@ -103,6 +103,29 @@ def test_a_non_finite_loss_in_the_graph_step_is_named_as_in_the_eager_step(
     assert str(fault.value).startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8; ")
 
 
+def test_a_rollback_captures_the_step_again_at_the_halved_learning_rate(
+    tmp_path, tiny_data, faulty_objective, graph_branch_on_cpu, monkeypatch
+):
+    """The restored optimizer state and the new learning rate are not the captured ones."""
+    captures: list[tuple[object, float]] = []  # (step, learning rate at its capture)
+    captured_step = training_module._Trainer._captured_step
+
+    def recorded(self):
+        step = captured_step(self)
+        if not captures or captures[-1][0] is not step:
+            captures.append((step, self.lr))
+        return step
+
+    monkeypatch.setattr(training_module._Trainer, "_captured_step", recorded)
+    faulty_objective(lambda call, loss: loss * float("nan") if call == 11 else None)
+    lines: list[str] = []
+    train(tiny_config(epochs=3, on_nan="rollback"), tmp_path / "run", data=tiny_data,
+          progress=False, log=lines.append)  # fmt: skip
+    assert lines[1].startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8: rolled back")
+    assert [lr for _, lr in captures] == [0.003, 0.0015]
+    assert [row["lr"] for row in read_metrics(tmp_path / "run")] == [0.003, 0.0015, 0.0015]
+
+
 def test_a_step_that_cannot_be_captured_trains_eagerly_with_a_message(
     tmp_path, tiny_data, graph_branch_on_cpu
 ):
