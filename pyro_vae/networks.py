@@ -356,8 +356,8 @@ class ConvDecoder(nn.Module):
     as in :class:`MultiInputMLP`) to a small feature map that two stride-2 transposed
     convolutions enlarge to ``params_per_dim`` maps of the image's shape, flattened
     channel-major to ``batch + (params_per_dim * C * H * W,)``. Hidden layers, the
-    feature map and the first convolution are of the kind ``layer``; the last
-    convolution, which gives the parameters, is linear.
+    feature map and every convolution but the last are of the kind ``layer``; the last,
+    which gives the parameters, is linear.
     """
 
     def __init__(

@@ -289,8 +289,7 @@ def train(
         rank_log(f"initialized from {runs.initialize_from(vae, config)}")
     # fused: one kernel for all parameters instead of ~5 per parameter; on a 2-core CPU
     # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
-    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True,
-                                 capturable=uses_cuda_graphs(config, device, world))  # fmt: skip
+    optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr, fused=True)
     trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
     check_model_and_guide(vae, trainer.loss_fn, data)
     # A checkpoint is checked through before anything in ``out`` is written.
@@ -370,6 +369,7 @@ class _Trainer:
         self.captures = uses_cuda_graphs(config, self.device, world)
         self.captured: CapturedStep | None = None
         self.captured_lr = math.nan
+        self._set_capturable()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -439,8 +439,7 @@ class _Trainer:
         saved_lr = checkpoint["config"]["lr"]
         runs.restore(self.vae, checkpoint["model"], path)
         runs.restore(self.optimizer, checkpoint["optimizer"], path)
-        for group in self.optimizer.param_groups:  # as saved by this run on another device
-            group["capturable"] = self.captures
+        self._set_capturable()  # as saved, perhaps by this run on another device
         self.captured = None  # it holds the replaced optimizer state tensors
         if checkpoint.get("scheduler"):  # absent from checkpoints of older pyro-vae versions
             self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -620,6 +619,11 @@ class _Trainer:
         )
         if stop.signum:
             raise self._interrupted(stop.signum)
+
+    def _set_capturable(self) -> None:
+        """Adam's steps may be captured in a graph exactly when this trainer uses graphs."""
+        for group in self.optimizer.param_groups:
+            group["capturable"] = self.captures
 
     def _replayed_step(
         self, inputs: tuple[torch.Tensor, ...], beta: float, batch_size: int

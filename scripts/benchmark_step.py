@@ -61,16 +61,16 @@ def pyro_vae_steps(images: torch.Tensor, batch: int, graph: bool) -> Callable[[i
             optimizer.step()
         return (loss,)
 
-    captured = CapturedStep(graphed_step)
+    captured = CapturedStep(graphed_step) if graph else None
 
     def run(first: int, count: int) -> None:
         with training_steps(vae):
             for i in range(first, first + count):
                 x = _batch(images, i, batch)
-                loss = captured(x)[0] if graph else gradient(x)
+                loss = gradient(x) if captured is None else captured(x)[0]
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"non-finite loss at step {i}")
-                if not graph:
+                if captured is None:  # eager: the update follows the check
                     optimizer.step()
 
     return run
