@@ -37,8 +37,10 @@ from pyro_vae.likelihoods import (  # noqa: E402
 from pyro_vae.networks import (  # noqa: E402
     ARCHITECTURES,
     Architecture,
+    ConvArchitecture,
     ConvDecoder,
     ConvEncoder,
+    Convolution,
     MLPDecoder,
     MLPEncoder,
 )
@@ -74,8 +76,10 @@ __all__ = [
     "ConfigError",
     "ConfigTypeError",
     "ContinuousBernoulliLikelihood",
+    "ConvArchitecture",
     "ConvDecoder",
     "ConvEncoder",
+    "Convolution",
     "DatasetUnavailableError",
     "DiscretizedLogistic",
     "DiscretizedLogisticLikelihood",

@@ -277,16 +277,58 @@ class MultiInputGaussian(nn.Module):
         return gaussian_params(self.net(*inputs), self.min_scale)
 
 
+@dataclass(frozen=True)
+class Convolution:
+    """One convolution of a stack: ``channels`` out, a ``kernel`` x ``kernel`` window,
+    ``stride``.
+
+    In an encoder (:class:`ConvEncoder`) it is a convolution padded by
+    ``(kernel - 1) // 2`` whose stride divides H and W (an odd kernel with stride 1 keeps
+    them). In a decoder (:class:`ConvDecoder`) stride 1 keeps H and W (odd kernel) and
+    stride 2 doubles them (a transposed convolution, even kernel). A bare number of
+    channels in a stack stands for ``Convolution(channels, 4, 2)``, which halves H and W
+    in an encoder and doubles them in a decoder.
+    """
+
+    channels: int
+    kernel: int = 3
+    stride: int = 1
+
+    @classmethod
+    def of(cls, spec: "int | Convolution") -> "Convolution":
+        return spec if isinstance(spec, Convolution) else cls(spec, 4, 2)
+
+    def encoding(self, c_in: int, c_out: int) -> nn.Module:
+        """The encoder's convolution: ``c_in`` to ``c_out`` channels, H and W divided by
+        ``stride``."""
+        return nn.Conv2d(c_in, c_out, self.kernel, self.stride, (self.kernel - 1) // 2)
+
+    def encoded_size(self, size: int) -> int:
+        return (size + 2 * ((self.kernel - 1) // 2) - self.kernel) // self.stride + 1
+
+    def decoding(self, c_in: int, c_out: int) -> nn.Module:
+        """The decoder's convolution: ``c_in`` to ``c_out`` channels, H and W times ``stride``."""
+        if self.stride == 1 and self.kernel % 2 == 1:
+            return nn.Conv2d(c_in, c_out, self.kernel, padding=self.kernel // 2)
+        if self.stride == 2 and self.kernel % 2 == 0:
+            return ChannelsLastConvTranspose2d(c_in, c_out, self.kernel, 2, self.kernel // 2 - 1)
+        raise ConfigError(
+            f"a decoder convolution keeps H and W (stride 1, odd kernel) or doubles them "
+            f"(stride 2, even kernel), got stride {self.stride} and kernel {self.kernel}"
+        )
+
+
 class ConvEncoder(nn.Module):
     r"""Convolutional Gaussian encoder for ``(C, H, W)`` images given as flat vectors.
 
-    Two stride-2 convolutions (each halving H and W) extract features :math:`h(x)`,
-    then an MLP with ``hidden_dims`` maps them to :math:`(\mu, \sigma)` (scale as in
-    :class:`MLPEncoder`); any leading batch dimensions are kept. Convolutions and hidden
-    layers are of the kind ``layer`` (:class:`HiddenLayer`: ReLU or gated). With ``extra_dims``
-    the MLP also takes further vectors, ``(x, u_1, ...) -> (loc, scale)`` over
-    :math:`[h(x), u_1, \dots]` (:class:`MultiInputGaussian`, so a ``u`` with more
-    leading dimensions than ``x``, e.g. K samples of a latent, broadcasts against
+    A stack of convolutions (``channels``: :class:`Convolution` specs, or channel counts
+    for 4x4 stride-2 convolutions that each halve H and W) extracts features
+    :math:`h(x)`, then an MLP with ``hidden_dims`` maps them to :math:`(\mu, \sigma)`
+    (scale as in :class:`MLPEncoder`); any leading batch dimensions are kept. Convolutions
+    and hidden layers are of the kind ``layer`` (:class:`HiddenLayer`: ReLU or gated).
+    With ``extra_dims`` the MLP also takes further vectors, ``(x, u_1, ...) -> (loc,
+    scale)`` over :math:`[h(x), u_1, \dots]` (:class:`MultiInputGaussian`, so a ``u`` with
+    more leading dimensions than ``x``, e.g. K samples of a latent, broadcasts against
     features computed once per image).
     """
 
@@ -294,7 +336,7 @@ class ConvEncoder(nn.Module):
         self,
         image_shape: Sequence[int],
         latent_dim: int,
-        channels: Sequence[int] = (32, 64),
+        channels: Sequence[int | Convolution] = (32, 64),
         hidden_dims: Sequence[int] = (256,),
         extra_dims: Sequence[int] = (),
         min_scale: float = 1e-4,
@@ -304,9 +346,10 @@ class ConvEncoder(nn.Module):
         super().__init__()
         in_channels, height, width = image_shape
         layers: list[nn.Module] = []
-        for out_channels in channels:
-            layers += layer.conv(_halving_conv, in_channels, out_channels)
-            in_channels, height, width = out_channels, height // 2, width // 2
+        for conv in map(Convolution.of, channels):
+            layers += layer.conv(conv.encoding, in_channels, conv.channels)
+            in_channels = conv.channels
+            height, width = conv.encoded_size(height), conv.encoded_size(width)
         self.image_shape = tuple(image_shape)
         self.convs = nn.Sequential(*layers, nn.Flatten())
         self.head = MultiInputGaussian(
@@ -317,16 +360,6 @@ class ConvEncoder(nn.Module):
     def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.convs(x.reshape(-1, *self.image_shape)).reshape(*x.shape[:-1], -1)
         return self.head(features, *extras)
-
-
-def _halving_conv(c_in: int, c_out: int) -> nn.Module:
-    """4x4 convolution with stride 2: H and W halved."""
-    return nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
-
-
-def _doubling_conv(c_in: int, c_out: int) -> nn.Module:
-    """4x4 transposed convolution with stride 2: H and W doubled."""
-    return ChannelsLastConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
 
 
 class ChannelsLastConvTranspose2d(nn.ConvTranspose2d):
@@ -350,14 +383,17 @@ class ChannelsLastConvTranspose2d(nn.ConvTranspose2d):
 
 
 class ConvDecoder(nn.Module):
-    """Transposed-convolution decoder, the mirror of :class:`ConvEncoder`.
+    """Convolutional decoder, by default the mirror of :class:`ConvEncoder`.
 
     An MLP with ``hidden_dims`` maps ``z`` (and, with ``extra_dims``, further vectors,
-    as in :class:`MultiInputMLP`) to a small feature map that two stride-2 transposed
-    convolutions enlarge to ``params_per_dim`` maps of the image's shape, flattened
-    channel-major to ``batch + (params_per_dim * C * H * W,)``. Hidden layers, the
-    feature map and every convolution but the last are of the kind ``layer``; the last,
-    which gives the parameters, is linear.
+    as in :class:`MultiInputMLP`) to a feature map of ``channels[0]`` channels, which the
+    convolutions ``channels[1:]`` and then ``output`` (:class:`Convolution` specs; a bare
+    number of channels is a 4x4 stride-2 transposed convolution that doubles H and W)
+    turn into ``params_per_dim`` maps of the image's shape, flattened channel-major to
+    ``batch + (params_per_dim * C * H * W,)``; the feature map is as much smaller than
+    the image as the strides enlarge it. ``output`` gives the last convolution's kernel
+    and stride (its channels are the parameters'). Hidden layers, the feature map and
+    every convolution but the last are of the kind ``layer``; the last is linear.
     """
 
     def __init__(
@@ -365,15 +401,22 @@ class ConvDecoder(nn.Module):
         latent_dim: int,
         image_shape: Sequence[int],
         params_per_dim: int = 1,
-        channels: Sequence[int] = (64, 32),
+        channels: Sequence[int | Convolution] = (64, 32),
         hidden_dims: Sequence[int] = (256,),
         extra_dims: Sequence[int] = (),
         *,
         layer: HiddenLayer = RELU,
+        output: Convolution = Convolution(0, 4, 2),
     ):
         super().__init__()
         out_channels, height, width = image_shape
-        scale = 2 ** len(channels)
+        convs = [*map(Convolution.of, channels[1:]), output]
+        layers, c_in = [], channels[0]
+        for conv in convs[:-1]:
+            layers += layer.conv(conv.decoding, c_in, conv.channels)
+            c_in = conv.channels
+        layers.append(output.decoding(c_in, out_channels * params_per_dim))
+        scale = math.prod(conv.stride for conv in convs)
         if height % scale or width % scale:
             raise ConfigError(
                 f"the convolutional decoder needs image height and width divisible by {scale}, "
@@ -385,9 +428,8 @@ class ConvDecoder(nn.Module):
             layer=layer,
         )  # fmt: skip
         self.head_activation = layer.activation(-1)
-        layers = [module for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
-                  for module in layer.conv(_doubling_conv, c_in, c_out)]  # fmt: skip
-        layers.append(_doubling_conv(channels[-1], out_channels * params_per_dim))
+        # Registered after the head: parameters() keeps the order of the checkpoints already
+        # written, whose optimizer state follows it.
         self.deconvs = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
@@ -482,10 +524,11 @@ class MLPArchitecture(Architecture):
 
 
 class ConvArchitecture(Architecture):
-    """Convolutional networks (:class:`ConvEncoder`, :class:`ConvDecoder`) with the given
-    convolution ``channels`` (the decoder's in reverse) and convolutions and hidden
-    layers of the kind ``layer`` (:class:`HiddenLayer`); needs ``(C, H, W)`` images
-    with H and W divisible by ``2 ** len(channels)``.
+    """Convolutional networks (:class:`ConvEncoder`, :class:`ConvDecoder`) with the
+    encoder's convolutions ``channels``, the decoder's ``decoder_channels`` and ``output``
+    (by default the encoder's 4x4 stride-2 ones in reverse), convolutions and hidden
+    layers of the kind ``layer`` (:class:`HiddenLayer`); needs ``(C, H, W)`` images with
+    H and W divisible by the product of the decoder's strides.
 
     With ``layer=GATED`` every convolution and hidden layer is gated, as in the
     convolutional VAEs of Tomczak & Welling (2018), whose gated dense layers did
@@ -495,8 +538,19 @@ class ConvArchitecture(Architecture):
     # times as long per image as 2,500 on a 2-core CPU (docs/benchmarks.md).
     cpu_evaluation_batch = 2_500
 
-    def __init__(self, channels: Sequence[int] = (32, 64), layer: HiddenLayer = RELU):
+    def __init__(
+        self,
+        channels: Sequence[int | Convolution] = (32, 64),
+        layer: HiddenLayer = RELU,
+        *,
+        decoder_channels: Sequence[int | Convolution] | None = None,
+        output: Convolution = Convolution(0, 4, 2),
+    ):
         self.channels = tuple(channels)
+        self.decoder_channels = (
+            self.channels[::-1] if decoder_channels is None else tuple(decoder_channels)
+        )
+        self.output = output
         self.layer = layer
 
     def _check_shape(self, image_shape: Sequence[int]) -> None:
@@ -526,9 +580,23 @@ class ConvArchitecture(Architecture):
         extra_dims: Sequence[int] = (),
     ) -> nn.Module:
         self._check_shape(image_shape)
-        return ConvDecoder(latent_dim, image_shape, params_per_dim, self.channels[::-1],
-                           hidden_dims[::-1], extra_dims, layer=self.layer)  # fmt: skip
+        return ConvDecoder(latent_dim, image_shape, params_per_dim, self.decoder_channels,
+                           hidden_dims[::-1], extra_dims, layer=self.layer,
+                           output=self.output)  # fmt: skip
 
+
+#: The networks of the convolutional VAEs of Tomczak & Welling (2018), every layer gated:
+#: the encoder's five convolutions (7x7, 3x3 halving, 5x5, 3x3 halving, 3x3 to 6
+#: channels); the decoder's MLP gives one full-size channel, refined by four 3x3
+#: convolutions of 64 channels at full resolution, then a 1x1 convolution to the
+#: parameters.
+GATED_FULL_RESOLUTION = ConvArchitecture(
+    (Convolution(32, 7), Convolution(32, 3, 2), Convolution(64, 5), Convolution(64, 3, 2),
+     Convolution(6, 3)),
+    GATED,
+    decoder_channels=(1, *[Convolution(64)] * 4),
+    output=Convolution(0, 1),
+)  # fmt: skip
 
 #: Registry of architectures by ``--arch`` name.
 ARCHITECTURES: dict[str, Architecture] = {
@@ -536,4 +604,5 @@ ARCHITECTURES: dict[str, Architecture] = {
     "conv": ConvArchitecture(),
     "gated": MLPArchitecture(GATED),
     "gated-conv": ConvArchitecture(layer=GATED),
+    "gated-fullres-conv": GATED_FULL_RESOLUTION,
 }

@@ -21,9 +21,11 @@ from pyro_vae.evaluation import log_importance_weights
 from pyro_vae.networks import (
     ARCHITECTURES,
     GATED,
+    GATED_FULL_RESOLUTION,
     ChannelsLastConvTranspose2d,
     ConvDecoder,
     ConvEncoder,
+    Convolution,
     MLPDecoder,
     MLPEncoder,
     MultiInputMLP,
@@ -75,6 +77,44 @@ def test_channels_last_transposed_convolution_computes_what_nchw_does():
 def test_decoder_rejects_image_sizes_it_cannot_produce():
     with pytest.raises(ConfigError, match="height and width divisible by 4, got 30x30"):
         ConvDecoder(4, (1, 30, 30))
+
+
+def test_default_conv_networks_are_the_4x4_stride_2_ones():
+    """Bare channel counts stand for 4x4 stride-2 convolutions, padded by 1: the layers that
+    the ``conv`` checkpoints already written hold."""
+    encoder, decoder = ConvEncoder((1, 28, 28), 4), ConvDecoder(4, (1, 28, 28))
+    convs = [m for m in encoder.convs if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 32), (32, 64)]
+    assert all((c.kernel_size, c.stride, c.padding) == ((4, 4), (2, 2), (1, 1)) for c in convs)
+    assert encoder.head.net.first[0].in_features == 64 * 7 * 7
+    assert decoder.start_shape == (64, 7, 7)
+    deconvs = [m for m in decoder.deconvs if isinstance(m, nn.ConvTranspose2d)]
+    assert [(c.in_channels, c.out_channels) for c in deconvs] == [(64, 32), (32, 1)]
+    assert all((c.kernel_size, c.stride, c.padding) == ((4, 4), (2, 2), (1, 1)) for c in deconvs)
+
+
+def test_full_resolution_networks_have_the_published_shapes():
+    """The VampPrior paper's gated ConvHVAE networks: 6 x 7 x 7 = 294 encoder features from
+    five gated convolutions; a decoder that refines one full-size map with four gated 3x3
+    convolutions of 64 channels, then a linear 1x1 convolution to the parameters."""
+    encoder = GATED_FULL_RESOLUTION.encoder((1, 28, 28), (300,), 40)
+    decoder = GATED_FULL_RESOLUTION.decoder((1, 28, 28), (300,), 40, params_per_dim=2)
+    assert encoder.head.net.first[0].in_features == 294
+    assert [m.kernel_size[0] for m in encoder.convs if isinstance(m, nn.Conv2d)] == [7, 3, 5, 3, 3]
+    assert sum(isinstance(m, nn.GLU) for m in encoder.convs) == 5
+    assert decoder.start_shape == (1, 28, 28)
+    convs = [m for m in decoder.deconvs if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
+        (1, 128, 3), (64, 128, 3), (64, 128, 3), (64, 128, 3), (64, 2, 1)]  # fmt: skip
+    assert isinstance(list(decoder.deconvs)[-1], nn.Conv2d)  # linear output, no gate after it
+    z = torch.randn(3, 5, 40)
+    assert decoder(z).shape == (3, 5, 2 * 784)
+
+
+@pytest.mark.parametrize("conv", [Convolution(8, 4, 1), Convolution(8, 3, 2), Convolution(8, 3, 3)])
+def test_decoder_rejects_convolutions_that_neither_keep_nor_double_the_size(conv):
+    with pytest.raises(ConfigError, match=f"got stride {conv.stride} and kernel {conv.kernel}"):
+        ConvDecoder(4, (1, 28, 28), channels=(8, conv), output=Convolution(0, 1))
 
 
 def test_conv_vae_trains_and_evaluates():
