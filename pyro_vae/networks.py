@@ -296,6 +296,7 @@ class Convolution:
 
     @classmethod
     def of(cls, spec: "int | Convolution") -> "Convolution":
+        """``spec`` itself, or for a bare channel count the 4x4 stride-2 convolution."""
         return spec if isinstance(spec, Convolution) else cls(spec, 4, 2)
 
     def encoding(self, c_in: int, c_out: int) -> nn.Module:
@@ -304,6 +305,7 @@ class Convolution:
         return nn.Conv2d(c_in, c_out, self.kernel, self.stride, (self.kernel - 1) // 2)
 
     def encoded_size(self, size: int) -> int:
+        """The height (or width) of the encoder convolution's output for an input of ``size``."""
         return (size + 2 * ((self.kernel - 1) // 2) - self.kernel) // self.stride + 1
 
     def decoding(self, c_in: int, c_out: int) -> nn.Module:
@@ -350,6 +352,11 @@ class ConvEncoder(nn.Module):
             layers += layer.conv(conv.encoding, in_channels, conv.channels)
             in_channels = conv.channels
             height, width = conv.encoded_size(height), conv.encoded_size(width)
+            if min(height, width) < 1:
+                raise ConfigError(
+                    f"the encoder's convolutions leave nothing of a {tuple(image_shape)} image "
+                    f"(at {conv}); use fewer or smaller-strided convolutions, or --arch mlp"
+                )
         self.image_shape = tuple(image_shape)
         self.convs = nn.Sequential(*layers, nn.Flatten())
         self.head = MultiInputGaussian(
@@ -410,6 +417,11 @@ class ConvDecoder(nn.Module):
     ):
         super().__init__()
         out_channels, height, width = image_shape
+        if not isinstance(channels[0], int):
+            raise ConfigError(
+                f"the decoder's channels start with the channels of its first feature map, a "
+                f"number, got {channels[0]}"
+            )
         convs = [*map(Convolution.of, channels[1:]), output]
         layers, c_in = [], channels[0]
         for conv in convs[:-1]:

@@ -117,6 +117,13 @@ def test_decoder_rejects_convolutions_that_neither_keep_nor_double_the_size(conv
         ConvDecoder(4, (1, 28, 28), channels=(8, conv), output=Convolution(0, 1))
 
 
+def test_conv_networks_reject_stacks_that_do_not_fit_the_image():
+    with pytest.raises(ConfigError, match=r"leave nothing of a \(1, 8, 8\) image"):
+        ConvEncoder((1, 8, 8), 4, channels=(8, 8, 8, 8))
+    with pytest.raises(ConfigError, match="first feature map, a number"):
+        ConvDecoder(4, (1, 28, 28), channels=(Convolution(8), 8))
+
+
 def test_conv_vae_trains_and_evaluates():
     pyro.set_rng_seed(0)
     prototypes = (torch.rand(3, 784) > 0.5).float()
