@@ -533,6 +533,16 @@ def evaluate_run(
             f"evaluation stopped; {saved.examples_done} of {images.shape[0]} images are saved "
             f"in {saved.path}; run the same command again to continue"
         ) from None
+    except torch.OutOfMemoryError:
+        # A pass's activations grow with max_batch: the fix is a smaller one (the default on
+        # a GPU, 20,000 pairs, takes tens of GB with the full-resolution convolutions).
+        saved.save()
+        raise ConfigError(
+            f"{torch_device} ran out of memory evaluating {max_batch} (sample, image) pairs per "
+            f"pass; pass a smaller --max-batch, e.g. {max(1, max_batch // 4)} (the "
+            f"{saved.examples_done} images done are saved in {saved.path}, to continue with "
+            f"this --max-batch once memory is free)"
+        ) from None
     result = {
         "split": split,
         "model": config.model,

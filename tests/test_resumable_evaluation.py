@@ -89,6 +89,35 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_result(
     assert not partial.exists()  # removed once the result is written
 
 
+def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(
+    run_copy, uninterrupted, monkeypatch, capsys
+):
+    """A pass too large for the device is a one-line error naming --max-batch; the chunks
+    done are saved, and the same command continues from them to the uninterrupted result."""
+    monkeypatch.setattr(runs, "EVALUATION_SAVE_SECONDS", 0.0)
+    real = pyro_vae.evaluation.log_densities
+    calls: list[None] = []
+    fail = {"at": 5}
+
+    def out_of_memory_at_the_fifth(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == fail["at"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyro_vae.evaluation, "log_densities", out_of_memory_at_the_fifth)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 2
+    error = capsys.readouterr().err
+    assert "ran out of memory evaluating 40 (sample, image) pairs per pass" in error
+    assert "pass a smaller --max-batch, e.g. 10 (the 8 images done are saved" in error
+    calls.clear()
+    fail["at"] = None  # memory freed
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    assert len(calls) == 25 - 4
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
+
+
 def test_saved_chunks_of_another_evaluation_are_not_used(
     run_copy, uninterrupted, interrupt_at, capsys
 ):
