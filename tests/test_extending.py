@@ -8,6 +8,7 @@ import test_priors as prior_checks  # a module object, so pytest does not collec
 import torch
 
 from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood
+from pyro_vae.networks import ARCHITECTURES, GATED_FULL_RESOLUTION
 from pyro_vae.priors import PRIORS
 
 DOC = Path(__file__).parents[1] / "docs" / "extending.md"
@@ -16,16 +17,16 @@ DOC = Path(__file__).parents[1] / "docs" / "extending.md"
 @pytest.fixture
 def registries():
     """Undo the example's registrations afterwards."""
-    saved = dict(PRIORS), dict(LIKELIHOODS)
+    saved = dict(PRIORS), dict(LIKELIHOODS), dict(ARCHITECTURES)
     yield
-    for registry, before in zip((PRIORS, LIKELIHOODS), saved, strict=True):
+    for registry, before in zip((PRIORS, LIKELIHOODS, ARCHITECTURES), saved, strict=True):
         registry.clear()
         registry.update(before)
 
 
 def test_worked_example_runs(registries, capsys):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)
@@ -46,3 +47,9 @@ def test_worked_example_runs(registries, capsys):
     rate = torch.nn.functional.softplus(params)
     expected = (x * rate.log() - rate - torch.lgamma(x + 1)).sum(-1)
     assert torch.allclose(poisson(params).log_prob(x), expected)
+
+    # The architecture written in the doc is the library's gated-fullres-conv.
+    written = ARCHITECTURES["gated-fullres-conv"]
+    assert written is not GATED_FULL_RESOLUTION
+    for field in ("channels", "decoder_channels", "output", "layer"):
+        assert getattr(written, field) == getattr(GATED_FULL_RESOLUTION, field), field
