@@ -135,10 +135,10 @@ NOT_RUN = {
     "hvae-vamp-gated": "not started: ~38 s/epoch on this CPU (gated, one core)",
     "hvae-conv": "not started: ~70 s/epoch on this CPU (one core)",
     "vamp-gated-ar": "not started: ~37 s/epoch on this CPU (one core)",
-    "hvae-vamp-gated-conv": "not started: for a GPU (its step costs 1.6 times hvae-vamp-conv's "
-    "on a CPU core: 445 against 272 ms at batch 100)",
-    "hvae-vamp-fullres-conv": "not started: for a GPU, longer than a session's 30 minutes of one "
-    "(its step costs 13 times hvae-vamp-conv's on a CPU core: 2.78 against 0.21 s at batch 100)",
+    "hvae-vamp-gated-conv": "not started: for a GPU (its step costs 2.0 times hvae-vamp-conv's "
+    "on a CPU core: 0.36 against 0.18 s at batch 100, scripts/benchmark_architectures.py)",
+    "hvae-vamp-fullres-conv": "not started: for a GPU (its step costs 15 times hvae-vamp-conv's "
+    "on a CPU core: 2.74 against 0.18 s at batch 100, scripts/benchmark_architectures.py)",
 }
 
 
