@@ -559,6 +559,11 @@ class ConvArchitecture(Architecture):
         output: Convolution = Convolution(0, 4, 2),
     ):
         self.channels = tuple(channels)
+        if decoder_channels is None and not all(isinstance(c, int) for c in self.channels):
+            raise ConfigError(
+                "only an encoder of bare channel counts (4x4 stride-2 convolutions) is mirrored "
+                "by default; give decoder_channels (and output) for Convolution specs"
+            )
         self.decoder_channels = (
             self.channels[::-1] if decoder_channels is None else tuple(decoder_channels)
         )

@@ -23,6 +23,7 @@ from pyro_vae.networks import (
     GATED,
     GATED_FULL_RESOLUTION,
     ChannelsLastConvTranspose2d,
+    ConvArchitecture,
     ConvDecoder,
     ConvEncoder,
     Convolution,
@@ -122,6 +123,8 @@ def test_conv_networks_reject_stacks_that_do_not_fit_the_image():
         ConvEncoder((1, 8, 8), 4, channels=(8, 8, 8, 8))
     with pytest.raises(ConfigError, match="first feature map, a number"):
         ConvDecoder(4, (1, 28, 28), channels=(Convolution(8), 8))
+    with pytest.raises(ConfigError, match="give decoder_channels"):
+        ConvArchitecture((Convolution(8, 5), 16))
 
 
 def test_conv_vae_trains_and_evaluates():
