@@ -130,8 +130,8 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "gated (fully connected with gated dense layers (W1 u + b1) * sigmoid(W2 u + b2), as in "
         "the VampPrior paper with --hidden-dim 300 300); gated-conv (conv with every convolution "
         "and hidden layer gated so); gated-fullres-conv (the VampPrior paper's gated "
-        "convolutional networks: five convolutions in the encoder, a decoder that refines a "
-        "full-size map with four 3x3 convolutions of 64 channels)",
+        "convolutions: five in the encoder, a decoder that refines a full-size map with four "
+        "3x3 convolutions of 64 channels)",
     )
     model.add_argument(
         "--prior",

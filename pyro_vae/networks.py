@@ -602,11 +602,13 @@ class ConvArchitecture(Architecture):
                            output=self.output)  # fmt: skip
 
 
-#: The networks of the convolutional VAEs of Tomczak & Welling (2018), every layer gated:
-#: the encoder's five convolutions (7x7, 3x3 halving, 5x5, 3x3 halving, 3x3 to 6
-#: channels); the decoder's MLP gives one full-size channel, refined by four 3x3
-#: convolutions of 64 channels at full resolution, then a 1x1 convolution to the
-#: parameters.
+#: The convolutions of the convolutional VAEs of Tomczak & Welling (2018), every layer
+#: gated: the encoder's five (7x7, 3x3 halving, 5x5, 3x3 halving, 3x3 to 6 channels); the
+#: decoder's MLP gives one full-size channel, refined by four 3x3 convolutions of 64
+#: channels at full resolution, then a 1x1 convolution to the parameters. The fully
+#: connected parts are pyro-vae's ``hidden_dims`` heads, as in the other architectures;
+#: theirs differ in details (q(z2|x) linear in the features, q(z1|x, z2) with 3x3
+#: convolutions and its own layer for z2).
 GATED_FULL_RESOLUTION = ConvArchitecture(
     (Convolution(32, 7), Convolution(32, 3, 2), Convolution(64, 5), Convolution(64, 3, 2),
      Convolution(6, 3)),
