@@ -11,7 +11,7 @@ it (a MADE added to the decoder's logits); the ``-iwae`` configurations fine-tun
 best model of vamp-gated, hvae-conv and hvae-vamp-conv on the IWAE bound
 (``--init-from``, ``--objective iwae``); ``hvae-vamp-gated-conv`` gates every
 convolution and hidden layer of hvae-vamp-conv (``--arch gated-conv``);
-``hvae-vamp-fullres-conv`` has the published ConvHVAE's own gated networks (``--arch
+``hvae-vamp-fullres-conv`` has the published ConvHVAE's gated convolutions (``--arch
 gated-fullres-conv``).
 
 Every step is resumable: a run directory with a checkpoint is continued with
@@ -89,8 +89,8 @@ CONV = [*CONV_NETWORKS, "--warmup-epochs", "100"]
 #: Beyond the published table's networks: every convolution and hidden layer gated, as the
 #: gated MLPs are (they gained 1.5-2.0 nats over the ReLU ones here).
 GATED_CONV = ["--arch", "gated-conv", *MLP, "--warmup-epochs", "100"]
-#: The published ConvHVAE's networks (Tomczak & Welling 2018): gated convolutions, and a
-#: decoder that refines a full-size map with four convolutions at full resolution.
+#: The published ConvHVAE's convolutions (Tomczak & Welling 2018), gated, with a decoder
+#: that refines a full-size map with four convolutions at full resolution.
 FULLRES_CONV = ["--arch", "gated-fullres-conv", *MLP, "--warmup-epochs", "100"]
 #: The two-level VAE clips gradients: its first run (no clipping) diverged at epoch 218 from
 #: rare images whose batches had gradient norms of 460 to 1.1e6 per example (usual: 43-63).
