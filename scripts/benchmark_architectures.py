@@ -5,12 +5,12 @@
 
 Each architecture trains the issue's model (by default the two-level VAE with the
 VampPrior, 300-300 hidden layers, 40 latents, batch 100) for two epochs of ``--images``
-random binary images through :func:`pyro_vae.train`, the trainer's own step (on one GPU
-the CUDA-graph replay), then a validation pass over 10,000 images. The first epoch pays
-for warm-up and capture; the second is timed. Printed per architecture: parameters,
-seconds per training step, and the seconds a 50,000-image epoch with its validation
-pass would take (steps times 500 plus the validation pass), the figure that says how
-many epochs fit in a time budget.
+random images through :func:`pyro_vae.train`, the trainer's own step (on one GPU the
+CUDA-graph replay), each epoch ending with a validation pass over 10,000 images. The
+first epoch pays for warm-up and capture; the second is timed. Printed per
+architecture: parameters, seconds per training step, and the seconds a 50,000-image
+epoch with its validation pass would take (500 steps plus the validation pass), the
+figure that says how many epochs fit in a time budget.
 """
 
 import argparse
