@@ -299,14 +299,19 @@ class Convolution:
         """``spec`` itself, or for a bare channel count the 4x4 stride-2 convolution."""
         return spec if isinstance(spec, Convolution) else cls(spec, 4, 2)
 
+    @property
+    def encoder_padding(self) -> int:
+        """The encoder convolution's padding: an odd kernel with stride 1 keeps H and W."""
+        return (self.kernel - 1) // 2
+
     def encoding(self, c_in: int, c_out: int) -> nn.Module:
         """The encoder's convolution: ``c_in`` to ``c_out`` channels, H and W divided by
         ``stride``."""
-        return nn.Conv2d(c_in, c_out, self.kernel, self.stride, (self.kernel - 1) // 2)
+        return nn.Conv2d(c_in, c_out, self.kernel, self.stride, self.encoder_padding)
 
     def encoded_size(self, size: int) -> int:
         """The height (or width) of the encoder convolution's output for an input of ``size``."""
-        return (size + 2 * ((self.kernel - 1) // 2) - self.kernel) // self.stride + 1
+        return (size + 2 * self.encoder_padding - self.kernel) // self.stride + 1
 
     def decoding(self, c_in: int, c_out: int) -> nn.Module:
         """The decoder's convolution: ``c_in`` to ``c_out`` channels, H and W times ``stride``."""
