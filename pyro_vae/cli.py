@@ -32,7 +32,7 @@ from pyro_vae.networks import ARCHITECTURES
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.plots import plot_run
 from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
-from pyro_vae.runs import CHECKPOINTS, EVAL_FILES, evaluate_run
+from pyro_vae.runs import CHECKPOINTS, CONFIG_FILE, EVAL_FILES, evaluate_run, read_config
 from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.training import resolve_device, train
 
@@ -254,7 +254,11 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--out", default="runs/vae", help="run directory to write")
     run.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint; options left out keep the "
+        "run's saved values, those given must match them except the likes of --epochs and "
+        "--lr (an error names any that may not change)",
     )
     run.add_argument(
         "--init-from",
@@ -289,16 +293,32 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--plot", action="store_true", help="write the figures of `pyro-vae plot` to OUT/figures"
     )
-    p.set_defaults(handler=_run_train)
+    p.set_defaults(handler=_run_train, parser=p)
+
+
+def _options_given(args: argparse.Namespace) -> set[str]:
+    """The option names (dests) written on the command line, as opposed to defaulted."""
+    unset = object()
+    given = argparse.Namespace(**{name: unset for name in vars(args)})
+    args.parser.parse_args(args.command_line, given)  # only what is written replaces ``unset``
+    return {name for name, value in vars(given).items() if value is not unset}
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    # Every option of TrainConfig is a train option of the same name (dest); the rest of
+    # its fields are set from the data.
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+               if f.name not in DATA_FIELDS}  # fmt: skip
+    if args.resume and (Path(args.out) / CONFIG_FILE).is_file():
+        # `train --resume --out RUN` continues RUN as configured, without its whole command.
+        saved, given = read_config(args.out), _options_given(args)
+        options = {name: value if name in given else getattr(saved, name)
+                   for name, value in options.items()}  # fmt: skip
+    return TrainConfig(**options)
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    # Every option of TrainConfig is a train option of the same name (dest); the rest of
-    # its fields are set from the data.
-    config = TrainConfig(
-        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in DATA_FIELDS}
-    )
-    train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    train(_train_config(args), args.out, resume=args.resume, progress=not args.no_progress)
     if not distributed.is_main_process():  # under torchrun, rank 0 reports and draws
         return
     print(f"run written to {args.out}")
@@ -479,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = argv[1:]  # the command's own arguments: argv[0] names the command
     try:
         args.handler(args)
     except PyroVAEError as error:

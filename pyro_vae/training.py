@@ -204,7 +204,8 @@ def _prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | Non
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())
         raise CheckpointError(
             f"cannot resume {out}: its configuration differs ({listed}); "
-            "use the saved options or another --out"
+            "keep the saved values (on the command line, leave those options out) or choose "
+            "another --out"
         )
     done, step = checkpoint["epoch"], checkpoint["step"]
     if done > config.epochs or (done == config.epochs and step):

@@ -445,6 +445,25 @@ def test_kill_9_twice_then_ctrl_c_then_resume_matches_an_uninterrupted_run(
     assert_same_run(out, straight)
 
 
+def test_cli_resume_takes_the_saved_options_and_rejects_changed_ones(
+    tmp_path, straight_cli_run, capsys
+):
+    straight, options = straight_cli_run
+    out = tmp_path / "run"
+    with one_thread():
+        first = [*options[: options.index("--epochs")], "--epochs", "3",
+                 *options[options.index("--epochs") + 2 :]]  # fmt: skip
+        assert main(["train", *first, "--out", str(out)]) == 0
+        config = (out / "config.json").read_text()
+        # An option the run was trained without may not be slipped in on resume...
+        assert main(["train", "--resume", "--out", str(out), "--latent-dim", "3"]) == 2
+        assert "latent_dim: saved 2, requested 3" in capsys.readouterr().err
+        assert (out / "config.json").read_text() == config
+        # ...and every option left out keeps its saved value: the run continues as trained.
+        assert main(["train", "--resume", "--out", str(out), "--epochs", "8", "--no-progress"]) == 0
+    assert_same_run(out, straight)
+
+
 def test_temporary_checkpoints_of_a_killed_writer_do_not_count(tmp_path, tiny_data):
     quiet_train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)
     shutil.copy(tmp_path / "run" / CHECKPOINT_FILE, tmp_path / "run" / f".{CHECKPOINT_FILE}.1.tmp")
