@@ -19,6 +19,7 @@ from pyro_vae.config import (
     BINARIZE_CHOICES,
     DATA_FIELDS,
     DEVICE_CHOICES,
+    MODEL_FIELDS,
     MODELS,
     ON_NAN_CHOICES,
     TrainConfig,
@@ -32,7 +33,14 @@ from pyro_vae.networks import ARCHITECTURES
 from pyro_vae.objectives import OBJECTIVES
 from pyro_vae.plots import plot_run
 from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
-from pyro_vae.runs import CHECKPOINTS, CONFIG_FILE, EVAL_FILES, evaluate_run, read_config
+from pyro_vae.runs import (
+    CHECKPOINTS,
+    CONFIG_FILE,
+    EVAL_FILES,
+    evaluate_run,
+    fine_tuning_source,
+    read_config,
+)
 from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.training import resolve_device, train
 
@@ -265,8 +273,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS.init_from,
         metavar="RUN",
         help="fine-tune: start from the model of another run (its directory, for its best.pt, "
-        "or a checkpoint file) with the same model options; optimizer and epochs start anew, "
-        "e.g. to continue a trained VAE with --objective iwae",
+        "or a checkpoint file); model options left out are that run's, those given must "
+        "match them; optimizer and epochs start anew, e.g. to continue a trained VAE with "
+        "--objective iwae",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
@@ -309,12 +318,16 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     # its fields are set from the data.
     options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                if f.name not in DATA_FIELDS}  # fmt: skip
+    # Options left off the command line come from the run being continued: all of them
+    # when resuming, the model's when fine-tuning another run's model.
     if args.resume and (Path(args.out) / CONFIG_FILE).is_file():
-        # `train --resume --out RUN` continues RUN as configured, without its whole command.
-        saved, given = read_config(args.out), _options_given(args)
-        options = {name: value if name in given else getattr(saved, name)
-                   for name, value in options.items()}  # fmt: skip
-    return TrainConfig(**options)
+        source, inherited = read_config(args.out), set(options)
+    elif args.init_from is not None:
+        source, inherited = fine_tuning_source(args.init_from)[2], set(MODEL_FIELDS)
+    else:
+        return TrainConfig(**options)
+    left_out = inherited.intersection(options) - _options_given(args)
+    return TrainConfig(**options | {name: getattr(source, name) for name in left_out})
 
 
 def _run_train(args: argparse.Namespace) -> None:

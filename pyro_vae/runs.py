@@ -331,16 +331,14 @@ def _load_run(
     return vae.to(device).eval(), state
 
 
-def initialize_from(vae: VAE, config: TrainConfig) -> str:
-    """Load the model ``config.init_from`` names into ``vae`` (fine-tuning); return the file.
+def fine_tuning_source(init_from: str | Path) -> tuple[Path, dict[str, Any], TrainConfig]:
+    """The model ``init_from`` names: its checkpoint file, the checkpoint (model and
+    configuration) and the :class:`TrainConfig` it was trained with.
 
     ``init_from`` is a run directory (its ``best.pt``: the model early stopping keeps) or
-    a checkpoint file (``best.pt`` or ``checkpoint.pt`` of a run). Its configuration must
-    agree with ``config`` on :data:`~pyro_vae.config.MODEL_FIELDS`, so a differently shaped
-    or differently meant model is a :class:`CheckpointError` naming the fields, not a
-    silent partial load.
+    a checkpoint file (``best.pt`` or ``checkpoint.pt`` of a run).
     """
-    source = Path(config.init_from)
+    source = Path(init_from)
     if not source.exists():
         raise CheckpointError(
             f"--init-from {source} does not exist; pass a run directory or its "
@@ -353,16 +351,27 @@ def initialize_from(vae: VAE, config: TrainConfig) -> str:
             f"has finished); pass a checkpoint file instead, such as {source / CHECKPOINT_FILE}"
         )
     state = load_checkpoint(run_dir, keys=("model", "config"), file=file)
-    saved = checkpoint_config(state, run_dir)
+    return run_dir / file, state, checkpoint_config(state, run_dir)
+
+
+def initialize_from(vae: VAE, config: TrainConfig) -> str:
+    """Load the model ``config.init_from`` names (:func:`fine_tuning_source`) into ``vae``
+    (fine-tuning); return the file and epoch.
+
+    Its configuration must agree with ``config`` on :data:`~pyro_vae.config.MODEL_FIELDS`,
+    so a differently shaped or differently meant model is a :class:`CheckpointError`
+    naming the fields, not a silent partial load.
+    """
+    path, state, saved = fine_tuning_source(config.init_from)
     changed = {k: v for k, v in saved.differences(config).items() if k in MODEL_FIELDS}
     if changed:
         listed = "; ".join(f"{k}: {a!r} there, {b!r} here" for k, (a, b) in changed.items())
         raise CheckpointError(
-            f"cannot initialize from {run_dir / file}: its model differs ({listed}); "
-            "use the same model options as that run"
+            f"cannot initialize from {path}: its model differs ({listed}); "
+            "use the same model options as that run (on the command line, leave them out)"
         )
-    restore(vae, state["model"], run_dir / file)
-    return f"{run_dir / file} (epoch {state.get('epoch', '?')})"
+    restore(vae, state["model"], path)
+    return f"{path} (epoch {state.get('epoch', '?')})"
 
 
 def _model_digest(state: dict[str, torch.Tensor]) -> str:

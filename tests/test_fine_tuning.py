@@ -8,7 +8,8 @@ import torch
 from conftest import make_tiny_data
 from test_training import tiny_config
 
-from pyro_vae import CheckpointError, read_metrics, train
+from pyro_vae import CheckpointError, read_config, read_metrics, train
+from pyro_vae.cli import main
 
 #: A learning rate so small that one epoch leaves the model as it started.
 STILL = 1e-12
@@ -93,3 +94,27 @@ def test_missing_sources_are_named_with_the_fix(tmp_path, tiny_data, source):
     with pytest.raises(CheckpointError, match="holds no best.pt .* such as .*checkpoint.pt"):
         train(tiny_config(init_from=str(unfinished)), tmp_path / "b", data=tiny_data,
               progress=False)  # fmt: skip
+
+
+def test_the_cli_takes_the_model_options_left_out_from_the_source_run(
+    tmp_path, shared_fashion_dir, capsys
+):
+    common = ["--data-root", str(shared_fashion_dir), "--batch-size", "10", "--device", "cpu",
+              "--no-progress"]  # fmt: skip
+    source, tuned = tmp_path / "source", tmp_path / "tuned"
+    assert main(["train", *common, "--model", "hvae", "--arch", "gated", "--hidden-dim", "16",
+                 "--latent-dim", "3", "--prior", "mog", "--prior-components", "4",
+                 "--epochs", "2", "--out", str(source)]) == 0  # fmt: skip
+    assert main(["train", *common, "--init-from", str(source), "--objective", "iwae",
+                 "--particles", "3", "--lr", str(STILL), "--epochs", "1",
+                 "--out", str(tuned)]) == 0  # fmt: skip
+    assert f"initialized from {source / 'best.pt'} (epoch " in capsys.readouterr().out
+    config = read_config(tuned)
+    assert (config.model, config.arch, config.hidden_dims, config.latent_dim, config.prior,
+            config.prior_components) == ("hvae", "gated", (16,), 3, "mog", 4)  # fmt: skip
+    assert (config.objective, config.epochs) == ("iwae", 1)  # training options: this run's
+    assert read_metrics(tuned)[0]["val_elbo"] == pytest.approx(best_val_elbo(source), abs=1e-3)
+    # model options that are given must still be the source's
+    assert main(["train", *common, "--init-from", str(source), "--latent-dim", "5",
+                 "--out", str(tmp_path / "other")]) == 2  # fmt: skip
+    assert "its model differs (latent_dim: 3 there, 5 here)" in capsys.readouterr().err
