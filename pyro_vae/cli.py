@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from pyro_vae import __version__, distributed
+from pyro_vae.compare import comparison_table, summarize_runs
 from pyro_vae.conditional import OBSERVED_QUADRANT_CHOICES
 from pyro_vae.config import (
     BINARIZE_CHOICES,
@@ -31,7 +32,7 @@ from pyro_vae.images import sample_run
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import ARCHITECTURES
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.plots import plot_run
+from pyro_vae.plots import comparison_figure, plot_run, save_png
 from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
 from pyro_vae.runs import (
     CHECKPOINTS,
@@ -497,6 +498,29 @@ def _run_sample(args: argparse.Namespace) -> None:
     print(f"samples written to {path}")
 
 
+def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="compare runs: a table and learning curves",
+        description="Print a Markdown table of runs side by side: the options they differ "
+        "in, best epoch, status, best validation bound, test log-likelihood (after "
+        "`evaluate`) and training time; --figure also draws their validation curves and "
+        "test log-likelihoods.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories from `train`")
+    p.add_argument("--figure", metavar="PATH", help="also write the figure to PATH (.png)")
+    p.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> None:
+    summaries = summarize_runs(args.runs)
+    print(comparison_table(summaries))
+    if args.figure:
+        save_png(comparison_figure(summaries), args.figure)
+        print(f"figure written to {args.figure}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="pyro-vae",
@@ -508,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(subparsers)
     _add_plot_parser(subparsers)
     _add_sample_parser(subparsers)
+    _add_compare_parser(subparsers)
     return parser
 
 

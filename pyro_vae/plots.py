@@ -28,7 +28,7 @@ interface, summarized per dimension by :func:`prior_marginals`:
 """
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from PIL import Image
 from torch.distributions import Independent, Normal, kl_divergence
 from torchvision.utils import make_grid
 
+from pyro_vae.compare import RunSummary
 from pyro_vae.data import ImageData, load_images
 from pyro_vae.errors import ConfigError
 from pyro_vae.runs import load_run, read_config, read_metrics
@@ -441,6 +442,56 @@ def training_figure(inputs: FigureInputs) -> Figure:
     bars.set_ylabel(f"mean KL(q(z_d|x) || {against}), nats")
     bars.set_title(f"KL per latent dimension on the test set (total {kl.sum():.1f} nats)")
     bars.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def draw_validation_curves(
+    axis: Axes,
+    curves: Mapping[str, Sequence[dict[str, Any]]],
+    first_epochs: Mapping[str, int] | None = None,
+    window: float = 40.0,
+) -> None:
+    """The validation ELBO of each run (its metrics rows) per epoch, on ``axis``.
+
+    ``first_epochs`` shifts a run's epochs (a fine-tuned run continues its source's best
+    epoch). The y-axis spans at most the ``window`` nats below the highest value, where
+    runs are compared; earlier epochs of a long run fall off its bottom.
+    """
+    values = [row["val_elbo"] for rows in curves.values() for row in rows]
+    for name, rows in curves.items():
+        shift = (first_epochs or {}).get(name, 0)
+        axis.plot([shift + row["epoch"] for row in rows], [row["val_elbo"] for row in rows],
+                  "o-" if len(rows) < 20 else "-", markersize=3, label=name)  # fmt: skip
+    if values:
+        top = max(values) + 2
+        axis.set_ylim(max(min(values) - 2, top - window), top)
+    axis.set(xlabel="epoch", ylabel="validation ELBO (nats; higher is better)")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+
+
+def comparison_figure(summaries: Sequence[RunSummary]) -> Figure:
+    """Runs side by side (``pyro-vae compare``): validation ELBO per epoch (left) and, for
+    the runs evaluated, test log-likelihood ± its standard error over the test images."""
+    evaluated = [summary for summary in summaries if summary.evaluation is not None]
+    fig = _agg_figure(figsize=(12, 4.5) if evaluated else (7, 4.5))
+    axes = fig.subplots(1, 2 if evaluated else 1, squeeze=False)[0]
+    draw_validation_curves(axes[0], {summary.name: summary.metrics for summary in summaries})
+    axes[0].set_title("Validation ELBO by epoch")
+    if evaluated:
+        colours = {line.get_label(): line.get_color() for line in axes[0].lines}
+        results = [summary.evaluation for summary in evaluated]
+        for row, (summary, result) in enumerate(zip(evaluated, results, strict=True)):
+            axes[1].errorbar(result["test_log_likelihood"], row, fmt="o", capsize=3,
+                             xerr=result["log_likelihood_stderr"],
+                             color=colours[summary.name])  # fmt: skip
+        axes[1].set_yticks(range(len(results)), [summary.name for summary in evaluated])
+        axes[1].set_ylim(len(results) - 0.5, -0.5)  # first run on top
+        samples = sorted({r["num_samples"] for r in results})
+        axes[1].set(xlabel=f"test log p(x), K={'/'.join(map(str, samples))} (nats; higher is "
+                    "better)", title="Test log-likelihood ± standard error")  # fmt: skip
+        axes[1].grid(alpha=0.3, axis="x")
     return fig
 
 

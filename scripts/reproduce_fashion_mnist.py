@@ -34,7 +34,6 @@ docs/figures/fashion_mnist_curves.png.
 """
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -50,6 +49,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from pyro_vae.compare import summarize_run  # noqa: E402
+from pyro_vae.plots import draw_validation_curves  # noqa: E402
 from pyro_vae.runs import (  # noqa: E402
     BEST_FILE,
     CHECKPOINT_FILE,
@@ -57,9 +58,7 @@ from pyro_vae.runs import (  # noqa: E402
     EVAL_FILES,
     METRICS_FILE,
     best_epoch,
-    read_config,
     read_metrics,
-    stopped_early,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,15 +153,7 @@ def _command(name: str, run_dir: Path) -> list[str]:
 
 def finished(run_dir: Path) -> bool:
     """Trained to the end: early-stopped, or all ``--epochs`` done."""
-    return (run_dir / CHECKPOINT_FILE).exists() and trained_to_the_end(run_dir)
-
-
-def trained_to_the_end(run_dir: Path) -> bool:
-    """What :func:`finished` tells, read from a run directory or a record."""
-    config, rows = read_config(run_dir), read_metrics(run_dir)
-    return bool(rows) and (
-        rows[-1]["epoch"] >= config.epochs or stopped_early(rows, config.patience)
-    )
+    return (run_dir / CHECKPOINT_FILE).exists() and summarize_run(run_dir).status != "unfinished"
 
 
 def _run(argv: list[str], threads: int) -> None:
@@ -308,6 +299,8 @@ def report(runs_dir: Path) -> None:
         1, 2, figsize=(13, 5), width_ratios=(7, 6), layout="constrained"
     )
     compared: list[tuple[str, float | None, dict | None]] = []  # (name, published, eval.json)
+    learning: dict[str, list[dict]] = {}  # metrics rows by configuration
+    first_epochs: dict[str, int] = {}
     without_curves = []
     for name, (published, options) in CONFIGURATIONS.items():
         run_dir, row = sources[name], written.get(name, "")
@@ -322,10 +315,9 @@ def report(runs_dir: Path) -> None:
                          f"`{' '.join(options)}` |")  # fmt: skip
             compared.append((name, published, None))
             continue
-        rows = read_metrics(run_dir)
-        best = best_epoch(rows)
+        summary = summarize_run(run_dir, name)
+        rows, best, result = summary.metrics, summary.best, summary.evaluation
         result_file = run_dir / EVAL_FILES["test"]
-        result = json.loads(result_file.read_text()) if result_file.exists() else None
         compared.append((name, published, result))
         estimate = (
             f"{result['test_log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}"
@@ -335,13 +327,9 @@ def report(runs_dir: Path) -> None:
             else "not evaluated"
         )
         from_record = run_dir.parent == RECORDS
-        if not trained_to_the_end(run_dir):
-            status = "unfinished" if from_record else "unfinished, resumable"
-        elif rows[-1]["epoch"] < read_config(run_dir).epochs:
-            status = "early-stopped"
-        else:
-            status = "finished"
-        hours = sum(row["seconds"] for row in rows) / 3600
+        status = summary.status
+        if status == "unfinished" and not from_record:
+            status += ", resumable"
         evaluation = f"{result['seconds'] / 60:.1f} min" if result else ""
         validation = f"{best['val_elbo']:.2f}"
         if "val_iwae" in best:  # selected by the IWAE bound it trains on
@@ -358,10 +346,10 @@ def report(runs_dir: Path) -> None:
             status += f" (record; ran on {trained_on})" if trained_on != machine() else " (record)"
         lines.append(
             f"| {name} | {_published(published)} | {estimate} | {validation} | "
-            f"{best['epoch']} / {rows[-1]['epoch']} | {status} | {hours:.2f} h | {evaluation} | "
-            f"`{' '.join(options)}` |"
+            f"{best['epoch']} / {rows[-1]['epoch']} | {status} | {summary.hours:.2f} h | "
+            f"{evaluation} | `{' '.join(options)}` |"
         )
-        axis.plot([first + r["epoch"] for r in rows], [r["val_elbo"] for r in rows], label=name)
+        learning[name], first_epochs[name] = rows, first
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     curves = CURVES.relative_to(BENCHMARKS.parent)
     kept = ""
@@ -371,13 +359,10 @@ def report(runs_dir: Path) -> None:
     lines += ["", "Validation ELBO by epoch (left) and test log-likelihoods against the published "
               f"ones (right): ![learning curves and results]({curves})", "",
               f"Table written {when}.{kept}", END]  # fmt: skip
-    axis.set(xlabel="epoch", ylabel="validation ELBO (nats)", title="Fashion-MNIST, issue 8")
     # the 30 nats below the best run's best epoch: where the runs are compared (a run
     # just started stays below until it gets there)
-    top = max((line.get_ydata().max() for line in axis.lines), default=-200) + 2
-    axis.set_ylim(top - 32, top)
-    axis.legend()
-    axis.grid(alpha=0.3)
+    draw_validation_curves(axis, learning, first_epochs, window=32)
+    axis.set_title("Fashion-MNIST, issue 8")
     _plot_results(results, compared)
     CURVES.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(CURVES, dpi=120, bbox_inches="tight")

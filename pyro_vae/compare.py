@@ -1,0 +1,136 @@
+"""Runs side by side: what each one is, how far it trained, what it reached.
+
+:func:`summarize_run` reads a run directory (``config.json``, ``metrics.jsonl`` and, once
+``pyro-vae evaluate`` has run, ``eval.json``; no checkpoint is needed, so copied records
+of runs work too) into a :class:`RunSummary`; :func:`comparison_table` puts several in a
+Markdown table naming the options they differ in. ``pyro-vae compare RUN...`` prints it
+and draws :func:`~pyro_vae.plots.comparison_figure`.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pyro_vae.config import DATA_FIELDS, TrainConfig
+from pyro_vae.errors import CheckpointError
+from pyro_vae.runs import (
+    EVAL_FILES,
+    best_epoch,
+    read_config,
+    read_metrics,
+    stopped_early,
+    validation_name,
+    validation_score,
+)
+
+#: Options that say where or how safely a run was computed, not what it computed: they
+#: are not listed among the options runs differ in.
+INCIDENTAL_FIELDS = ("data_root", "device", "checkpoint_every", "on_nan", "cuda_graph",
+                     *DATA_FIELDS)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as its directory tells it.
+
+    :param name: how tables and figures call it.
+    :param metrics: one row per finished epoch (``metrics.jsonl``).
+    :param evaluation: the test-set estimate (``eval.json``), or None before ``evaluate``.
+    """
+
+    name: str
+    config: TrainConfig
+    metrics: list[dict[str, Any]]
+    evaluation: dict[str, Any] | None
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The best epoch's metrics row (:func:`~pyro_vae.runs.best_epoch`)."""
+        return best_epoch(self.metrics)
+
+    @property
+    def status(self) -> str:
+        """``finished`` (all ``epochs`` trained), ``early-stopped`` (no validation gain
+        for ``patience`` epochs) or ``unfinished`` (resumable with ``--resume``)."""
+        if self.metrics and self.metrics[-1]["epoch"] >= self.config.epochs:
+            return "finished"
+        if stopped_early(self.metrics, self.config.patience):
+            return "early-stopped"
+        return "unfinished"
+
+    @property
+    def hours(self) -> float:
+        """Wall time of the finished epochs, validation included."""
+        return sum(row["seconds"] for row in self.metrics) / 3600
+
+
+def summarize_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
+    """The :class:`RunSummary` of ``run_dir``, called ``name`` (default: its path)."""
+    run_dir = Path(run_dir)
+    config, metrics = read_config(run_dir), read_metrics(run_dir)
+    path = run_dir / EVAL_FILES["test"]
+    try:
+        evaluation = json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error}); evaluate the run again to rewrite it"
+        ) from error
+    return RunSummary(str(run_dir) if name is None else name, config, metrics, evaluation)
+
+
+def summarize_runs(run_dirs: Sequence[str | Path]) -> list[RunSummary]:
+    """:func:`summarize_run` of each, named by their directory names where those are
+    unique, else by their paths."""
+    paths = [Path(run_dir) for run_dir in run_dirs]
+    unique = len({path.resolve().name for path in paths}) == len(paths)
+    return [summarize_run(path, path.resolve().name if unique else str(path)) for path in paths]
+
+
+def differing_options(configs: Sequence[TrainConfig]) -> list[str]:
+    """The options (:class:`~pyro_vae.config.TrainConfig` fields) whose values are not the
+    same in all ``configs``, :data:`INCIDENTAL_FIELDS` left out."""
+    return [
+        f.name
+        for f in fields(TrainConfig)
+        if f.name not in INCIDENTAL_FIELDS
+        and any(getattr(c, f.name) != getattr(configs[0], f.name) for c in configs[1:])
+    ]
+
+
+def _option(name: str, value: Any) -> str:
+    shown = " ".join(map(str, value)) if isinstance(value, tuple | list) else value
+    return f"{name}={shown}"
+
+
+def _estimate(evaluation: dict[str, Any] | None) -> str:
+    if evaluation is None:
+        return "not evaluated"
+    return (
+        f"{evaluation['test_log_likelihood']:.2f} ± {evaluation['log_likelihood_stderr']:.2f} "
+        f"(epoch {evaluation.get('epoch', '?')}, K={evaluation['num_samples']}, "
+        f"{evaluation['num_examples']} images)"
+    )
+
+
+def comparison_table(summaries: Sequence[RunSummary]) -> str:
+    """A Markdown table with a row per run: the options it differs in from the others, its
+    best epoch, status, best validation bound, test log-likelihood (± its standard error
+    over the test images) and training time."""
+    differing = differing_options([summary.config for summary in summaries])
+    lines = [
+        "| run | options | best epoch / trained | status | best validation | "
+        "test log-likelihood | training time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for summary in summaries:
+        options = ", ".join(_option(name, getattr(summary.config, name)) for name in differing)
+        best = summary.best
+        epochs = f"{best['epoch']} / {summary.metrics[-1]['epoch']}" if best else "0"
+        validation = f"{validation_name(best)} {validation_score(best):.2f}" if best else ""
+        lines.append(
+            f"| {summary.name} | {options or 'same'} | {epochs} | {summary.status} | "
+            f"{validation} | {_estimate(summary.evaluation)} | {summary.hours:.2f} h |"
+        )
+    return "\n".join(lines)
