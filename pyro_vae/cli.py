@@ -41,6 +41,7 @@ from pyro_vae.runs import (
     evaluate_run,
     fine_tuning_source,
     read_config,
+    read_options,
 )
 from pyro_vae.schedules import LR_SCHEDULES
 from pyro_vae.training import resolve_device, train
@@ -263,6 +264,13 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--out", default="runs/vae", help="run directory to write")
     run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="take the options from a JSON file: a run's config.json (or the run directory, "
+        "to train another like it) or any subset of its keys; options written on the command "
+        "line override it",
+    )
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last checkpoint; options left out keep the "
@@ -315,20 +323,23 @@ def _options_given(args: argparse.Namespace) -> set[str]:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's options: those written on the command line, then those of ``--config``,
+    then (for the options left out of both) the run being continued: all of its options
+    when resuming, its model's when fine-tuning from it; then the defaults."""
     # Every option of TrainConfig is a train option of the same name (dest); the rest of
     # its fields are set from the data.
     options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                if f.name not in DATA_FIELDS}  # fmt: skip
-    # Options left off the command line come from the run being continued: all of them
-    # when resuming, the model's when fine-tuning another run's model.
+    chosen = read_options(args.config) if args.config else {}
+    chosen |= {name: options[name] for name in _options_given(args) if name in options}
     if args.resume and (Path(args.out) / CONFIG_FILE).is_file():
         source, inherited = read_config(args.out), set(options)
-    elif args.init_from is not None:
-        source, inherited = fine_tuning_source(args.init_from)[2], set(MODEL_FIELDS)
+    elif chosen.get("init_from") is not None:
+        source, inherited = fine_tuning_source(chosen["init_from"])[2], set(MODEL_FIELDS)
     else:
-        return TrainConfig(**options)
-    left_out = inherited.intersection(options) - _options_given(args)
-    return TrainConfig(**options | {name: getattr(source, name) for name in left_out})
+        source, inherited = None, set()
+    options |= {name: getattr(source, name) for name in inherited.intersection(options)}
+    return TrainConfig(**options | chosen)
 
 
 def _run_train(args: argparse.Namespace) -> None:

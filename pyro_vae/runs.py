@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pyro_vae import distributed
-from pyro_vae.config import MODEL_FIELDS, TrainConfig, resolve_device
+from pyro_vae.config import DATA_FIELDS, MODEL_FIELDS, TrainConfig, resolve_device
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH, ChunkResults, estimate_log_likelihood
 from pyro_vae.files import atomic_write
@@ -76,6 +76,27 @@ def read_config(run_dir: str | Path) -> TrainConfig:
         return TrainConfig.from_dict(json.loads(path.read_text()))
     except (ValueError, TypeError) as error:  # bad JSON, or values TrainConfig rejects
         raise CheckpointError(f"{path} is not a valid pyro-vae config ({error})") from error
+
+
+def read_options(path: str | Path) -> dict[str, Any]:
+    """The train options a JSON file sets: a run's ``config.json`` (or the run directory
+    itself), or any subset of its keys, checked as :class:`TrainConfig` checks them. The
+    fields set from the data are left out."""
+    path = Path(path)
+    file = path / CONFIG_FILE if path.is_dir() else path
+    try:
+        values = json.loads(file.read_text())
+        config = TrainConfig.from_dict(values)  # names, types and values checked
+    except OSError as error:
+        raise ConfigError(
+            f"cannot read {file} ({error.strerror}); pass a JSON file of train options "
+            "or a run directory"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{file} is not valid JSON ({error}); fix it or pass another") from error
+    except ConfigError as error:
+        raise ConfigError(f"{file} does not hold valid train options: {error}") from error
+    return {name: getattr(config, name) for name in values if name not in DATA_FIELDS}
 
 
 def rng_state() -> dict[str, Any]:

@@ -114,6 +114,9 @@ def main() -> None:
         [*QUICK, "--init-from", str(w / "empty")],
         [*QUICK, "--latent-dim", "8", "--init-from", str(w / "run")],
         [*QUICK, "--init-from", str(w / "torn-run" / "checkpoint.pt")],
+        ["--config", str(w / "nowhere.json")],
+        ["--config", str(w / "a-file")],
+        ["--config", str(w / "empty")],
     ]
     rows = ["| input | answer | message |", "|---|---|---|"]
     os.environ["http_proxy"] = os.environ["https_proxy"] = "http://127.0.0.1:9"  # no downloads

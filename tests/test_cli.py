@@ -1,11 +1,12 @@
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pyro_vae import __version__
+from pyro_vae import TrainConfig, __version__, read_config
 from pyro_vae.cli import main
 from pyro_vae.data import DATASETS
 
@@ -52,3 +53,45 @@ def test_cli_trains_on_fashion_mnist_subset(tmp_path: Path, capsys):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["train_loss"] < rows[0]["train_loss"]
     assert "epoch 2/2" in capsys.readouterr().out
+
+
+def test_train_config_takes_a_runs_options_or_a_files_and_the_command_line_wins(
+    tmp_path, shared_fashion_dir
+):
+    source, again, partial = tmp_path / "source", tmp_path / "again", tmp_path / "partial"
+    assert main(["train", "--data-root", str(shared_fashion_dir), "--hidden-dim", "16",
+                 "--latent-dim", "2", "--prior", "mog", "--prior-components", "3",
+                 "--batch-size", "10", "--epochs", "1", "--no-progress",
+                 "--out", str(source)]) == 0  # fmt: skip
+    # a run directory: another run like it, with one option changed
+    assert main(["train", "--config", str(source), "--seed", "1", "--out", str(again)]) == 0
+    assert read_config(again).differences(read_config(source)) == {"seed": (1, 0)}
+    # a file with some of the options, the rest defaults, the command line on top
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"hidden_dims": [16], "latent_dim": 3, "prior": "mog",
+                                   "batch_size": 10, "epochs": 1}))  # fmt: skip
+    assert main(["train", "--config", str(options), "--latent-dim", "4", "--data-root",
+                 str(shared_fashion_dir), "--no-progress", "--out", str(partial)]) == 0  # fmt: skip
+    config = read_config(partial)
+    assert (config.hidden_dims, config.latent_dim, config.prior, config.batch_size,
+            config.epochs, config.lr) == ((16,), 4, "mog", 10, 1, TrainConfig().lr)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"latent": 3}', r"does not hold valid train options: unknown config keys \['latent'\]"),
+        ('{"latent_dim": 0}', "does not hold valid train options: .*latent-dim must be"),
+        ("[1, 2]", "does not hold valid train options: a config must be a dict, got list"),
+        ('{"latent_dim": ', r"options.json is not valid JSON \(Expecting value: .*\); fix it"),
+        (None, r"cannot read .*missing.json \(No such file or directory\); pass a JSON file"),
+    ],
+)
+def test_a_bad_options_file_is_named_before_anything_is_written(tmp_path, capsys, text, message):
+    options = tmp_path / ("options.json" if text is not None else "missing.json")
+    if text is not None:
+        options.write_text(text)
+    assert main(["train", "--config", str(options), "--out", str(tmp_path / "run")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.search(message, line), line
+    assert not (tmp_path / "run").exists()
