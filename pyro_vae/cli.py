@@ -74,9 +74,12 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     data = p.add_argument_group("data")
     data.add_argument(
         "--dataset",
-        choices=list(DATASETS),
         default=DEFAULTS.dataset,
-        help="image dataset (50k train / last 10k of train as validation / 10k test)",
+        metavar="NAME|FILE.npz",
+        help=f"image dataset: {', '.join(DATASETS)} (50k train / last 10k of train as "
+        "validation / 10k test), or a .npz file of your images: arrays train and test, "
+        "(N, H, W) or (N, C, H, W), uint8 or floats in [0, 1], optional train_labels, "
+        "test_labels, class_names (the last sixth of train is the validation set)",
     )
     data.add_argument(
         "--data-root",

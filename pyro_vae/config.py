@@ -6,6 +6,7 @@ import os
 import typing
 from collections.abc import Callable
 from dataclasses import Field, asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +17,7 @@ from pyro_vae.conditional import (
     LabelCVAE,
     check_observed_quadrants,
 )
-from pyro_vae.data import DATASETS, ImageData, load_images
+from pyro_vae.data import DATASETS, IMAGE_FILE_SUFFIX, ImageData, is_image_file, load_images
 from pyro_vae.errors import ConfigError, ConfigTypeError
 from pyro_vae.hierarchical import HierarchicalVAE
 from pyro_vae.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
@@ -226,8 +227,14 @@ class TrainConfig:
                 "checkpoint-every must be 0 (only at epoch ends) or more, "
                 f"got {self.checkpoint_every}"
             )
+        if is_image_file(self.dataset):  # the user's own images: kept as an absolute path,
+            self.dataset = str(Path(self.dataset).expanduser().resolve())  # for evaluate/plot
+        elif self.dataset not in DATASETS:
+            raise ConfigError(
+                f"unknown dataset {self.dataset!r}; choose one of: {', '.join(DATASETS)}, or "
+                f"name a {IMAGE_FILE_SUFFIX} file of your images"
+            )
         for name, choices in (
-            ("dataset", tuple(DATASETS)),
             ("model", tuple(MODELS)),
             ("arch", tuple(ARCHITECTURES)),
             ("binarize", BINARIZE_CHOICES),

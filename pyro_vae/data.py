@@ -5,6 +5,12 @@ IDX files, gzipped or not), in a system copy (Debian's ``dataset-fashion-mnist``
 installs ``/usr/share/datasets/fashion-mnist``), or downloaded by torchvision.
 Parsing and downloading are torchvision's; this module only finds the files.
 
+Your own images: ``name`` may instead be a ``.npz`` file (:func:`read_image_file`) with
+arrays ``train`` and ``test`` of shape (N, H, W) or (N, C, H, W), uint8 grey levels 0-255
+or floats, and optional ``train_labels``, ``test_labels`` and ``class_names``. The last
+sixth of ``train`` (at most 10,000 images, as for the registered datasets) is held out
+for validation.
+
 Binarization: with ``binarize=True`` the training images stay grey levels and
 :meth:`ImageData.training_images` draws a fresh Bernoulli(pixel) sample every
 epoch (dynamic binarization); validation and test images are binarized once
@@ -15,10 +21,12 @@ import gzip
 import math
 import os
 import shutil
+import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision import datasets
 
@@ -27,8 +35,13 @@ from pyro_vae.files import atomic_write
 
 #: Seed of the one-off binarization of validation and test images.
 EVAL_BINARIZATION_SEED = 0
-#: Number of training images held out, from the end, for validation.
+#: Training images held out, from the end, for validation: this many of a registered
+#: dataset's (the protocol's 10k of 60k); of an image file's, a sixth, at most this many.
 NUM_VALIDATION = 10_000
+#: ``--dataset`` names an image file of the user's (:func:`read_image_file`) when it ends so.
+IMAGE_FILE_SUFFIX = ".npz"
+#: The arrays such a file may hold.
+IMAGE_FILE_ARRAYS = ("train", "test", "train_labels", "test_labels", "class_names")
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("PYRO_VAE_DATA", Path.home() / ".cache" / "pyro-vae"))
 
@@ -239,6 +252,101 @@ def load_torchvision(
     return train, test
 
 
+def is_image_file(name: str) -> bool:
+    """Whether a dataset name is a path to the user's own image file."""
+    return name.endswith(IMAGE_FILE_SUFFIX)
+
+
+@dataclass(frozen=True)
+class StoredImages:
+    """A dataset as stored: images of shape (N, C, H, W), uint8 (0-255) or floats, with
+    integer labels."""
+
+    train: torch.Tensor
+    train_labels: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: tuple[str, ...]
+
+
+def _file_error(path: Path, problem: str) -> DatasetUnavailableError:
+    return DatasetUnavailableError(
+        f"{path}: {problem}. An image file holds arrays train and test, (N, H, W) or "
+        "(N, C, H, W), uint8 0-255 or floats in [0, 1], and optionally train_labels, "
+        "test_labels (N integers) and class_names; write it with numpy.savez"
+    )
+
+
+def _file_images(path: Path, arrays: dict[str, np.ndarray], split: str) -> torch.Tensor:
+    images = arrays[split]
+    if images.ndim not in (3, 4) or 0 in images.shape:
+        raise _file_error(path, f"{split} has shape {images.shape}, not (N, H, W) or (N, C, H, W)")
+    if images.dtype != np.uint8 and images.dtype.kind != "f":
+        raise _file_error(path, f"{split} holds {images.dtype} values, not uint8 or floats")
+    images = torch.from_numpy(images if images.dtype == np.uint8 else images.astype(np.float32))
+    return images if images.dim() == 4 else images.unsqueeze(1)
+
+
+def _file_labels(path: Path, arrays: dict[str, np.ndarray], split: str, count: int) -> torch.Tensor:
+    labels = arrays.get(f"{split}_labels")
+    if labels is None:
+        return torch.zeros(count, dtype=torch.long)
+    if labels.dtype.kind not in "iu" or labels.shape != (count,) or (labels < 0).any():
+        problem = (f"{split}_labels must be {count} integers 0 or more, one per {split} image; "
+                   f"got {labels.dtype} of shape {labels.shape}")  # fmt: skip
+        raise _file_error(path, problem)
+    return torch.from_numpy(labels.astype(np.int64))
+
+
+def read_image_file(path: str | Path) -> StoredImages:
+    """The images and labels of a ``.npz`` file (see the module doc), checked.
+
+    Images without labels are all of class 0. Class names default to the label numbers.
+    Loaded with ``allow_pickle=False``: a file can hold arrays, never code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _file_error(path, "no such file")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise _file_error(path, f"not a readable .npz file ({error})") from error
+    unknown = sorted(set(arrays) - set(IMAGE_FILE_ARRAYS))
+    missing = [name for name in ("train", "test") if name not in arrays]
+    if unknown or missing:
+        problems = (("missing", missing), ("unknown", unknown))
+        raise _file_error(path, ", ".join(f"{kind} arrays {names}" for kind, names in problems
+                                          if names))  # fmt: skip
+    train, test = _file_images(path, arrays, "train"), _file_images(path, arrays, "test")
+    if train.shape[1:] != test.shape[1:] or train.dtype != test.dtype:
+        raise _file_error(path, f"train images are {train.dtype} {tuple(train.shape[1:])} but "
+                                f"test images {test.dtype} {tuple(test.shape[1:])}")  # fmt: skip
+    train_labels = _file_labels(path, arrays, "train", train.shape[0])
+    test_labels = _file_labels(path, arrays, "test", test.shape[0])
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    names = arrays.get("class_names", np.arange(num_classes).astype(str))
+    if names.dtype.kind != "U" or names.shape != (names.size,) or names.size < num_classes:
+        raise _file_error(path, f"class_names must be at least {num_classes} strings (one per "
+                                f"label), got {names.dtype} of shape {names.shape}")  # fmt: skip
+    return StoredImages(train, train_labels, test, test_labels, tuple(map(str, names)))
+
+
+def _stored_images(name: str, data_root: str | Path | None, download: bool) -> StoredImages:
+    if is_image_file(name):
+        return read_image_file(name)
+    train_set, test_set = load_torchvision(name, data_root, download)
+    return StoredImages(train_set.data.unsqueeze(1), train_set.targets.long(),
+                        test_set.data.unsqueeze(1), test_set.targets.long(),
+                        DATASETS[name].class_names)  # fmt: skip
+
+
+def _unit_scale(images: torch.Tensor) -> torch.Tensor:
+    """Flat float images: uint8 grey levels as k/255, floats as they are."""
+    images = images.flatten(1)
+    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+
 def load_images(
     name: str = "fashion-mnist",
     data_root: str | Path | None = None,
@@ -248,31 +356,45 @@ def load_images(
     device: torch.device | str = "cpu",
     download: bool = True,
 ) -> ImageData:
-    """Load ``name`` as :class:`ImageData`: last 10k training images held out for validation.
+    """Load ``name`` (a :data:`DATASETS` name, or a ``.npz`` file of the user's, see the
+    module doc) as :class:`ImageData`: the last :data:`NUM_VALIDATION` training images
+    held out for validation (of an image file's, the last sixth, at most that many).
 
     :param subset: keep only the first ``subset`` training images (quick runs).
     """
-    train_set, test_set = load_torchvision(name, data_root, download)
-    images = train_set.data.flatten(1).float().div_(255)
-    labels = train_set.targets.long()
-    num_train = images.shape[0] - NUM_VALIDATION
+    stored = _stored_images(name, data_root, download)
+    images, test = _unit_scale(stored.train), _unit_scale(stored.test)
+    held_out = min(NUM_VALIDATION, images.shape[0] // 6) if is_image_file(name) else NUM_VALIDATION
+    num_train = images.shape[0] - held_out
+    if num_train == images.shape[0]:
+        raise ConfigError(
+            f"{name} has {images.shape[0]} training images: too few to hold out a sixth for "
+            "validation; give at least 6"
+        )
     if subset is not None and not 0 < subset <= num_train:
         raise ConfigError(f"--subset must be between 1 and {num_train}, got {subset}")
     train, val = images[: subset or num_train], images[num_train:]
-    test = test_set.data.flatten(1).float().div_(255)
     if binarize:
+        for split, values in (("training", images), ("test", test)):
+            if not bool(((values >= 0) & (values <= 1)).all()):
+                raise ConfigError(
+                    f"--binarize dynamic draws Bernoulli(pixel) images, which needs grey "
+                    f"levels in [0, 1], but the {split} images of {name} range over "
+                    f"[{values.min().item():g}, {values.max().item():g}]; rescale them or pass "
+                    "--binarize none"
+                )
         generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
         val = torch.bernoulli(val, generator=generator)
         test = torch.bernoulli(test, generator=generator)
     data = ImageData(
         train=train,
-        train_labels=labels[: subset or num_train],
+        train_labels=stored.train_labels[: subset or num_train],
         val=val,
-        val_labels=labels[num_train:],
+        val_labels=stored.train_labels[num_train:],
         test=test,
-        test_labels=test_set.targets.long(),
-        image_shape=(1, *train_set.data.shape[1:]),
-        class_names=DATASETS[name].class_names,
+        test_labels=stored.test_labels,
+        image_shape=tuple(stored.train.shape[1:]),
+        class_names=stored.class_names,
         binarize=binarize,
     )
     return data.to(device)

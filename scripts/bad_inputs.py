@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,7 @@ def main() -> None:
     gz = torn_data / "train-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:100_000])
     (w / "a-file").write_text("not a directory")
+    numpy.savez(w / "no-test.npz", train=numpy.zeros((60, 8, 8), numpy.uint8))
     (w / "empty").mkdir()
 
     cli_cases = [
@@ -117,6 +119,8 @@ def main() -> None:
         ["--config", str(w / "nowhere.json")],
         ["--config", str(w / "a-file")],
         ["--config", str(w / "empty")],
+        ["--dataset", str(w / "nowhere.npz")],
+        ["--dataset", str(w / "no-test.npz")],
     ]
     rows = ["| input | answer | message |", "|---|---|---|"]
     os.environ["http_proxy"] = os.environ["https_proxy"] = "http://127.0.0.1:9"  # no downloads
