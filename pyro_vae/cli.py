@@ -26,6 +26,7 @@ from pyro_vae.config import (
     TrainConfig,
 )
 from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT
+from pyro_vae.encoding import SPLITS, encode_run
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 from pyro_vae.images import sample_run
@@ -512,6 +513,34 @@ def _run_sample(args: argparse.Namespace) -> None:
     print(f"samples written to {path}")
 
 
+def _add_encode_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "encode",
+        help="write the latent codes of a run's images",
+        description="Encode every image of a split with a trained run's encoder and write "
+        "q(z|x) to a .npz file: loc (the posterior means, the usual representation), scale, "
+        "labels and class_names (hvae: the top layer z2).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write (.npz)")
+    p.add_argument("--split", choices=SPLITS, default="test", help="which images")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto: CUDA when available, else CPU",
+    )
+    _add_checkpoint_option(p)
+    p.set_defaults(handler=_run_encode)
+
+
+def _run_encode(args: argparse.Namespace) -> None:
+    path = encode_run(args.run, args.out, split=args.split, device=args.device,
+                      checkpoint=args.checkpoint)  # fmt: skip
+    print(f"latent codes written to {path}")
+
+
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare",
@@ -546,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(subparsers)
     _add_plot_parser(subparsers)
     _add_sample_parser(subparsers)
+    _add_encode_parser(subparsers)
     _add_compare_parser(subparsers)
     return parser
 

@@ -1,0 +1,66 @@
+r"""Latent codes of a run's images: what ``pyro-vae encode`` writes.
+
+For every image :math:`x` of a split, the amortized posterior
+:math:`q(z|x, c) = \mathcal N(\mu(x, c), \operatorname{diag}\sigma(x, c)^2)` of the
+model's encoder (the top layer :math:`z_2` for ``hvae``; the condition :math:`c` is the
+label for ``cvae`` and the observed quadrants for ``completion``), saved as a NumPy
+archive: ``loc`` (:math:`\mu`, the usual representation for downstream tasks),
+``scale`` (:math:`\sigma`), ``labels`` and ``class_names``. Training images are encoded
+as their grey levels, the mean of their binarizations; validation and test images as
+the binary images the run is evaluated on.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_vae.config import resolve_device
+from pyro_vae.data import ImageData
+from pyro_vae.errors import ConfigError
+from pyro_vae.files import atomic_write
+from pyro_vae.runs import load_run, read_config
+
+#: The splits ``encode_run`` can encode.
+SPLITS = ("train", "val", "test")
+
+
+def encode_run(
+    run_dir: str | Path,
+    path: str | Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 1000,
+    data: ImageData | None = None,
+    checkpoint: str | None = None,
+) -> Path:
+    """Write the posterior parameters of every image of ``split`` to ``path`` (``.npz``,
+    written atomically); return the path.
+
+    :param data: images to encode instead of the run's dataset.
+    :param checkpoint: which saved model, as in :func:`~pyro_vae.load_run`.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if batch_size <= 0:
+        raise ConfigError(f"batch-size must be positive, got {batch_size}")
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ConfigError(f"cannot write latent codes as {path.name!r}; use a .npz file name")
+    config = read_config(run_dir)
+    torch_device = resolve_device(device)
+    vae = load_run(run_dir, torch_device, checkpoint)
+    data = config.load_data(torch_device) if data is None else data.to(torch_device)
+    images, labels = getattr(data, split), getattr(data, f"{split}_labels")
+    batches = zip(images.split(batch_size), labels.split(batch_size), strict=True)
+    locs, scales = zip(*(vae.encode(*vae.batch_inputs(x, y)) for x, y in batches), strict=True)
+    arrays = {
+        "loc": torch.cat(locs).cpu().numpy(),
+        "scale": torch.cat(scales).cpu().numpy(),
+        "labels": labels.cpu().numpy(),
+        "class_names": np.array(data.class_names),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda file: np.savez(file, **arrays))
+    return path
