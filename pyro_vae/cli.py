@@ -355,7 +355,15 @@ def _run_train(args: argparse.Namespace) -> None:
         _write_figures(args.out, None, args.data_root, args.device, None)
 
 
-def _add_checkpoint_option(p: argparse.ArgumentParser) -> None:
+def _add_model_options(p: argparse.ArgumentParser, device: str = "auto") -> None:
+    """The options of the commands that load a trained run: which, where to, which model."""
+    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
+    p.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default=device,
+        help="auto: CUDA when available, else CPU",
+    )
     p.add_argument(
         "--checkpoint",
         choices=list(CHECKPOINTS),
@@ -374,15 +382,11 @@ def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
         "`pyro-vae train`, from its test images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--run", required=True, metavar="DIR", help="run directory to plot")
     p.add_argument("--out", default=None, metavar="DIR", help="where to write; default RUN/figures")
     p.add_argument(
         "--data-root", default=None, help="where to find the dataset; default: the run's"
     )
-    p.add_argument(
-        "--device", choices=DEVICE_CHOICES, default="cpu", help="auto: CUDA when available"
-    )
-    _add_checkpoint_option(p)
+    _add_model_options(p, device="cpu")
     p.set_defaults(handler=_run_plot)
 
 
@@ -409,7 +413,6 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "continues from there.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
     p.add_argument(
         "--num-samples", type=int, default=5000, metavar="K", help="importance samples per image"
     )
@@ -431,14 +434,8 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         + ")",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
-    p.add_argument(
-        "--device",
-        choices=DEVICE_CHOICES,
-        default="auto",
-        help="auto: CUDA when available, else CPU",
-    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_checkpoint_option(p)
+    _add_model_options(p)
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -479,7 +476,6 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         "per row (completion).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
     p.add_argument("--out", required=True, metavar="PATH", help="image file to write (.png)")
     p.add_argument(
         "--num",
@@ -497,13 +493,7 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         help="class to sample (cvae), or class of the test images to complete (completion)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument(
-        "--device",
-        choices=DEVICE_CHOICES,
-        default="auto",
-        help="auto: CUDA when available, else CPU",
-    )
-    _add_checkpoint_option(p)
+    _add_model_options(p)
     p.set_defaults(handler=_run_sample)
 
 
@@ -522,16 +512,9 @@ def _add_encode_parser(subparsers: argparse._SubParsersAction) -> None:
         "labels and class_names (hvae: the top layer z2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--run", required=True, metavar="DIR", help="run directory from `train`")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (.npz)")
     p.add_argument("--split", choices=SPLITS, default="test", help="which images")
-    p.add_argument(
-        "--device",
-        choices=DEVICE_CHOICES,
-        default="auto",
-        help="auto: CUDA when available, else CPU",
-    )
-    _add_checkpoint_option(p)
+    _add_model_options(p)
     p.set_defaults(handler=_run_encode)
 
 
