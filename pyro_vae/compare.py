@@ -8,16 +8,20 @@ and draws :func:`~pyro_vae.plots.comparison_figure`.
 """
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from pyro_vae.config import DATA_FIELDS, TrainConfig
 from pyro_vae.errors import CheckpointError
 from pyro_vae.runs import (
     EVAL_FILES,
     best_epoch,
+    examples_path,
     read_config,
     read_metrics,
     stopped_early,
@@ -38,12 +42,15 @@ class RunSummary:
     :param name: how tables and figures call it.
     :param metrics: one row per finished epoch (``metrics.jsonl``).
     :param evaluation: the test-set estimate (``eval.json``), or None before ``evaluate``.
+    :param per_image: its log-likelihood estimate of each test image, where ``evaluate``
+        wrote them (:func:`~pyro_vae.runs.examples_path`) and they match ``evaluation``.
     """
 
     name: str
     config: TrainConfig
     metrics: list[dict[str, Any]]
     evaluation: dict[str, Any] | None
+    per_image: np.ndarray | None = None
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -77,7 +84,27 @@ def summarize_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
         raise CheckpointError(
             f"{path} is not valid JSON ({error}); evaluate the run again to rewrite it"
         ) from error
-    return RunSummary(str(run_dir) if name is None else name, config, metrics, evaluation)
+    name = str(run_dir) if name is None else name
+    return RunSummary(name, config, metrics, evaluation, _per_image(run_dir, evaluation))
+
+
+def _per_image(run_dir: Path, evaluation: dict[str, Any] | None) -> np.ndarray | None:
+    """The per-image log-likelihoods of the test evaluation, or None if there are none that
+    belong to it (evaluated by an older pyro-vae, or the run evaluated since)."""
+    path = examples_path(run_dir, "test")
+    if evaluation is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            values = stored["log_likelihood"]
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise CheckpointError(
+            f"{path} is damaged ({error}); evaluate the run again to rewrite it"
+        ) from error
+    matches = values.shape == (evaluation["num_examples"],) and math.isclose(
+        float(values.mean()), evaluation["test_log_likelihood"], rel_tol=0, abs_tol=1e-3
+    )
+    return values if matches else None
 
 
 def summarize_runs(run_dirs: Sequence[str | Path]) -> list[RunSummary]:
@@ -114,23 +141,49 @@ def _estimate(evaluation: dict[str, Any] | None) -> str:
     )
 
 
+def paired_difference(baseline: RunSummary, other: RunSummary) -> tuple[float, float] | None:
+    r"""Mean and standard error of ``other``'s minus ``baseline``'s test log-likelihood,
+    image by image: :math:`\bar d \pm s_d/\sqrt n` with :math:`d_i = \log p_2(x_i) -
+    \log p_1(x_i)`; None unless both have per-image estimates of the same test images.
+
+    Scored on the same images, two models' estimates share each image's difficulty, so
+    the difference is known far better than the ± of each mean suggests.
+    """
+    first, second = baseline.per_image, other.per_image
+    if first is None or second is None or first.shape != second.shape:
+        return None
+    same_images = ("dataset", "binarize")
+    if any(getattr(baseline.config, name) != getattr(other.config, name) for name in same_images):
+        return None
+    difference = second.astype(np.float64) - first
+    return float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(difference.size))
+
+
 def comparison_table(summaries: Sequence[RunSummary]) -> str:
     """A Markdown table with a row per run: the options it differs in from the others, its
     best epoch, status, best validation bound, test log-likelihood (± its standard error
-    over the test images) and training time."""
+    over the test images), training time, and, where per-image estimates allow, its
+    :func:`paired_difference` to the first run that has them."""
     differing = differing_options([summary.config for summary in summaries])
+    baseline = next((summary for summary in summaries if summary.per_image is not None), None)
+    paired = f" vs {baseline.name} (paired) |" if baseline is not None else ""
     lines = [
         "| run | options | best epoch / trained | status | best validation | "
-        "test log-likelihood | training time |",
-        "|---|---|---|---|---|---|---|",
+        f"test log-likelihood | training time |{paired}",
+        "|---|---|---|---|---|---|---|" + ("---|" if paired else ""),
     ]
     for summary in summaries:
         options = ", ".join(_option(name, getattr(summary.config, name)) for name in differing)
         best = summary.best
         epochs = f"{best['epoch']} / {summary.metrics[-1]['epoch']}" if best else "0"
         validation = f"{validation_name(best)} {validation_score(best):.2f}" if best else ""
-        lines.append(
+        row = (
             f"| {summary.name} | {options or 'same'} | {epochs} | {summary.status} | "
             f"{validation} | {_estimate(summary.evaluation)} | {summary.hours:.2f} h |"
         )
+        if baseline is not None:
+            difference = paired_difference(baseline, summary)
+            shown = f"{difference[0]:+.2f} ± {difference[1]:.2f}" if difference else ""
+            row += " baseline |" if summary is baseline else f" {shown} |"
+        lines.append(row)
     return "\n".join(lines)

@@ -42,6 +42,9 @@ CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
 #: Evaluation results by split.
 EVAL_FILES = {"test": "eval.json", "val": "eval_val.json"}
+#: Per-image estimates, written beside each result file (``eval_examples.npz``, ...):
+#: what a paired comparison of two runs on the same images needs.
+EXAMPLES_SUFFIX = "_examples.npz"
 #: Seconds between two saves of an evaluation in progress (it is also saved on Ctrl-C).
 EVALUATION_SAVE_SECONDS = 30.0
 
@@ -485,6 +488,12 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
                      if key != "model" else "another model" for key in keys)  # fmt: skip
 
 
+def examples_path(run_dir: str | Path, split: str) -> Path:
+    """Where :func:`evaluate_run` writes the per-image estimates of ``split``: arrays
+    ``log_likelihood``, ``elbo`` and ``kl``, one entry per image, in nats."""
+    return Path(run_dir) / f"{Path(EVAL_FILES[split]).stem}{EXAMPLES_SUFFIX}"
+
+
 def default_max_batch(config: TrainConfig, device: torch.device) -> int:
     """(sample, image) pairs per evaluation pass when none is given: on a CPU, what ran
     fastest for the run's architecture
@@ -509,7 +518,8 @@ def evaluate_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split)
-    or ``eval_val.json`` (validation split) into the run directory and returns its contents.
+    or ``eval_val.json`` (validation split) into the run directory and returns its contents,
+    and the per-image estimates beside it (:func:`examples_path`).
 
     :param subset: evaluate the first ``subset`` images of the split only.
     :param max_batch: (sample, image) pairs per pass, as in
@@ -589,6 +599,9 @@ def evaluate_run(
         log_likelihood = result[f"{split}_log_likelihood"]
         result[f"{split}_bits_per_dim"] = bits_per_dim(log_likelihood, vae.data_dim)
     if world.is_main:
+        per_image = {name: getattr(estimates, name).cpu().numpy()
+                     for name in ("log_likelihood", "elbo", "kl")}  # fmt: skip
+        atomic_write(examples_path(run_dir, split), lambda f: np.savez(f, **per_image))
         text = (json.dumps(result, indent=2) + "\n").encode()
         atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
         for path in saved.files():  # the result is written: what led to it can go

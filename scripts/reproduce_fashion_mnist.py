@@ -58,6 +58,7 @@ from pyro_vae.runs import (  # noqa: E402
     EVAL_FILES,
     METRICS_FILE,
     best_epoch,
+    examples_path,
     read_metrics,
 )
 
@@ -67,7 +68,8 @@ CURVES = ROOT / "docs" / "figures" / "fashion_mnist_curves.png"
 #: Each run's record, committed with the table (see the module's docstring).
 RECORDS = ROOT / "docs" / "runs" / "fashion-mnist"
 MACHINE_FILE = "machine.txt"
-RECORD_FILES = (CONFIG_FILE, METRICS_FILE, EVAL_FILES["test"])
+#: What a record keeps of a run (the per-image estimates: for paired comparisons).
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, EVAL_FILES["test"], examples_path("", "test").name)
 BEGIN = "<!-- reproduce_fashion_mnist.py: table begin -->"
 END = "<!-- reproduce_fashion_mnist.py: table end -->"
 

@@ -1,14 +1,22 @@
 """``pyro-vae compare``: runs side by side, from their directories alone."""
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from pyro_vae import CheckpointError, TrainConfig
 from pyro_vae.cli import main
-from pyro_vae.compare import comparison_table, differing_options, summarize_run, summarize_runs
+from pyro_vae.compare import (
+    comparison_table,
+    differing_options,
+    paired_difference,
+    summarize_run,
+    summarize_runs,
+)
 from pyro_vae.runs import save_config, write_metrics
 
 
@@ -81,20 +89,40 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
     common = ["--data-root", str(shared_fashion_dir), "--hidden-dim", "16", "--latent-dim", "2",
               "--batch-size", "10", "--epochs", "2", "--device", "cpu",
               "--no-progress"]  # fmt: skip
-    normal, mog = tmp_path / "normal", tmp_path / "mog"
+    normal, mog, other = tmp_path / "normal", tmp_path / "mog", tmp_path / "other"
     assert main(["train", *common, "--out", str(normal)]) == 0
     assert main(["train", *common, "--prior", "mog", "--out", str(mog)]) == 0
-    assert main(["evaluate", "--run", str(mog), "--num-samples", "10", "--subset", "20",
-                 "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    assert main(["train", *common, "--out", str(other)]) == 0
+    for run in (normal, mog):
+        assert main(["evaluate", "--run", str(run), "--num-samples", "10", "--subset", "20",
+                     "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
     figure = tmp_path / "compare.png"
-    assert main(["compare", str(normal), str(mog), "--figure", str(figure)]) == 0
+    assert main(["compare", str(other), str(normal), str(mog), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[2].startswith("| normal | prior=normal | ") and "not evaluated" in out[2]
-    assert out[3].startswith("| mog | prior=mog | ") and "(epoch 2, K=10, 20 images)" in out[3]
+    assert out[0].endswith("| training time | vs normal (paired) |")  # the first evaluated
+    assert out[2].startswith("| other | prior=normal | ") and "not evaluated" in out[2]
+    assert out[3].startswith("| normal | prior=normal | ") and out[3].endswith(" | baseline |")
+    assert out[4].startswith("| mog | prior=mog | ") and "(epoch 2, K=10, 20 images)" in out[4]
     assert out[-1] == f"figure written to {figure}"
     width, height = Image.open(figure).size
     assert width > 2 * height  # curves and test log-likelihoods side by side
+    # the paired difference, from the per-image estimates that evaluate wrote
+    first, second = (np.load(run / "eval_examples.npz")["log_likelihood"] for run in (normal, mog))
+    assert first.shape == (20,)
+    assert first.mean() == pytest.approx(json.loads((normal / "eval.json").read_text())[
+        "test_log_likelihood"], abs=1e-4)  # fmt: skip
+    difference, error = paired_difference(summarize_run(normal), summarize_run(mog))
+    assert difference == pytest.approx(float((second - first).mean()), abs=1e-5)
+    assert out[4].endswith(f" | {difference:+.2f} ± {error:.2f} |")
+    # each image's difficulty is shared: the pairing knows the difference better than the
+    # two means' own standard errors do
+    unpaired = math.hypot(first.std(ddof=1), second.std(ddof=1)) / math.sqrt(20)
+    assert error < unpaired
+    # estimates that no longer belong to eval.json are not used
+    result = json.loads((mog / "eval.json").read_text())
+    (mog / "eval.json").write_text(json.dumps(result | {"test_log_likelihood": 0.0}))
+    assert summarize_run(mog).per_image is None
     assert main(["compare", str(tmp_path)]) == 2
     assert f"is {tmp_path} a directory made by `pyro-vae train`?" in capsys.readouterr().err
 
