@@ -159,6 +159,13 @@ def paired_difference(baseline: RunSummary, other: RunSummary) -> tuple[float, f
     return float(difference.mean()), float(difference.std(ddof=1) / math.sqrt(difference.size))
 
 
+def _duration(hours: float) -> str:
+    seconds = hours * 3600
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{hours:.2f} h"
+
+
 def comparison_table(summaries: Sequence[RunSummary]) -> str:
     """A Markdown table with a row per run: the options it differs in from the others, its
     best epoch, status, best validation bound, test log-likelihood (± its standard error
@@ -179,7 +186,7 @@ def comparison_table(summaries: Sequence[RunSummary]) -> str:
         validation = f"{validation_name(best)} {validation_score(best):.2f}" if best else ""
         row = (
             f"| {summary.name} | {options or 'same'} | {epochs} | {summary.status} | "
-            f"{validation} | {_estimate(summary.evaluation)} | {summary.hours:.2f} h |"
+            f"{validation} | {_estimate(summary.evaluation)} | {_duration(summary.hours)} |"
         )
         if baseline is not None:
             difference = paired_difference(baseline, summary)

@@ -510,7 +510,12 @@ FIGURES: dict[str, Callable[[FigureInputs], Figure]] = {
 def save_png(fig: Figure, path: str | Path) -> None:
     """Write ``fig`` cropped to its content, losslessly, as 8-bit greyscale when it has no
     colour, else RGB: image grids are grey, and one channel instead of four halves their PNGs.
+    The folder is created if needed.
     """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"cannot write a figure as {path.name!r}; use a .png file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     rgb = np.asarray(Image.open(buffer).convert("RGB"))  # opaque white background

@@ -68,9 +68,9 @@ def test_the_table_names_what_differs_and_what_each_run_reached(tmp_path):
     rows = comparison_table(summaries).splitlines()[2:]
     assert rows == [
         f"| {first} | hidden_dims=400, prior=normal, epochs=2 | 2 / 2 | finished | ELBO -280.00 "
-        "| not evaluated | 0.20 h |",
+        "| not evaluated | 12.0 min |",
         f"| {second} | hidden_dims=300 300, prior=vamp, epochs=5 | 1 / 1 | unfinished | ELBO "
-        "-290.00 | -270.12 ± 0.46 (epoch 1, K=5000, 10000 images) | 0.10 h |",
+        "-290.00 | -270.12 ± 0.46 (epoch 1, K=5000, 10000 images) | 6.0 min |",
     ]
     other = hand_made_run(tmp_path / "c" / "other", [-300.0])
     assert [s.name for s in summarize_runs([first, other])] == ["run", "other"]  # unique names
@@ -97,7 +97,7 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
         assert main(["evaluate", "--run", str(run), "--num-samples", "10", "--subset", "20",
                      "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
     capsys.readouterr()
-    figure = tmp_path / "compare.png"
+    figure = tmp_path / "figures" / "compare.png"  # the folder is made
     assert main(["compare", str(other), str(normal), str(mog), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("| training time | vs normal (paired) |")  # the first evaluated
@@ -123,6 +123,8 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
     result = json.loads((mog / "eval.json").read_text())
     (mog / "eval.json").write_text(json.dumps(result | {"test_log_likelihood": 0.0}))
     assert summarize_run(mog).per_image is None
+    assert main(["compare", str(normal), "--figure", str(tmp_path / "compare.txt")]) == 2
+    assert "cannot write a figure as 'compare.txt'; use a .png file name" in capsys.readouterr().err
     assert main(["compare", str(tmp_path)]) == 2
     assert f"is {tmp_path} a directory made by `pyro-vae train`?" in capsys.readouterr().err
 
