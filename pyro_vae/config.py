@@ -272,12 +272,18 @@ class TrainConfig:
             )
         if self.conditional_prior and self.model != "cvae":
             raise ConfigError("--conditional-prior learns p(z|y) over labels; use --model cvae")
-        if self.prior != "normal" and (self.conditional_prior or self.model == "completion"):
+        if self.prior != "normal" and self.learns_prior:
             raise ConfigError(
                 f"--prior {self.prior} does not apply: this model learns its prior "
                 "(p(z|y) with --conditional-prior, the prior network p(z|x_observed) with "
                 "--model completion); drop --prior"
             )
+
+    @property
+    def learns_prior(self) -> bool:
+        """Whether the model learns its own prior (p(z|y) with ``conditional_prior``, the
+        completion model's prior network) instead of using ``prior``."""
+        return self.conditional_prior or self.model == "completion"
 
     @property
     def data_dim(self) -> int:

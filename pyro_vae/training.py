@@ -301,8 +301,19 @@ def train(
         start = trainer.start()
     else:
         rank_log(f"resuming {out} {trainer.saved_at}")
+    rank_log(_summary(config, vae, data, device))
     trainer.run(start)
     return vae.eval()
+
+
+def _summary(config: TrainConfig, vae: VAE, data: ImageData, device: torch.device) -> str:
+    """What is trained on what, in one line for the start of a run."""
+    shape = "x".join(map(str, data.image_shape))
+    parameters = sum(p.numel() for p in vae.parameters())
+    prior = "learned conditional prior" if config.learns_prior else f"{config.prior} prior"
+    return (f"{config.model} ({config.arch} networks, {prior}, {config.likelihood} likelihood): "
+            f"{parameters:,} parameters; {data.train.shape[0]:,} training and "
+            f"{data.val.shape[0]:,} validation images ({shape}) on {device}")  # fmt: skip
 
 
 class _StopSignals:

@@ -121,7 +121,7 @@ def test_a_rollback_captures_the_step_again_at_the_halved_learning_rate(
     lines: list[str] = []
     train(tiny_config(epochs=3, on_nan="rollback"), tmp_path / "run", data=tiny_data,
           progress=False, log=lines.append)  # fmt: skip
-    assert lines[1].startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8: rolled back")
+    assert lines[2].startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8: rolled back")
     assert [lr for _, lr in captures] == [0.003, 0.0015]
     assert [row["lr"] for row in read_metrics(tmp_path / "run")] == [0.003, 0.0015, 0.0015]
 
@@ -133,11 +133,11 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_with_a_message(
     lines: list[str] = []
     train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, progress=False,
           log=lines.append)  # fmt: skip
-    assert lines[0] == (
+    assert lines[1] == (  # after the run's summary
         f"training without CUDA graphs: the step could not be captured (RuntimeError: "
         f"{CAPTURE_ERROR})"
     )
-    assert len(lines) == 3  # said once, then the two epochs
+    assert len(lines) == 4  # said once, then the two epochs
     metrics = read_metrics(tmp_path / "run")
     assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
 
@@ -224,7 +224,7 @@ def test_an_objective_with_host_reads_trains_eagerly_with_a_message(tmp_path):
     lines: list[str] = []
     config = _gpu_config(objective="analytic-kl", epochs=2)
     train(config, tmp_path / "run", data=make_tiny_data(), progress=False, log=lines.append)
-    assert lines[0].startswith("training without CUDA graphs: the step could not be captured")
+    assert lines[1].startswith("training without CUDA graphs: the step could not be captured")
     metrics = read_metrics(tmp_path / "run")
     assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
 

@@ -166,7 +166,7 @@ def test_rollback_restores_the_checkpoint_and_halves_the_learning_rate(
     lines = []
     config = tiny_config(epochs=3, on_nan="rollback")
     train(config, tmp_path / "run", data=tiny_data, progress=False, log=lines.append)
-    assert lines[1] == (
+    assert lines[2] == (  # after the run's summary and epoch 1
         "non-finite loss (loss nan) at epoch 2, step 3 of 8: rolled back to the checkpoint "
         "after epoch 1 and halved the learning rate to 0.0015"
     )

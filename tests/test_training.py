@@ -148,3 +148,21 @@ def test_a_mismatched_guide_fails_before_training_with_pyros_message(tmp_path, t
     finally:
         del MODELS["misnamed"]
     assert read_metrics(tmp_path / "run") == []  # no step was taken
+
+
+@pytest.mark.parametrize(
+    ("options", "described"),
+    [
+        ({}, "vae (mlp networks, normal prior, bernoulli likelihood)"),
+        ({"model": "cvae", "conditional_prior": True},
+         "cvae (mlp networks, learned conditional prior, bernoulli likelihood)"),
+    ],
+)  # fmt: skip
+def test_a_run_starts_by_saying_what_it_trains_on_what(tmp_path, tiny_data, options, described):
+    logs = []
+    vae = train(tiny_config(epochs=1, **options), tmp_path / "run", data=tiny_data,
+                progress=False, log=logs.append)  # fmt: skip
+    parameters = sum(p.numel() for p in vae.parameters())
+    assert logs[0] == (f"{described}: {parameters:,} parameters; 512 training and 128 "
+                       "validation images (1x8x8) on cpu")  # fmt: skip
+    assert logs[1].startswith("epoch 1/1 ")
