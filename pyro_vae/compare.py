@@ -166,14 +166,26 @@ def _duration(hours: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{hours:.2f} h"
 
 
+def baseline(summaries: Sequence[RunSummary]) -> RunSummary | None:
+    """The run the others' :func:`paired_difference` is taken to: the first with per-image
+    estimates."""
+    return next((summary for summary in summaries if summary.per_image is not None), None)
+
+
+def paired_text(baseline: RunSummary, other: RunSummary) -> str:
+    """``+0.59 ± 0.07``, or nothing when the two cannot be paired."""
+    difference = paired_difference(baseline, other)
+    return f"{difference[0]:+.2f} ± {difference[1]:.2f}" if difference else ""
+
+
 def comparison_table(summaries: Sequence[RunSummary]) -> str:
     """A Markdown table with a row per run: the options it differs in from the others, its
     best epoch, status, best validation bound, test log-likelihood (± its standard error
     over the test images), training time, and, where per-image estimates allow, its
     :func:`paired_difference` to the first run that has them."""
     differing = differing_options([summary.config for summary in summaries])
-    baseline = next((summary for summary in summaries if summary.per_image is not None), None)
-    paired = f" vs {baseline.name} (paired) |" if baseline is not None else ""
+    first = baseline(summaries)
+    paired = f" vs {first.name} (paired) |" if first is not None else ""
     lines = [
         "| run | options | best epoch / trained | status | best validation | "
         f"test log-likelihood | training time |{paired}",
@@ -188,9 +200,7 @@ def comparison_table(summaries: Sequence[RunSummary]) -> str:
             f"| {summary.name} | {options or 'same'} | {epochs} | {summary.status} | "
             f"{validation} | {_estimate(summary.evaluation)} | {_duration(summary.hours)} |"
         )
-        if baseline is not None:
-            difference = paired_difference(baseline, summary)
-            shown = f"{difference[0]:+.2f} ± {difference[1]:.2f}" if difference else ""
-            row += " baseline |" if summary is baseline else f" {shown} |"
+        if first is not None:
+            row += " baseline |" if summary is first else f" {paired_text(first, summary)} |"
         lines.append(row)
     return "\n".join(lines)

@@ -44,7 +44,7 @@ from PIL import Image
 from torch.distributions import Independent, Normal, kl_divergence
 from torchvision.utils import make_grid
 
-from pyro_vae.compare import RunSummary
+from pyro_vae.compare import RunSummary, baseline, paired_text
 from pyro_vae.data import ImageData, load_images
 from pyro_vae.errors import ConfigError
 from pyro_vae.runs import load_run, read_config, read_metrics
@@ -486,7 +486,12 @@ def comparison_figure(summaries: Sequence[RunSummary]) -> Figure:
             axes[1].errorbar(result["test_log_likelihood"], row, fmt="o", capsize=3,
                              xerr=result["log_likelihood_stderr"],
                              color=colours[summary.name])  # fmt: skip
-        axes[1].set_yticks(range(len(results)), [summary.name for summary in evaluated])
+        first, labels = baseline(evaluated), []
+        for summary in evaluated:  # each name, with its paired difference where there is one
+            paired = paired_text(first, summary) if first not in (None, summary) else ""
+            labels.append(f"{summary.name}\n{paired} vs {first.name}, paired" if paired
+                          else summary.name)  # fmt: skip
+        axes[1].set_yticks(range(len(results)), labels)
         axes[1].set_ylim(len(results) - 0.5, -0.5)  # first run on top
         samples = sorted({r["num_samples"] for r in results})
         axes[1].set(xlabel=f"test log p(x), K={'/'.join(map(str, samples))} (nats; higher is "

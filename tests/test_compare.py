@@ -17,6 +17,7 @@ from pyro_vae.compare import (
     summarize_run,
     summarize_runs,
 )
+from pyro_vae.plots import comparison_figure
 from pyro_vae.runs import save_config, write_metrics
 
 
@@ -115,6 +116,9 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
     difference, error = paired_difference(summarize_run(normal), summarize_run(mog))
     assert difference == pytest.approx(float((second - first).mean()), abs=1e-5)
     assert out[4].endswith(f" | {difference:+.2f} ± {error:.2f} |")
+    figure_axes = comparison_figure(summarize_runs([normal, mog])).axes
+    assert [label.get_text() for label in figure_axes[1].get_yticklabels()] == [
+        "normal", f"mog\n{difference:+.2f} ± {error:.2f} vs normal, paired"]  # fmt: skip
     # each image's difficulty is shared: the pairing knows the difference better than the
     # two means' own standard errors do
     unpaired = math.hypot(first.std(ddof=1), second.std(ddof=1)) / math.sqrt(20)
@@ -131,7 +135,7 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
 
 def test_the_readme_shows_what_compare_prints_for_the_kept_records(capsys):
     repo = Path(__file__).parents[1]
-    records = [repo / "docs" / "runs" / "fashion-mnist" / name
+    records = [repo / "docs" / "runs" / "fashion-mnist-first-1000" / name
                for name in ("hvae-conv", "hvae-vamp-conv")]  # fmt: skip
     assert main(["compare", *map(str, records)]) == 0
     assert capsys.readouterr().out in (repo / "README.md").read_text()
