@@ -382,11 +382,11 @@ def _add_plot_parser(subparsers: argparse._SubParsersAction) -> None:
         "`pyro-vae train`, from its test images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_model_options(p, device="cpu")
     p.add_argument("--out", default=None, metavar="DIR", help="where to write; default RUN/figures")
     p.add_argument(
         "--data-root", default=None, help="where to find the dataset; default: the run's"
     )
-    _add_model_options(p, device="cpu")
     p.set_defaults(handler=_run_plot)
 
 
@@ -413,6 +413,7 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "continues from there.",
         formatter_class=HelpFormatter,
     )
+    _add_model_options(p)
     p.add_argument(
         "--num-samples", type=int, default=5000, metavar="K", help="importance samples per image"
     )
@@ -435,7 +436,6 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_model_options(p)
     p.set_defaults(handler=_run_evaluate)
 
 
@@ -476,6 +476,7 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         "per row (completion).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_model_options(p)
     p.add_argument("--out", required=True, metavar="PATH", help="image file to write (.png)")
     p.add_argument(
         "--num",
@@ -493,7 +494,6 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         help="class to sample (cvae), or class of the test images to complete (completion)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    _add_model_options(p)
     p.set_defaults(handler=_run_sample)
 
 
@@ -512,9 +512,9 @@ def _add_encode_parser(subparsers: argparse._SubParsersAction) -> None:
         "labels and class_names (hvae: the top layer z2).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    _add_model_options(p)
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (.npz)")
     p.add_argument("--split", choices=SPLITS, default="test", help="which images")
-    _add_model_options(p)
     p.set_defaults(handler=_run_encode)
 
 
