@@ -1,10 +1,12 @@
 """Runs side by side: what each one is, how far it trained, what it reached.
 
 :func:`summarize_run` reads a run directory (``config.json``, ``metrics.jsonl`` and, once
-``pyro-vae evaluate`` has run, ``eval.json``; no checkpoint is needed, so copied records
-of runs work too) into a :class:`RunSummary`; :func:`comparison_table` puts several in a
-Markdown table naming the options they differ in. ``pyro-vae compare RUN...`` prints it
-and draws :func:`~pyro_vae.plots.comparison_figure`.
+``pyro-vae evaluate`` has run, ``eval.json`` and its per-image estimates; no checkpoint
+is needed, so copied records of runs work too) into a :class:`RunSummary`;
+:func:`comparison_table` puts several in a Markdown table naming the options they differ
+in, with each run's :func:`paired_difference` to a baseline where the per-image
+estimates allow. ``pyro-vae compare RUN...`` prints it and draws
+:func:`~pyro_vae.plots.comparison_figure`.
 """
 
 import json
