@@ -37,7 +37,7 @@ INCIDENTAL_FIELDS = ("data_root", "device", "checkpoint_every", "on_nan", "cuda_
                      *DATA_FIELDS)  # fmt: skip
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a run is itself: its arrays have no plain equality
 class RunSummary:
     """One run as its directory tells it.
 

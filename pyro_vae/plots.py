@@ -488,7 +488,7 @@ def comparison_figure(summaries: Sequence[RunSummary]) -> Figure:
                              color=colours[summary.name])  # fmt: skip
         first, labels = baseline(evaluated), []
         for summary in evaluated:  # each name, with its paired difference where there is one
-            paired = paired_text(first, summary) if first not in (None, summary) else ""
+            paired = "" if first is None or summary is first else paired_text(first, summary)
             labels.append(f"{summary.name}\n{paired} vs {first.name}, paired" if paired
                           else summary.name)  # fmt: skip
         axes[1].set_yticks(range(len(results)), labels)
