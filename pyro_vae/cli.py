@@ -25,8 +25,8 @@ from pyro_vae.config import (
     ON_NAN_CHOICES,
     TrainConfig,
 )
-from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT
-from pyro_vae.encoding import SPLITS, encode_run
+from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT, SPLITS
+from pyro_vae.encoding import encode_run
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.evaluation import DEFAULT_MAX_BATCH
 from pyro_vae.images import sample_run
@@ -41,6 +41,7 @@ from pyro_vae.runs import (
     EVAL_FILES,
     evaluate_run,
     fine_tuning_source,
+    generalization_gap,
     read_config,
     read_options,
 )
@@ -406,18 +407,24 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="importance-weighted log-likelihood of a trained run",
-        description="Estimate log p(x) of every test (or validation) image by importance "
-        "sampling with the encoder as proposal, log p(x) ~ logmeanexp_k p(x,z_k)/q(z_k|x), "
-        "and write the summary to DIR/eval.json (DIR/eval_val.json for --split val). "
-        "Interrupted, it keeps what it has done in DIR/eval.partial.pt; the same command "
-        "continues from there.",
+        description="Estimate log p(x) of every test (or validation, or training) image by "
+        "importance sampling with the encoder as proposal, log p(x) ~ logmeanexp_k "
+        "p(x,z_k)/q(z_k|x), and write the summary to DIR/eval.json (DIR/eval_val.json, "
+        "DIR/eval_train.json for --split val, train). Interrupted, it keeps what it has done "
+        "in DIR/eval.partial.pt; the same command continues from there.",
         formatter_class=HelpFormatter,
     )
     _add_model_options(p)
     p.add_argument(
         "--num-samples", type=int, default=5000, metavar="K", help="importance samples per image"
     )
-    p.add_argument("--split", choices=list(EVAL_FILES), default="test", help="which images")
+    p.add_argument(
+        "--split",
+        choices=list(EVAL_FILES),
+        default="test",
+        help="which images; train (binarized once with a seed of its own) against test "
+        "measures overfitting",
+    )
     p.add_argument(
         "--subset",
         type=int,
@@ -464,6 +471,9 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     for name, value in rows:
         print(f"{name:<18} {value}")
     print(f"written to {Path(args.run) / EVAL_FILES[split]}")
+    gap = generalization_gap(args.run)
+    if gap is not None:
+        print(f"train - test {result['estimates']}: {gap:.2f} nats (the model's overfitting)")
 
 
 def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:

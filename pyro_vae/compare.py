@@ -9,7 +9,6 @@ estimates allow. ``pyro-vae compare RUN...`` prints it and draws
 :func:`~pyro_vae.plots.comparison_figure`.
 """
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -21,10 +20,11 @@ import numpy as np
 from pyro_vae.config import DATA_FIELDS, TrainConfig
 from pyro_vae.errors import CheckpointError
 from pyro_vae.runs import (
-    EVAL_FILES,
     best_epoch,
     examples_path,
+    generalization_gap,
     read_config,
+    read_evaluation,
     read_metrics,
     stopped_early,
     validation_name,
@@ -46,6 +46,8 @@ class RunSummary:
     :param evaluation: the test-set estimate (``eval.json``), or None before ``evaluate``.
     :param per_image: its log-likelihood estimate of each test image, where ``evaluate``
         wrote them (:func:`~pyro_vae.runs.examples_path`) and they match ``evaluation``.
+    :param overfitting: train minus test log-likelihood, where the training images were
+        evaluated too (:func:`~pyro_vae.runs.generalization_gap`).
     """
 
     name: str
@@ -53,6 +55,7 @@ class RunSummary:
     metrics: list[dict[str, Any]]
     evaluation: dict[str, Any] | None
     per_image: np.ndarray | None = None
+    overfitting: float | None = None
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -79,15 +82,10 @@ def summarize_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     """The :class:`RunSummary` of ``run_dir``, called ``name`` (default: its path)."""
     run_dir = Path(run_dir)
     config, metrics = read_config(run_dir), read_metrics(run_dir)
-    path = run_dir / EVAL_FILES["test"]
-    try:
-        evaluation = json.loads(path.read_text()) if path.is_file() else None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(
-            f"{path} is not valid JSON ({error}); evaluate the run again to rewrite it"
-        ) from error
+    evaluation = read_evaluation(run_dir)
     name = str(run_dir) if name is None else name
-    return RunSummary(name, config, metrics, evaluation, _per_image(run_dir, evaluation))
+    return RunSummary(name, config, metrics, evaluation, _per_image(run_dir, evaluation),
+                      generalization_gap(run_dir))  # fmt: skip
 
 
 def _per_image(run_dir: Path, evaluation: dict[str, Any] | None) -> np.ndarray | None:
@@ -183,15 +181,19 @@ def paired_text(baseline: RunSummary, other: RunSummary) -> str:
 def comparison_table(summaries: Sequence[RunSummary]) -> str:
     """A Markdown table with a row per run: the options it differs in from the others, its
     best epoch, status, best validation bound, test log-likelihood (± its standard error
-    over the test images), training time, and, where per-image estimates allow, its
-    :func:`paired_difference` to the first run that has them."""
+    over the test images), training time, where any run's training images were evaluated
+    its overfitting (train minus test log-likelihood), and, where per-image estimates
+    allow, its :func:`paired_difference` to the first run that has them."""
     differing = differing_options([summary.config for summary in summaries])
     first = baseline(summaries)
-    paired = f" vs {first.name} (paired) |" if first is not None else ""
+    overfitting = any(summary.overfitting is not None for summary in summaries)
+    extra = (" train − test |" if overfitting else "") + (
+        f" vs {first.name} (paired) |" if first is not None else ""
+    )
     lines = [
         "| run | options | best epoch / trained | status | best validation | "
-        f"test log-likelihood | training time |{paired}",
-        "|---|---|---|---|---|---|---|" + ("---|" if paired else ""),
+        f"test log-likelihood | training time |{extra}",
+        "|---|---|---|---|---|---|---|" + "---|" * extra.count("|"),
     ]
     for summary in summaries:
         options = ", ".join(_option(name, getattr(summary.config, name)) for name in differing)
@@ -202,6 +204,9 @@ def comparison_table(summaries: Sequence[RunSummary]) -> str:
             f"| {summary.name} | {options or 'same'} | {epochs} | {summary.status} | "
             f"{validation} | {_estimate(summary.evaluation)} | {_duration(summary.hours)} |"
         )
+        if overfitting:
+            gap = summary.overfitting
+            row += f" {gap:.2f} |" if gap is not None else " |"
         if first is not None:
             row += " baseline |" if summary is first else f" {paired_text(first, summary)} |"
         lines.append(row)

@@ -14,7 +14,9 @@ for validation.
 Binarization: with ``binarize=True`` the training images stay grey levels and
 :meth:`ImageData.training_images` draws a fresh Bernoulli(pixel) sample every
 epoch (dynamic binarization); validation and test images are binarized once
-with a fixed seed, so every run is evaluated on the same binary images.
+with a fixed seed, so every run is evaluated on the same binary images. Evaluated on
+the training split (:meth:`ImageData.evaluation_images`), the training images are
+binarized once too, with a seed of their own.
 """
 
 import gzip
@@ -35,6 +37,10 @@ from pyro_vae.files import atomic_write
 
 #: Seed of the one-off binarization of validation and test images.
 EVAL_BINARIZATION_SEED = 0
+#: Seed of the one-off binarization of the training images for evaluation on them.
+TRAIN_EVAL_BINARIZATION_SEED = 1
+#: The splits of an :class:`ImageData`, in the order of the protocol.
+SPLITS = ("train", "val", "test")
 #: Training images held out, from the end, for validation: this many of a registered
 #: dataset's (the protocol's 10k of 60k); of an image file's, a sixth, at most this many.
 NUM_VALIDATION = 10_000
@@ -153,6 +159,20 @@ class ImageData:
     def training_images(self) -> torch.Tensor:
         """This epoch's training images: a fresh binarization, or the grey levels."""
         return torch.bernoulli(self.train) if self.binarize else self.train
+
+    def evaluation_images(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels of ``split`` (one of :data:`SPLITS`) as evaluation scores
+        them: validation and test as they are; the training images, when ``binarize``,
+        binarized once with :data:`TRAIN_EVAL_BINARIZATION_SEED` (the same binary images
+        at every call, on any device), so that their log-likelihood can be set against
+        the test images' to measure overfitting."""
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+        images, labels = getattr(self, split), getattr(self, f"{split}_labels")
+        if split == "train" and self.binarize:
+            generator = torch.Generator().manual_seed(TRAIN_EVAL_BINARIZATION_SEED)
+            images = torch.bernoulli(images.cpu(), generator=generator).to(images.device)
+        return images, labels
 
     def to(self, device: torch.device | str) -> "ImageData":
         """A copy on ``device`` (of the same class, so subclasses survive)."""

@@ -16,13 +16,10 @@ import numpy as np
 import torch
 
 from pyro_vae.config import resolve_device
-from pyro_vae.data import ImageData
+from pyro_vae.data import SPLITS, ImageData
 from pyro_vae.errors import ConfigError
 from pyro_vae.files import atomic_write
 from pyro_vae.runs import load_run, read_config
-
-#: The splits ``encode_run`` can encode.
-SPLITS = ("train", "val", "test")
 
 
 def encode_run(

@@ -41,7 +41,7 @@ BEST_FILE = "best.pt"
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
 #: Evaluation results by split.
-EVAL_FILES = {"test": "eval.json", "val": "eval_val.json"}
+EVAL_FILES = {"test": "eval.json", "val": "eval_val.json", "train": "eval_train.json"}
 #: Per-image estimates, written beside each result file (``eval_examples.npz``, ...):
 #: what a paired comparison of two runs on the same images needs.
 EXAMPLES_SUFFIX = "_examples.npz"
@@ -494,6 +494,33 @@ def examples_path(run_dir: str | Path, split: str) -> Path:
     return Path(run_dir) / f"{Path(EVAL_FILES[split]).stem}{EXAMPLES_SUFFIX}"
 
 
+def read_evaluation(run_dir: str | Path, split: str = "test") -> dict[str, Any] | None:
+    """What :func:`evaluate_run` wrote for ``split`` (``eval.json`` for the test images),
+    or None if that split was not evaluated."""
+    path = Path(run_dir) / EVAL_FILES[split]
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({error}); evaluate the run again to rewrite it"
+        ) from error
+
+
+def generalization_gap(run_dir: str | Path) -> float | None:
+    """Mean log-likelihood of the training images minus that of the test images, from the
+    run's ``eval_train.json`` and ``eval.json``: how much better the model explains the
+    images it was fitted to (overfitting, in nats). None unless both are there and
+    measured the same saved model (checkpoint and epoch)."""
+    train, test = read_evaluation(run_dir, "train"), read_evaluation(run_dir, "test")
+    if train is None or test is None:
+        return None
+    if (train.get("checkpoint"), train.get("epoch")) != (test.get("checkpoint"), test.get("epoch")):
+        return None
+    return train["train_log_likelihood"] - test["test_log_likelihood"]
+
+
 def default_max_batch(config: TrainConfig, device: torch.device) -> int:
     """(sample, image) pairs per evaluation pass when none is given: on a CPU, what ran
     fastest for the run's architecture
@@ -517,9 +544,11 @@ def evaluate_run(
     checkpoint: str | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split)
-    or ``eval_val.json`` (validation split) into the run directory and returns its contents,
-    and the per-image estimates beside it (:func:`examples_path`).
+    """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split),
+    ``eval_val.json`` (validation) or ``eval_train.json`` (training images, binarized once:
+    :meth:`~pyro_vae.data.ImageData.evaluation_images`; against the test split, how much
+    the model overfits) into the run directory and returns its contents, and the per-image
+    estimates beside it (:func:`examples_path`).
 
     :param subset: evaluate the first ``subset`` images of the split only.
     :param max_batch: (sample, image) pairs per pass, as in
@@ -551,8 +580,7 @@ def evaluate_run(
     checkpoint = resolve_checkpoint(config, checkpoint)
     vae, state = _load_run(run_dir, torch_device, checkpoint)
     data = config.load_data(torch_device)
-    images = (data.test if split == "test" else data.val)[:subset]
-    labels = (data.test_labels if split == "test" else data.val_labels)[:subset]
+    images, labels = (tensor[:subset] for tensor in data.evaluation_images(split))
     vae.likelihood.validate(images)
     fingerprint = {"model": _model_digest(state["model"]), "split": split, "subset": subset,
                    "num_samples": num_samples, "max_batch": max_batch, "seed": seed}  # fmt: skip

@@ -77,6 +77,24 @@ def test_the_table_names_what_differs_and_what_each_run_reached(tmp_path):
     assert [s.name for s in summarize_runs([first, other])] == ["run", "other"]  # unique names
 
 
+def test_the_table_shows_overfitting_where_the_training_images_were_evaluated(tmp_path):
+    runs = [hand_made_run(tmp_path / name, [-290.0]) for name in ("fitted", "plain")]
+    result = {"log_likelihood_stderr": 0.5, "num_samples": 10, "num_examples": 100,
+              "checkpoint": "last", "epoch": 1}  # fmt: skip
+    for run in runs:
+        (run / "eval.json").write_text(json.dumps(result | {"test_log_likelihood": -270.0}))
+    (runs[0] / "eval_train.json").write_text(json.dumps(result | {"train_log_likelihood": -266.5}))
+    fitted, plain = summarize_runs(runs)
+    assert (fitted.overfitting, plain.overfitting) == (3.5, None)
+    lines = comparison_table([fitted, plain]).splitlines()
+    assert lines[0].endswith("| training time | train − test |")
+    assert lines[1].count("|") == lines[0].count("|")
+    assert lines[2].endswith(" | 3.50 |") and lines[3].endswith(" | |")
+    (runs[0] / "eval_train.json").write_text('{"train_log_likelihood": ')
+    with pytest.raises(CheckpointError, match="eval_train.json is not valid JSON"):
+        summarize_run(runs[0])
+
+
 def test_a_damaged_result_or_a_directory_that_is_no_run_is_named(tmp_path):
     run = hand_made_run(tmp_path / "run", [-300.0])
     (run / "eval.json").write_text('{"test_log_likelihood": -2')

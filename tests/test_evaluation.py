@@ -2,7 +2,9 @@
 
 import json
 import math
+from dataclasses import replace
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -11,8 +13,10 @@ import torch
 from pyro_vae import TrainConfig, load_run, train
 from pyro_vae.cli import main
 from pyro_vae.data import DATASETS
+from pyro_vae.errors import ConfigError
 from pyro_vae.evaluation import estimate_log_likelihood, log_importance_weights
 from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.runs import generalization_gap
 
 torch.manual_seed(0)
 DATA_DIM, LATENT_DIM, NOISE = 5, 2, 0.5
@@ -201,3 +205,43 @@ def test_cli_evaluate_writes_eval_json(tmp_path, capsys):
         result["test_log_likelihood"]
     )
     assert load_run(run).latent_dim == 50
+
+
+def test_training_images_are_binarized_once_for_evaluation(tiny_data):
+    images, labels = tiny_data.evaluation_images("train")
+    assert set(images.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(images, tiny_data.evaluation_images("train")[0])  # the same every call
+    assert torch.equal(labels, tiny_data.train_labels)
+    assert abs(images.mean() - tiny_data.train.mean()) < 0.01  # drawn from the grey levels
+    assert torch.equal(tiny_data.evaluation_images("test")[0], tiny_data.test)
+    grey = replace(tiny_data, binarize=False)
+    assert torch.equal(grey.evaluation_images("train")[0], grey.train)
+    with pytest.raises(ConfigError, match="unknown split 'training'; choose one of: train, val"):
+        tiny_data.evaluation_images("training")
+
+
+def test_evaluating_the_training_images_measures_overfitting(tmp_path, capsys):
+    # Unrelated random patterns: all a model can learn from the training images is the
+    # images themselves, which explains them far better than the test images.
+    rng = np.random.default_rng(0)
+    patterns = np.where(rng.random((72, 8, 8)) < 0.5, 242, 13).astype(np.uint8)
+    np.savez(tmp_path / "noise.npz", train=patterns[:60], test=patterns[60:])
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(tmp_path / "noise.npz"), "--epochs", "300",
+                 "--batch-size", "10", "--hidden-dim", "128", "--latent-dim", "8",
+                 "--lr", "3e-3", "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    for split in ("train", "test"):
+        assert main(["evaluate", "--run", str(run), "--split", split, "--num-samples", "200",
+                     "--no-progress"]) == 0  # fmt: skip
+    train_result = json.loads((run / "eval_train.json").read_text())
+    test_result = json.loads((run / "eval.json").read_text())
+    assert train_result["num_examples"] == 50  # the last sixth of train is validation
+    assert np.load(run / "eval_train_examples.npz")["log_likelihood"].shape == (50,)
+    gap = train_result["train_log_likelihood"] - test_result["test_log_likelihood"]
+    assert gap > 5
+    assert generalization_gap(run) == pytest.approx(gap)
+    assert f"train - test log p(x): {gap:.2f} nats" in capsys.readouterr().out
+    # estimates of two different saved models are not set against each other
+    test_result["epoch"] = 149
+    (run / "eval.json").write_text(json.dumps(test_result))
+    assert generalization_gap(run) is None
