@@ -33,14 +33,22 @@ from pyro_vae.images import sample_run
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.networks import ARCHITECTURES
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.plots import comparison_figure, plot_run, save_png
+from pyro_vae.plots import (
+    check_png_path,
+    comparison_figure,
+    evaluation_figure,
+    plot_run,
+    save_png,
+)
 from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
 from pyro_vae.runs import (
     CHECKPOINTS,
     CONFIG_FILE,
-    EVAL_FILES,
+    detection_auroc,
     evaluate_run,
+    evaluation_path,
     fine_tuning_source,
+    foreign_dataset,
     generalization_gap,
     read_config,
     read_options,
@@ -410,8 +418,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Estimate log p(x) of every test (or validation, or training) image by "
         "importance sampling with the encoder as proposal, log p(x) ~ logmeanexp_k "
         "p(x,z_k)/q(z_k|x), and write the summary to DIR/eval.json (DIR/eval_val.json, "
-        "DIR/eval_train.json for --split val, train). Interrupted, it keeps what it has done "
-        "in DIR/eval.partial.pt; the same command continues from there.",
+        "DIR/eval_train.json for --split val, train; DIR/eval-NAME.json for another "
+        "dataset's images) and each image's estimates beside it. Interrupted, it keeps what "
+        "it has done in DIR/eval.partial.pt; the same command continues from there.",
         formatter_class=HelpFormatter,
     )
     _add_model_options(p)
@@ -420,10 +429,25 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--split",
-        choices=list(EVAL_FILES),
+        choices=SPLITS,
         default="test",
         help="which images; train (binarized once with a seed of its own) against test "
         "measures overfitting",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        metavar="NAME|FILE.npz",
+        help="score another dataset's images (a name, or a .npz file as for train) with the "
+        "run's model; once the run's own test images are evaluated too, the AUROC of "
+        "telling them apart by log p(x) (out-of-distribution detection) is printed",
+    )
+    p.add_argument("--data-root", default=None, help="where to find --dataset; default: the run's")
+    p.add_argument(
+        "--figure",
+        metavar="PATH",
+        help="also write a histogram of the per-image estimates to PATH (.png), beside the "
+        "run's test images' when these are other images",
     )
     p.add_argument(
         "--subset",
@@ -447,13 +471,17 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
+    if args.figure is not None:
+        check_png_path(args.figure)  # before an hour of evaluation, not after
     result = evaluate_run(
         args.run, split=args.split, num_samples=args.num_samples, subset=args.subset,
         max_batch=args.max_batch, device=args.device, seed=args.seed,
-        progress=not args.no_progress, checkpoint=args.checkpoint,
+        progress=not args.no_progress, checkpoint=args.checkpoint, dataset=args.dataset,
+        data_root=args.data_root,
     )  # fmt: skip
     if not distributed.is_main_process():
         return
+    dataset = foreign_dataset(read_config(args.run), args.dataset)
     split = result["split"]
     active = result["active_units"]
     rows = [
@@ -470,10 +498,17 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     ]  # fmt: skip
     for name, value in rows:
         print(f"{name:<18} {value}")
-    print(f"written to {Path(args.run) / EVAL_FILES[split]}")
-    gap = generalization_gap(args.run)
+    print(f"written to {evaluation_path(args.run, split, dataset)}")
+    gap = generalization_gap(args.run) if dataset is None else None
     if gap is not None:
         print(f"train - test {result['estimates']}: {gap:.2f} nats (the model's overfitting)")
+    area = detection_auroc(args.run, dataset) if dataset is not None and split == "test" else None
+    if area is not None:
+        print(f"AUROC {area:.3f}: how often one of the run's own test images scores a "
+              f"higher {result['estimates']} than one of {dataset}'s (0.5: chance)")  # fmt: skip
+    if args.figure is not None:
+        save_png(evaluation_figure(args.run, split, dataset), args.figure)
+        print(f"figure written to {args.figure}")
 
 
 def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:

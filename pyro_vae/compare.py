@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from pyro_vae.config import DATA_FIELDS, TrainConfig
-from pyro_vae.errors import CheckpointError
 from pyro_vae.runs import (
     best_epoch,
-    examples_path,
     generalization_gap,
     read_config,
     read_evaluation,
+    read_examples,
     read_metrics,
     stopped_early,
     validation_name,
@@ -84,27 +83,8 @@ def summarize_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     config, metrics = read_config(run_dir), read_metrics(run_dir)
     evaluation = read_evaluation(run_dir)
     name = str(run_dir) if name is None else name
-    return RunSummary(name, config, metrics, evaluation, _per_image(run_dir, evaluation),
+    return RunSummary(name, config, metrics, evaluation, read_examples(run_dir),
                       generalization_gap(run_dir))  # fmt: skip
-
-
-def _per_image(run_dir: Path, evaluation: dict[str, Any] | None) -> np.ndarray | None:
-    """The per-image log-likelihoods of the test evaluation, or None if there are none that
-    belong to it (evaluated by an older pyro-vae, or the run evaluated since)."""
-    path = examples_path(run_dir, "test")
-    if evaluation is None or not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            values = stored["log_likelihood"]
-    except (OSError, ValueError, KeyError, EOFError) as error:
-        raise CheckpointError(
-            f"{path} is damaged ({error}); evaluate the run again to rewrite it"
-        ) from error
-    matches = values.shape == (evaluation["num_examples"],) and math.isclose(
-        float(values.mean()), evaluation["test_log_likelihood"], rel_tol=0, abs_tol=1e-3
-    )
-    return values if matches else None
 
 
 def summarize_runs(run_dirs: Sequence[str | Path]) -> list[RunSummary]:

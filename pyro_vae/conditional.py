@@ -110,6 +110,7 @@ class LabelCVAE(VAE):
     """
 
     evaluates = "log p(x|y)"
+    conditions_on_labels = True
 
     def __init__(
         self,

@@ -47,7 +47,17 @@ from torchvision.utils import make_grid
 from pyro_vae.compare import RunSummary, baseline, paired_text
 from pyro_vae.data import ImageData, load_images
 from pyro_vae.errors import ConfigError
-from pyro_vae.runs import load_run, read_config, read_metrics
+from pyro_vae.evaluation import auroc
+from pyro_vae.runs import (
+    examples_path,
+    foreign_dataset,
+    load_run,
+    read_config,
+    read_evaluation,
+    read_examples,
+    read_metrics,
+    same_model,
+)
 from pyro_vae.seeding import seeded
 from pyro_vae.vae import VAE
 
@@ -500,6 +510,45 @@ def comparison_figure(summaries: Sequence[RunSummary]) -> Figure:
     return fig
 
 
+def evaluation_figure(
+    run_dir: str | Path, split: str = "test", dataset: str | None = None
+) -> Figure:
+    """Histogram of the per-image log-likelihoods that ``evaluate`` wrote for these images
+    (``split`` of the run's dataset, or of ``dataset``), and, where they are other images,
+    of the run's test images' (evaluated on the same saved model) beside them: how much
+    better the model explains its training images (``split="train"``), or how well it
+    tells its own kind of images from another dataset's (with their AUROC)."""
+    config = read_config(run_dir)
+    dataset = foreign_dataset(config, dataset)
+    own_test = dataset is None and split == "test"
+    evaluated = read_evaluation(run_dir, split, dataset)
+    values = read_examples(run_dir, split, dataset)
+    if evaluated is None or values is None:
+        raise ConfigError(
+            f"no per-image estimates in {examples_path(run_dir, split, dataset)}; run "
+            "`pyro-vae evaluate` on these images first"
+        )
+    own = Path(config.dataset).name  # a file's name, not its whole path
+    samples = {f"{Path(dataset).name if dataset else own} {split}": values}
+    test = None if own_test else read_evaluation(run_dir)
+    reference = read_examples(run_dir) if same_model(test, evaluated) else None
+    if reference is not None:
+        samples = {f"{own} test": reference, **samples}
+    fig = _agg_figure(figsize=(7, 4.5))
+    axis = fig.subplots()
+    bins = np.histogram_bin_edges(np.concatenate(list(samples.values())), bins=60)
+    for name, scores in samples.items():
+        axis.hist(scores, bins=bins, alpha=0.5, density=True,
+                  label=f"{name}: mean {scores.mean():.2f}, {scores.size} images")  # fmt: skip
+    title = f"Per-image {evaluated['estimates']}, K={evaluated['num_samples']}"
+    if reference is not None and dataset is not None:
+        title += f"; AUROC {auroc(reference, values):.3f}"
+    axis.set(xlabel=f"{evaluated['estimates']} (nats)", ylabel="density", title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    return fig
+
+
 #: Registry of figures by file name (without ``.png``).
 FIGURES: dict[str, Callable[[FigureInputs], Figure]] = {
     "reconstructions": reconstructions_figure,
@@ -512,14 +561,20 @@ FIGURES: dict[str, Callable[[FigureInputs], Figure]] = {
 }
 
 
+def check_png_path(path: str | Path) -> Path:
+    """``path`` if it names a PNG file, else a :class:`ConfigError` saying so."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"cannot write a figure as {path.name!r}; use a .png file name")
+    return path
+
+
 def save_png(fig: Figure, path: str | Path) -> None:
     """Write ``fig`` cropped to its content, losslessly, as 8-bit greyscale when it has no
     colour, else RGB: image grids are grey, and one channel instead of four halves their PNGs.
     The folder is created if needed.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"cannot write a figure as {path.name!r}; use a .png file name")
+    path = check_png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)

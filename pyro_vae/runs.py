@@ -16,6 +16,7 @@ training images. Mid-epoch checkpoints (``step > 0``) also hold ``epoch_rng``,
 import hashlib
 import json
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,8 +27,14 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.config import DATA_FIELDS, MODEL_FIELDS, TrainConfig, resolve_device
+from pyro_vae.data import SPLITS, ImageData, is_image_file, load_images
 from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
-from pyro_vae.evaluation import DEFAULT_MAX_BATCH, ChunkResults, estimate_log_likelihood
+from pyro_vae.evaluation import (
+    DEFAULT_MAX_BATCH,
+    ChunkResults,
+    auroc,
+    estimate_log_likelihood,
+)
 from pyro_vae.files import atomic_write
 from pyro_vae.likelihoods import bits_per_dim
 from pyro_vae.networks import ARCHITECTURES
@@ -40,8 +47,6 @@ BEST_FILE = "best.pt"
 #: Which saved model ``load_run`` and the commands load, by ``--checkpoint`` name.
 CHECKPOINTS = {"last": CHECKPOINT_FILE, "best": BEST_FILE}
 METRICS_FILE = "metrics.jsonl"
-#: Evaluation results by split.
-EVAL_FILES = {"test": "eval.json", "val": "eval_val.json", "train": "eval_train.json"}
 #: Per-image estimates, written beside each result file (``eval_examples.npz``, ...):
 #: what a paired comparison of two runs on the same images needs.
 EXAMPLES_SUFFIX = "_examples.npz"
@@ -417,11 +422,11 @@ class _EvaluationInProgress:
     message and then overwritten.
     """
 
-    def __init__(self, run_dir: Path, split: str, fingerprint: dict[str, Any],
+    def __init__(self, run_dir: Path, stem: str, fingerprint: dict[str, Any],
                  world: distributed.World, log: Callable[[str], None]):  # fmt: skip
-        self.run_dir, self.split, self.fingerprint = run_dir, split, fingerprint
+        self.run_dir, self.stem, self.fingerprint = run_dir, stem, fingerprint
         rank = "" if world.size == 1 else f".{world.rank}"
-        self.path = run_dir / f"{Path(EVAL_FILES[split]).stem}.partial{rank}.pt"
+        self.path = run_dir / f"{stem}.partial{rank}.pt"
         self.chunks: dict[int, ChunkResults] = {}
         self.seconds_before = 0.0  # spent by the interrupted calls
         for path in self.files():
@@ -440,8 +445,8 @@ class _EvaluationInProgress:
         self.started = self.saved_at = time.perf_counter()
 
     def files(self) -> list[Path]:
-        """The partial files of this split, of every rank."""
-        return sorted(self.run_dir.glob(f"{Path(EVAL_FILES[self.split]).stem}.partial*.pt"))
+        """The partial files of these images, of every rank."""
+        return sorted(self.run_dir.glob(f"{self.stem}.partial*.pt"))
 
     @property
     def examples_done(self) -> int:
@@ -488,16 +493,35 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
                      if key != "model" else "another model" for key in keys)  # fmt: skip
 
 
-def examples_path(run_dir: str | Path, split: str) -> Path:
-    """Where :func:`evaluate_run` writes the per-image estimates of ``split``: arrays
+def evaluation_stem(split: str = "test", dataset: str | None = None) -> str:
+    """The name, without suffix, of the files that :func:`evaluate_run` writes for the
+    images of ``split`` (one of :data:`~pyro_vae.data.SPLITS`): ``eval`` for the test
+    images, ``eval_val``, ``eval_train``; of another dataset's (``dataset``: a
+    :data:`~pyro_vae.data.DATASETS` name or an image file), ``eval-mnist``,
+    ``eval-mnist_val``, ..., after the name or the file's stem."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    stem = "eval" if dataset is None else "eval-" + re.sub(r"[^\w.-]", "-", Path(dataset).stem)
+    return stem if split == "test" else f"{stem}_{split}"
+
+
+def evaluation_path(run_dir: str | Path, split: str = "test", dataset: str | None = None) -> Path:
+    """Where :func:`evaluate_run` writes its summary (``eval.json`` for the test images)."""
+    return Path(run_dir) / f"{evaluation_stem(split, dataset)}.json"
+
+
+def examples_path(run_dir: str | Path, split: str = "test", dataset: str | None = None) -> Path:
+    """Where :func:`evaluate_run` writes the per-image estimates beside its summary: arrays
     ``log_likelihood``, ``elbo`` and ``kl``, one entry per image, in nats."""
-    return Path(run_dir) / f"{Path(EVAL_FILES[split]).stem}{EXAMPLES_SUFFIX}"
+    return Path(run_dir) / f"{evaluation_stem(split, dataset)}{EXAMPLES_SUFFIX}"
 
 
-def read_evaluation(run_dir: str | Path, split: str = "test") -> dict[str, Any] | None:
-    """What :func:`evaluate_run` wrote for ``split`` (``eval.json`` for the test images),
-    or None if that split was not evaluated."""
-    path = Path(run_dir) / EVAL_FILES[split]
+def read_evaluation(
+    run_dir: str | Path, split: str = "test", dataset: str | None = None
+) -> dict[str, Any] | None:
+    """What :func:`evaluate_run` wrote (:func:`evaluation_path`), or None if those images
+    were not evaluated."""
+    path = evaluation_path(run_dir, split, dataset)
     if not path.is_file():
         return None
     try:
@@ -508,17 +532,59 @@ def read_evaluation(run_dir: str | Path, split: str = "test") -> dict[str, Any] 
         ) from error
 
 
+def same_model(first: dict[str, Any] | None, second: dict[str, Any] | None) -> bool:
+    """Whether two evaluations exist and measured the same saved model (checkpoint, epoch)."""
+    if first is None or second is None:
+        return False
+    return all(first.get(key) == second.get(key) for key in ("checkpoint", "epoch"))
+
+
 def generalization_gap(run_dir: str | Path) -> float | None:
     """Mean log-likelihood of the training images minus that of the test images, from the
     run's ``eval_train.json`` and ``eval.json``: how much better the model explains the
     images it was fitted to (overfitting, in nats). None unless both are there and
     measured the same saved model (checkpoint and epoch)."""
     train, test = read_evaluation(run_dir, "train"), read_evaluation(run_dir, "test")
-    if train is None or test is None:
-        return None
-    if (train.get("checkpoint"), train.get("epoch")) != (test.get("checkpoint"), test.get("epoch")):
+    if not same_model(train, test):
         return None
     return train["train_log_likelihood"] - test["test_log_likelihood"]
+
+
+def read_examples(
+    run_dir: str | Path, split: str = "test", dataset: str | None = None
+) -> np.ndarray | None:
+    """The per-image log-likelihoods that :func:`evaluate_run` wrote beside its summary
+    (:func:`examples_path`), or None where there are none that belong to that summary
+    (evaluated by an older pyro-vae, or evaluated again since)."""
+    evaluation = read_evaluation(run_dir, split, dataset)
+    path = examples_path(run_dir, split, dataset)
+    if evaluation is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            values = stored["log_likelihood"]
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise CheckpointError(
+            f"{path} is damaged ({error}); evaluate the run again to rewrite it"
+        ) from error
+    mean = evaluation[f"{split}_log_likelihood"]
+    matches = values.shape == (evaluation["num_examples"],) and abs(values.mean() - mean) < 1e-3
+    return values if matches else None
+
+
+def detection_auroc(run_dir: str | Path, dataset: str) -> float | None:
+    """How well the run's model tells its own test images from the test images of
+    ``dataset`` by their log-likelihood: :func:`~pyro_vae.evaluation.auroc` of the
+    per-image estimates of ``evaluate`` and ``evaluate --dataset``. None unless both
+    were evaluated, with per-image estimates, on the same saved model."""
+    dataset = foreign_dataset(read_config(run_dir), dataset)
+    if dataset is None:
+        return None
+    ours, theirs = read_evaluation(run_dir), read_evaluation(run_dir, dataset=dataset)
+    inliers, outliers = read_examples(run_dir), read_examples(run_dir, dataset=dataset)
+    if not same_model(ours, theirs) or inliers is None or outliers is None:
+        return None
+    return auroc(inliers, outliers)
 
 
 def default_max_batch(config: TrainConfig, device: torch.device) -> int:
@@ -529,6 +595,40 @@ def default_max_batch(config: TrainConfig, device: torch.device) -> int:
     if device.type == "cpu":
         return ARCHITECTURES[config.arch].cpu_evaluation_batch
     return DEFAULT_MAX_BATCH
+
+
+def foreign_dataset(config: TrainConfig, dataset: str | None) -> str | None:
+    """``dataset`` if it names images other than the run's own (``config.dataset``; for
+    image files, another file), else None: what :func:`evaluate_run` scores and names its
+    files after (:func:`evaluation_stem`)."""
+    if dataset is None:
+        return None
+    if is_image_file(dataset) and is_image_file(config.dataset):
+        return None if Path(dataset).resolve() == Path(config.dataset).resolve() else dataset
+    return None if dataset == config.dataset else dataset
+
+
+def _other_images(
+    config: TrainConfig, vae: VAE, dataset: str, data_root: str | Path | None,
+    device: torch.device,
+) -> ImageData:  # fmt: skip
+    """Another dataset's images, loaded as the run's own were, for ``evaluate --dataset``."""
+    if vae.conditions_on_labels:
+        raise ConfigError(
+            f"this run's model ({config.model}) is conditioned on its dataset's labels, which "
+            f"{dataset}'s labels do not fit; --dataset scores images with models of p(x)"
+        )
+    data = load_images(dataset, config.data_root if data_root is None else data_root,
+                       binarize=config.binarize == "dynamic", device=device)  # fmt: skip
+    if data.data_dim != vae.data_dim or (
+        config.image_shape is not None and data.image_shape != tuple(config.image_shape)
+    ):
+        shape = "x".join(map(str, config.image_shape or (vae.data_dim,)))
+        raise ConfigError(
+            f"the run models {shape} images but {dataset} holds "
+            f"{'x'.join(map(str, data.image_shape))} images; score images of the run's size"
+        )
+    return data
 
 
 def evaluate_run(
@@ -542,6 +642,8 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     checkpoint: str | None = None,
+    dataset: str | None = None,
+    data_root: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split),
@@ -551,6 +653,12 @@ def evaluate_run(
     estimates beside it (:func:`examples_path`).
 
     :param subset: evaluate the first ``subset`` images of the split only.
+    :param dataset: score the images of another dataset (a
+        :data:`~pyro_vae.data.DATASETS` name or an image file, loaded and binarized as the
+        run's own; found in ``data_root``, default the run's): how well the model tells
+        its own kind of images from others (:func:`detection_auroc`). The files are named
+        after it (:func:`evaluation_stem`: ``eval-mnist.json``, ...). Not for models
+        conditioned on labels, which another dataset's labels do not fit.
     :param max_batch: (sample, image) pairs per pass, as in
         :func:`~pyro_vae.evaluation.estimate_log_likelihood`; None:
         :func:`default_max_batch`.
@@ -565,8 +673,6 @@ def evaluate_run(
     among them (see :func:`~pyro_vae.evaluation.estimate_log_likelihood`) and
     rank 0 writes the file; the result equals a one-process run's with the same seed.
     """
-    if split not in EVAL_FILES:
-        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(EVAL_FILES)}")
     if num_samples <= 0 or (max_batch is not None and max_batch <= 0):
         raise ConfigError(
             f"num-samples and max-batch must be positive, got {num_samples}, {max_batch}"
@@ -574,18 +680,24 @@ def evaluate_run(
     if subset is not None and subset <= 0:
         raise ConfigError(f"subset must be positive, got {subset}")
     config = read_config(run_dir)
+    dataset = foreign_dataset(config, dataset)  # None: the run's own, under the usual names
+    stem = evaluation_stem(split, dataset)
     world, torch_device = distributed.init(resolve_device(device))
     if max_batch is None:
         max_batch = default_max_batch(config, torch_device)
     checkpoint = resolve_checkpoint(config, checkpoint)
     vae, state = _load_run(run_dir, torch_device, checkpoint)
-    data = config.load_data(torch_device)
+    if dataset is None:
+        data = config.load_data(torch_device)
+    else:
+        data = _other_images(config, vae, dataset, data_root, torch_device)
     images, labels = (tensor[:subset] for tensor in data.evaluation_images(split))
     vae.likelihood.validate(images)
-    fingerprint = {"model": _model_digest(state["model"]), "split": split, "subset": subset,
-                   "num_samples": num_samples, "max_batch": max_batch, "seed": seed}  # fmt: skip
+    fingerprint = {"model": _model_digest(state["model"]), "split": split, "dataset": dataset,
+                   "subset": subset, "num_samples": num_samples, "max_batch": max_batch,
+                   "seed": seed}  # fmt: skip
     rank_log = world.main_only(log)
-    saved = _EvaluationInProgress(Path(run_dir), split, fingerprint, world, rank_log)
+    saved = _EvaluationInProgress(Path(run_dir), stem, fingerprint, world, rank_log)
     if saved.chunks:
         rank_log(f"continuing the evaluation saved in {saved.path}: {saved.examples_done} of "
                  f"{images.shape[0]} images done")  # fmt: skip
@@ -613,6 +725,7 @@ def evaluate_run(
         ) from None
     result = {
         "split": split,
+        "dataset": config.dataset if dataset is None else dataset,
         "model": config.model,
         "estimates": vae.evaluates,
         **estimates.summary(prefix=split),
@@ -629,9 +742,9 @@ def evaluate_run(
     if world.is_main:
         per_image = {name: getattr(estimates, name).cpu().numpy()
                      for name in ("log_likelihood", "elbo", "kl")}  # fmt: skip
-        atomic_write(examples_path(run_dir, split), lambda f: np.savez(f, **per_image))
+        atomic_write(examples_path(run_dir, split, dataset), lambda f: np.savez(f, **per_image))
         text = (json.dumps(result, indent=2) + "\n").encode()
-        atomic_write(Path(run_dir) / EVAL_FILES[split], lambda f: f.write(text))
+        atomic_write(evaluation_path(run_dir, split, dataset), lambda f: f.write(text))
         for path in saved.files():  # the result is written: what led to it can go
             path.unlink(missing_ok=True)
     return result

@@ -165,6 +165,9 @@ class VAE(PyroModule):
 
     #: What the importance-weighted estimate with this guide estimates (for reports).
     evaluates = "log p(x)"
+    #: Whether ``model`` and ``guide`` take the images' labels (then only images of the
+    #: dataset the model was trained on can be scored).
+    conditions_on_labels = False
 
     def batch_inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The ``model``/``guide`` arguments ``(x, *conditions)`` for a batch of images.

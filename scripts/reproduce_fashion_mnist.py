@@ -55,9 +55,9 @@ from pyro_vae.runs import (  # noqa: E402
     BEST_FILE,
     CHECKPOINT_FILE,
     CONFIG_FILE,
-    EVAL_FILES,
     METRICS_FILE,
     best_epoch,
+    evaluation_path,
     examples_path,
     read_metrics,
 )
@@ -69,7 +69,7 @@ CURVES = ROOT / "docs" / "figures" / "fashion_mnist_curves.png"
 RECORDS = ROOT / "docs" / "runs" / "fashion-mnist"
 MACHINE_FILE = "machine.txt"
 #: What a record keeps of a run (the per-image estimates: for paired comparisons).
-RECORD_FILES = (CONFIG_FILE, METRICS_FILE, EVAL_FILES["test"], examples_path("", "test").name)
+RECORD_FILES = (CONFIG_FILE, METRICS_FILE, evaluation_path("").name, examples_path("").name)
 BEGIN = "<!-- reproduce_fashion_mnist.py: table begin -->"
 END = "<!-- reproduce_fashion_mnist.py: table end -->"
 
@@ -178,7 +178,7 @@ def train(name: str, run_dir: Path, threads: int) -> None:
 
 
 def evaluate(run_dir: Path, threads: int) -> None:
-    result, best = run_dir / EVAL_FILES["test"], run_dir / BEST_FILE
+    result, best = evaluation_path(run_dir), run_dir / BEST_FILE
     if result.exists() and result.stat().st_mtime > best.stat().st_mtime:
         return
     _run(["pyro-vae", "evaluate", "--run", str(run_dir), "--num-samples", str(NUM_SAMPLES),
@@ -319,7 +319,7 @@ def report(runs_dir: Path) -> None:
             continue
         summary = summarize_run(run_dir, name)
         rows, best, result = summary.metrics, summary.best, summary.evaluation
-        result_file = run_dir / EVAL_FILES["test"]
+        result_file = evaluation_path(run_dir)
         compared.append((name, published, result))
         estimate = (
             f"{result['test_log_likelihood']:.2f} ± {result['log_likelihood_stderr']:.2f}"

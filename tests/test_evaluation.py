@@ -9,14 +9,17 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import prototype_images
+from PIL import Image
 
 from pyro_vae import TrainConfig, load_run, train
 from pyro_vae.cli import main
 from pyro_vae.data import DATASETS
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import estimate_log_likelihood, log_importance_weights
+from pyro_vae.evaluation import auroc, estimate_log_likelihood, log_importance_weights
 from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.runs import generalization_gap
+from pyro_vae.plots import evaluation_figure
+from pyro_vae.runs import detection_auroc, evaluation_stem, generalization_gap
 
 torch.manual_seed(0)
 DATA_DIM, LATENT_DIM, NOISE = 5, 2, 0.5
@@ -245,3 +248,71 @@ def test_evaluating_the_training_images_measures_overfitting(tmp_path, capsys):
     test_result["epoch"] = 149
     (run / "eval.json").write_text(json.dumps(test_result))
     assert generalization_gap(run) is None
+
+
+def test_auroc_counts_the_pairs_an_inlier_wins_ties_by_half():
+    rng = np.random.default_rng(0)
+    inliers, outliers = rng.integers(0, 5, 40), rng.integers(1, 7, 30)  # many ties
+    pairs = inliers[:, None] - outliers[None, :]
+    assert auroc(inliers, outliers) == pytest.approx((pairs > 0).mean() + 0.5 * (pairs == 0).mean())
+    assert auroc([3.0, 4.0], [1.0, 2.0]) == 1.0 and auroc([1.0], [2.0]) == 0.0
+    with pytest.raises(ValueError, match="at least one inlier and one outlier"):
+        auroc([], [1.0])
+
+
+def test_the_files_of_an_evaluation_are_named_after_its_images():
+    assert [evaluation_stem(split) for split in ("test", "val", "train")] == [
+        "eval", "eval_val", "eval_train"]  # fmt: skip
+    assert evaluation_stem("test", "mnist") == "eval-mnist"
+    assert evaluation_stem("val", "/data/my digits.npz") == "eval-my-digits_val"
+    with pytest.raises(ConfigError, match="unknown split 'dev'"):
+        evaluation_stem("dev")
+
+
+def test_scoring_another_dataset_tells_the_run_s_own_images_apart(tmp_path, capsys):
+    images, labels = prototype_images(120)
+    grey = (images * 255).round().to(torch.uint8).reshape(-1, 8, 8).numpy()
+    own = tmp_path / "blocks.npz"
+    np.savez(own, train=grey[:100], test=grey[100:], train_labels=labels[:100].numpy(),
+             test_labels=labels[100:].numpy())  # fmt: skip
+    noise = (np.random.default_rng(0).random((36, 8, 8)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "noise.npz", train=noise[:24], test=noise[24:])
+    np.savez(tmp_path / "wide.npz", train=noise[:24, :, :4], test=noise[24:, :, :4])
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(own), "--epochs", "30", "--batch-size", "10",
+                 "--hidden-dim", "64", "--latent-dim", "4", "--out", str(run),
+                 "--no-progress"]) == 0  # fmt: skip
+    evaluate = ["evaluate", "--run", str(run), "--num-samples", "50", "--no-progress"]
+    assert main([*evaluate, "--dataset", str(tmp_path / "noise.npz")]) == 0
+    assert detection_auroc(run, str(tmp_path / "noise.npz")) is None  # own images not yet
+    result = json.loads((run / "eval-noise.json").read_text())
+    assert result["num_examples"] == 12 and result["dataset"] == str(tmp_path / "noise.npz")
+    assert main([*evaluate, "--dataset", str(own)]) == 0  # the run's own: the usual names
+    own_result = json.loads((run / "eval.json").read_text())
+    assert own_result["num_examples"] == 20
+    capsys.readouterr()
+    figure = tmp_path / "ood.png"
+    assert main([*evaluate, "--dataset", str(tmp_path / "noise.npz"), "--figure",
+                 str(figure)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    area = detection_auroc(run, str(tmp_path / "noise.npz"))
+    ours = np.load(run / "eval_examples.npz")["log_likelihood"]
+    theirs = np.load(run / "eval-noise_examples.npz")["log_likelihood"]
+    assert area == auroc(ours, theirs) and area > 0.9  # blocks look far likelier than noise
+    assert f"AUROC {area:.3f}: how often one of the run's own test images" in out
+    assert ours.mean() > theirs.mean() + 5
+    assert Image.open(figure).size[0] > 300 and f"figure written to {figure}" in out
+    with pytest.raises(ConfigError, match="no per-image estimates in .*eval_val_examples.npz"):
+        evaluation_figure(run, "val")
+    # a dataset of another image size, a label-conditional model, a figure not .png
+    assert main([*evaluate, "--dataset", str(tmp_path / "wide.npz")]) == 2
+    assert "the run models 1x8x8 images but" in capsys.readouterr().err
+    assert main([*evaluate, "--dataset", "x.npz", "--figure", str(tmp_path / "f.jpg")]) == 2
+    assert "cannot write a figure as 'f.jpg'; use a .png file name" in capsys.readouterr().err
+    cvae = tmp_path / "cvae"
+    assert main(["train", "--dataset", str(own), "--model", "cvae", "--epochs", "1",
+                 "--batch-size", "10", "--hidden-dim", "16", "--latent-dim", "2", "--out",
+                 str(cvae), "--no-progress"]) == 0  # fmt: skip
+    assert main(["evaluate", "--run", str(cvae), "--dataset", str(tmp_path / "noise.npz"),
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "conditioned on its dataset's labels" in capsys.readouterr().err
