@@ -681,6 +681,8 @@ def evaluate_run(
         raise ConfigError(f"subset must be positive, got {subset}")
     config = read_config(run_dir)
     dataset = foreign_dataset(config, dataset)  # None: the run's own, under the usual names
+    if dataset is not None and is_image_file(dataset):
+        dataset = str(Path(dataset).resolve())  # as train records one: found from anywhere
     stem = evaluation_stem(split, dataset)
     world, torch_device = distributed.init(resolve_device(device))
     if max_batch is None:

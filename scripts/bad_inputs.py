@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from pyro_vae import TrainConfig, load_images, load_run, train  # noqa: E402
 from pyro_vae.cli import main as cli_main  # noqa: E402
 from pyro_vae.data import DATASETS  # noqa: E402
+from pyro_vae.runs import evaluate_run  # noqa: E402
 
 QUICK = ["--subset", "500", "--hidden-dim", "32", "--latent-dim", "4", "--no-progress"]
 
@@ -79,6 +80,8 @@ def main() -> None:
     gz.write_bytes(gz.read_bytes()[:100_000])
     (w / "a-file").write_text("not a directory")
     numpy.savez(w / "no-test.npz", train=numpy.zeros((60, 8, 8), numpy.uint8))
+    small = numpy.zeros((60, 8, 8), numpy.uint8)
+    numpy.savez(w / "8x8.npz", train=small, test=small[:10])
     (w / "empty").mkdir()
 
     cli_cases = [
@@ -162,6 +165,9 @@ def main() -> None:
          lambda: train(TrainConfig(**tiny, subset=100), w / "py3", data=data)),
         ('train({"epochs": 1}, out)', lambda: train({"epochs": 1}, w / "py4")),
         ("load_run(a run with a truncated checkpoint)", lambda: load_run(w / "torn-run")),
+        ('evaluate_run(run, split="dev")', lambda: evaluate_run(w / "run", split="dev")),
+        ("evaluate_run(run of 28x28 images, dataset=a file of 8x8 images)",
+         lambda: evaluate_run(w / "run", dataset=str(w / "8x8.npz"), progress=False)),
     ]  # fmt: skip
     for label, call in python_cases:
         kind, message = run_python(call)
