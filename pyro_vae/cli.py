@@ -260,6 +260,14 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "(default: no clipping); the epoch log counts the clipped steps",
     )
     opt.add_argument(
+        "--weight-decay",
+        type=float,
+        default=DEFAULTS.weight_decay,
+        metavar="WD",
+        help="decoupled weight decay (AdamW): each step also shrinks the parameters by the "
+        "factor 1 - lr * WD, against overfitting (0: plain Adam)",
+    )
+    opt.add_argument(
         "--patience",
         type=int,
         default=DEFAULTS.patience,

@@ -156,6 +156,10 @@ class TrainConfig:
     #: size, so the limit does not depend on ``batch_size``) to this norm before each
     #: step; None: no clipping. Keeps a rare outlier batch from throwing Adam off.
     clip_grad_norm: float | None = None
+    #: Decoupled weight decay (AdamW, Loshchilov & Hutter 2019): each step also shrinks
+    #: every parameter by the factor ``1 - lr * weight_decay``, a pull towards small
+    #: weights against overfitting; 0: plain Adam.
+    weight_decay: float = 0.0
     #: Early stopping: stop when the validation ELBO has not improved for this many
     #: epochs (0: off). The best epoch's model is kept in ``best.pt`` either way.
     patience: int = 0
@@ -213,6 +217,8 @@ class TrainConfig:
                 "clip-grad-norm must be a positive number (omit it for no clipping), "
                 f"got {self.clip_grad_norm}"
             )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"weight-decay must be 0 or more, got {self.weight_decay}")
         for name in ("lr_patience", "patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(

@@ -3,6 +3,7 @@
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -223,19 +224,23 @@ def test_training_images_are_binarized_once_for_evaluation(tiny_data):
         tiny_data.evaluation_images("training")
 
 
-def test_evaluating_the_training_images_measures_overfitting(tmp_path, capsys):
-    # Unrelated random patterns: all a model can learn from the training images is the
-    # images themselves, which explains them far better than the test images.
+def train_on_random_patterns(tmp_path: Path, run: Path, *options: str) -> None:
+    """Train a model on unrelated random patterns, where all it can learn from the training
+    images is the images themselves, and evaluate it on the training and test images."""
     rng = np.random.default_rng(0)
     patterns = np.where(rng.random((72, 8, 8)) < 0.5, 242, 13).astype(np.uint8)
     np.savez(tmp_path / "noise.npz", train=patterns[:60], test=patterns[60:])
-    run = tmp_path / "run"
     assert main(["train", "--dataset", str(tmp_path / "noise.npz"), "--epochs", "300",
                  "--batch-size", "10", "--hidden-dim", "128", "--latent-dim", "8",
-                 "--lr", "3e-3", "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+                 "--lr", "3e-3", "--out", str(run), "--no-progress", *options]) == 0  # fmt: skip
     for split in ("train", "test"):
         assert main(["evaluate", "--run", str(run), "--split", split, "--num-samples", "200",
                      "--no-progress"]) == 0  # fmt: skip
+
+
+def test_evaluating_the_training_images_measures_overfitting(tmp_path, capsys):
+    run = tmp_path / "run"
+    train_on_random_patterns(tmp_path, run)  # memorized: the training images explained best
     train_result = json.loads((run / "eval_train.json").read_text())
     test_result = json.loads((run / "eval.json").read_text())
     assert train_result["num_examples"] == 50  # the last sixth of train is validation
@@ -244,6 +249,12 @@ def test_evaluating_the_training_images_measures_overfitting(tmp_path, capsys):
     assert gap > 5
     assert generalization_gap(run) == pytest.approx(gap)
     assert f"train - test log p(x): {gap:.2f} nats" in capsys.readouterr().out
+    # weight decay keeps the model from memorizing them, and so explains unseen ones better
+    decayed = tmp_path / "decayed"
+    train_on_random_patterns(tmp_path, decayed, "--weight-decay", "1")
+    assert generalization_gap(decayed) < gap / 4
+    decayed_test = json.loads((decayed / "eval.json").read_text())["test_log_likelihood"]
+    assert decayed_test > test_result["test_log_likelihood"] + 1
     # estimates of two different saved models are not set against each other
     test_result["epoch"] = 149
     (run / "eval.json").write_text(json.dumps(test_result))

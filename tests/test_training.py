@@ -117,6 +117,8 @@ def test_gradient_clipping_bounds_every_step_and_counts_the_clipped_ones(tmp_pat
         ({"latent_dim": 0}, "latent-dim must be positive"),
         ({"clip_grad_norm": 0.0}, "clip-grad-norm must be a positive number"),
         ({"clip_grad_norm": float("inf")}, "clip-grad-norm must be a positive number"),
+        ({"weight_decay": -0.1}, "weight-decay must be 0 or more"),
+        ({"weight_decay": float("nan")}, "weight-decay must be 0 or more"),
         ({"beta": -1.0}, "beta must be a positive number"),
         ({"prior": "cauchy"}, "unknown prior 'cauchy'; choose one of: normal"),
         ({"objective": "iwae", "beta": 2.0}, "no separate KL term"),
