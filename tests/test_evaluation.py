@@ -327,3 +327,15 @@ def test_scoring_another_dataset_tells_the_run_s_own_images_apart(tmp_path, caps
     assert main(["evaluate", "--run", str(cvae), "--dataset", str(tmp_path / "noise.npz"),
                  "--no-progress"]) == 2  # fmt: skip
     assert "conditioned on its dataset's labels" in capsys.readouterr().err
+
+
+def test_the_readme_s_out_of_distribution_example_matches_its_record():
+    repo = Path(__file__).parents[1]
+    record = repo / "docs" / "runs" / "fashion-mnist-first-1000" / "hvae-vamp-conv"
+    area = detection_auroc(record, "/tmp/fashion-flipped.npz")  # found by the file's name
+    assert f"`AUROC {area:.3f}: how often one of the run's own test images" in (
+        repo / "README.md").read_text()  # fmt: skip
+    upright = np.load(record / "eval_examples.npz")["log_likelihood"]
+    flipped = np.load(record / "eval-fashion-flipped_examples.npz")["log_likelihood"]
+    assert f"{(upright > flipped).mean():.1%} of the images score lower" in (
+        repo / "README.md").read_text()  # fmt: skip
