@@ -83,7 +83,7 @@ def summarize_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     config, metrics = read_config(run_dir), read_metrics(run_dir)
     evaluation = read_evaluation(run_dir)
     name = str(run_dir) if name is None else name
-    return RunSummary(name, config, metrics, evaluation, read_examples(run_dir),
+    return RunSummary(name, config, metrics, evaluation, read_examples(run_dir, evaluation),
                       generalization_gap(run_dir))  # fmt: skip
 
 

@@ -522,7 +522,7 @@ def evaluation_figure(
     dataset = foreign_dataset(config, dataset)
     own_test = dataset is None and split == "test"
     evaluated = read_evaluation(run_dir, split, dataset)
-    values = read_examples(run_dir, split, dataset)
+    values = read_examples(run_dir, evaluated, split, dataset)
     if evaluated is None or values is None:
         raise ConfigError(
             f"no per-image estimates in {examples_path(run_dir, split, dataset)}; run "
@@ -531,7 +531,7 @@ def evaluation_figure(
     own = Path(config.dataset).name  # a file's name, not its whole path
     samples = {f"{Path(dataset).name if dataset else own} {split}": values}
     test = None if own_test else read_evaluation(run_dir)
-    reference = read_examples(run_dir) if same_model(test, evaluated) else None
+    reference = read_examples(run_dir, test) if same_model(test, evaluated) else None
     if reference is not None:
         samples = {f"{own} test": reference, **samples}
     fig = _agg_figure(figsize=(7, 4.5))

@@ -552,12 +552,15 @@ def generalization_gap(run_dir: str | Path) -> float | None:
 
 
 def read_examples(
-    run_dir: str | Path, split: str = "test", dataset: str | None = None
+    run_dir: str | Path,
+    evaluation: dict[str, Any] | None,
+    split: str = "test",
+    dataset: str | None = None,
 ) -> np.ndarray | None:
     """The per-image log-likelihoods that :func:`evaluate_run` wrote beside its summary
-    (:func:`examples_path`), or None where there are none that belong to that summary
+    ``evaluation`` (as :func:`read_evaluation` returned it for the same ``split`` and
+    ``dataset``; read once by the caller), or None where there are none that belong to it
     (evaluated by an older pyro-vae, or evaluated again since)."""
-    evaluation = read_evaluation(run_dir, split, dataset)
     path = examples_path(run_dir, split, dataset)
     if evaluation is None or not path.is_file():
         return None
@@ -584,8 +587,11 @@ def detection_auroc(run_dir: str | Path, dataset: str) -> float | None:
     if dataset is None:
         return None
     ours, theirs = read_evaluation(run_dir), read_evaluation(run_dir, dataset=dataset)
-    inliers, outliers = read_examples(run_dir), read_examples(run_dir, dataset=dataset)
-    if not same_model(ours, theirs) or inliers is None or outliers is None:
+    if not same_model(ours, theirs):
+        return None
+    inliers = read_examples(run_dir, ours)
+    outliers = read_examples(run_dir, theirs, dataset=dataset)
+    if inliers is None or outliers is None:
         return None
     return auroc(inliers, outliers)
 
