@@ -364,8 +364,12 @@ def test_load_run_and_the_cli_report_a_damaged_checkpoint(tmp_path, one_epoch_ru
 
 # ------------------------------------------- real processes: SIGKILL and Ctrl-C
 
-CLI_OPTIONS = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "10", "--epochs", "8",
-               "--seed", "3", "--device", "cpu", "--no-progress"]  # fmt: skip
+#: Long enough that interrupts a tenth of a second apart land while a run trains, also on a
+#: fast machine (100 images in batches of 10: 10 steps an epoch).
+CLI_EPOCHS, CLI_STEPS_PER_EPOCH = 20, 10
+CLI_OPTIONS = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "10",
+               "--epochs", str(CLI_EPOCHS), "--seed", "3", "--device", "cpu",
+               "--no-progress"]  # fmt: skip
 #: One thread in every process, so that parameters compare bit for bit.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
@@ -418,18 +422,18 @@ def test_kill_9_twice_then_ctrl_c_then_resume_matches_an_uninterrupted_run(
 
     def position() -> int:
         checkpoint = load_checkpoint(out)  # always loadable
-        return checkpoint["epoch"] * 10 + checkpoint["step"]
+        return checkpoint["epoch"] * CLI_STEPS_PER_EPOCH + checkpoint["step"]
 
     for kill in range(2):  # SIGKILL at random moments, with a checkpoint every step
         process = start_training([*options, "--checkpoint-every", "1"], out, resume=kill > 0)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.1))
         process.kill()
         assert process.wait() == -signal.SIGKILL  # killed while training, not after the end
         positions.append(position())
 
     # Ctrl-C, checkpointing only at epoch ends (--checkpoint-every may change on resume).
     process = start_training(options, out, resume=True)
-    time.sleep(rng.uniform(0.0, 0.4))
+    time.sleep(rng.uniform(0.0, 0.1))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in stderr
@@ -440,7 +444,7 @@ def test_kill_9_twice_then_ctrl_c_then_resume_matches_an_uninterrupted_run(
     positions.append(position())
 
     assert positions == sorted(positions) and len(set(positions)) == 3  # each run made progress
-    assert positions[-1] < 80  # none ran to the end
+    assert positions[-1] < CLI_EPOCHS * CLI_STEPS_PER_EPOCH  # none ran to the end
     resume_in_process(options, out)
     assert_same_run(out, straight)
 
@@ -460,7 +464,8 @@ def test_cli_resume_takes_the_saved_options_and_rejects_changed_ones(
         assert "latent_dim: saved 2, requested 3" in capsys.readouterr().err
         assert (out / "config.json").read_text() == config
         # ...and every option left out keeps its saved value: the run continues as trained.
-        assert main(["train", "--resume", "--out", str(out), "--epochs", "8", "--no-progress"]) == 0
+        resumed = ["--resume", "--out", str(out), "--epochs", str(CLI_EPOCHS), "--no-progress"]
+        assert main(["train", *resumed]) == 0
     assert_same_run(out, straight)
 
 
