@@ -38,6 +38,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,7 +162,16 @@ def finished(run_dir: Path) -> bool:
 def _run(argv: list[str], threads: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     print("$", " ".join(argv), flush=True)
-    code = subprocess.run([sys.executable, "-m", "pyro_vae", *argv[1:]], env=env).returncode
+    # Ctrl-C (or `timeout`) signals the whole process group: pyro-vae saves a checkpoint
+    # and exits with 130/143. Wait for that: a KeyboardInterrupt here would make
+    # subprocess.run kill it 0.25 s later, in the middle of the save. (A Python handler,
+    # unlike SIG_IGN, is not inherited: pyro-vae still gets the signal.)
+    waiting = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = subprocess.run([sys.executable, "-m", "pyro_vae", *argv[1:]], env=env).returncode
+    finally:
+        for signum, handler in waiting.items():
+            signal.signal(signum, handler)
     if code in (130, 143):  # SIGINT/SIGTERM: pyro-vae saved a checkpoint
         raise SystemExit("stopped; run the same command again to continue")
     if code:

@@ -1,5 +1,6 @@
 """Nothing trained is lost to a crash, a signal, a NaN or a damaged checkpoint (issue 10)."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -394,13 +395,29 @@ def straight_cli_run(tmp_path_factory, shared_fashion_dir) -> tuple[Path, list[s
     return out, options
 
 
-def start_training(options: list[str], out: Path, resume: bool) -> subprocess.Popen:
-    """Start ``pyro-vae train`` and return once it has written a checkpoint of its own."""
+#: ``python -m pyro_vae``, and the Fashion-MNIST script's runner of a pyro-vae command.
+PYRO_VAE = ("-m", "pyro_vae")
+SCRIPT_RUNNER = ("-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                 "from reproduce_fashion_mnist import _run; _run(sys.argv[2:], 1)",
+                 str(REPO / "scripts"), "pyro-vae")  # fmt: skip
+
+
+def with_epochs(options: list[str], epochs: int) -> list[str]:
+    at = options.index("--epochs")
+    return [*options[:at], "--epochs", str(epochs), *options[at + 2 :]]
+
+
+def start_training(
+    options: list[str], out: Path, resume: bool, via: tuple[str, ...] = PYRO_VAE
+) -> subprocess.Popen:
+    """Start ``pyro-vae train`` (``via`` what runs it) in a process group of its own and
+    return once it has written a checkpoint of its own."""
     started = time.time_ns()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pyro_vae", "train", *options, "--out", str(out),
+        [sys.executable, *via, "train", *options, "--out", str(out),
          *(["--resume"] if resume else [])],
         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
     checkpoint = out / CHECKPOINT_FILE
     while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns >= started):
@@ -449,15 +466,30 @@ def test_kill_9_twice_then_ctrl_c_then_resume_matches_an_uninterrupted_run(
     assert_same_run(out, straight)
 
 
+def test_the_fashion_mnist_script_lets_pyro_vae_save_when_interrupted(tmp_path, straight_cli_run):
+    """Ctrl-C reaches the script and the pyro-vae it runs. The script waits for pyro-vae's
+    checkpoint: subprocess.run, interrupted, kills its child after 0.25 s, mid-save."""
+    _, options = straight_cli_run
+    out = tmp_path / "run"
+    process = start_training(with_epochs(options, 1000), out, resume=False, via=SCRIPT_RUNNER)
+    os.kill(process.pid, signal.SIGINT)  # the script first...
+    time.sleep(0.5)  # ...longer than subprocess.run's 0.25 s
+    with contextlib.suppress(ProcessLookupError):  # gone already, with the child killed
+        os.killpg(process.pid, signal.SIGINT)  # then both, as a terminal's Ctrl-C
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1 and "Traceback" not in stderr, stderr
+    assert "pyro-vae: stopped by SIGINT " in stderr  # the child saved its checkpoint...
+    assert stderr.rstrip().endswith("stopped; run the same command again to continue")
+    assert load_checkpoint(out)["epoch"] < 1000  # ...while training
+
+
 def test_cli_resume_takes_the_saved_options_and_rejects_changed_ones(
     tmp_path, straight_cli_run, capsys
 ):
     straight, options = straight_cli_run
     out = tmp_path / "run"
     with one_thread():
-        first = [*options[: options.index("--epochs")], "--epochs", "3",
-                 *options[options.index("--epochs") + 2 :]]  # fmt: skip
-        assert main(["train", *first, "--out", str(out)]) == 0
+        assert main(["train", *with_epochs(options, 3), "--out", str(out)]) == 0
         config = (out / "config.json").read_text()
         # An option the run was trained without may not be slipped in on resume...
         assert main(["train", "--resume", "--out", str(out), "--latent-dim", "3"]) == 2
