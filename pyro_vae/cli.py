@@ -349,8 +349,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     when resuming, its model's when fine-tuning from it; then the defaults."""
     # Every option of TrainConfig is a train option of the same name (dest); the rest of
     # its fields are set from the data.
-    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-               if f.name not in DATA_FIELDS}  # fmt: skip
+    options = {
+        f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in DATA_FIELDS
+    }
     chosen = read_options(args.config) if args.config else {}
     chosen |= {name: options[name] for name in _options_given(args) if name in options}
     if args.resume and (Path(args.out) / CONFIG_FILE).is_file():
@@ -414,8 +415,9 @@ def _run_plot(args: argparse.Namespace) -> None:
 def _write_figures(
     run: str, out: str | None, data_root: str | None, device: str, checkpoint: str | None
 ) -> None:
-    paths = plot_run(run, out, data_root=data_root, device=resolve_device(device),
-                     checkpoint=checkpoint)  # fmt: skip
+    paths = plot_run(
+        run, out, data_root=data_root, device=resolve_device(device), checkpoint=checkpoint
+    )
     print(f"{len(paths)} figures written to {paths[0].parent}")
 
 
@@ -482,11 +484,18 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     if args.figure is not None:
         check_png_path(args.figure)  # before an hour of evaluation, not after
     result = evaluate_run(
-        args.run, split=args.split, num_samples=args.num_samples, subset=args.subset,
-        max_batch=args.max_batch, device=args.device, seed=args.seed,
-        progress=not args.no_progress, checkpoint=args.checkpoint, dataset=args.dataset,
+        args.run,
+        split=args.split,
+        num_samples=args.num_samples,
+        subset=args.subset,
+        max_batch=args.max_batch,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
         data_root=args.data_root,
-    )  # fmt: skip
+    )
     if not distributed.is_main_process():
         return
     dataset = foreign_dataset(read_config(args.run), args.dataset)
@@ -496,14 +505,20 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         ("images", f"{result['num_examples']} ({split})"),
         ("samples per image", str(result["num_samples"])),
         ("ELBO", f"{result[f'{split}_elbo']:.2f} nats"),
-        (f"{result['estimates']} (IW)", f"{result[f'{split}_log_likelihood']:.2f} "
-                          f"+- {result['log_likelihood_stderr']:.2f} nats"),
+        (
+            f"{result['estimates']} (IW)",
+            f"{result[f'{split}_log_likelihood']:.2f} "
+            f"+- {result['log_likelihood_stderr']:.2f} nats",
+        ),
         ("KL(q || p)", f"{result[f'{split}_kl']:.2f} nats"),
-        *([("bits/dim", f"{result[f'{split}_bits_per_dim']:.4f}")]
-          if f"{split}_bits_per_dim" in result else []),
+        *(
+            [("bits/dim", f"{result[f'{split}_bits_per_dim']:.4f}")]
+            if f"{split}_bits_per_dim" in result
+            else []
+        ),
         ("active units", f"{active}/{result['latent_units']}" if active is not None else "n/a"),
         ("seconds", f"{result['seconds']:.1f} on {result['device']}"),
-    ]  # fmt: skip
+    ]
     for name, value in rows:
         print(f"{name:<18} {value}")
     print(f"written to {evaluation_path(args.run, split, dataset)}")
@@ -512,8 +527,10 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         print(f"train - test {result['estimates']}: {gap:.2f} nats (the model's overfitting)")
     area = detection_auroc(args.run, dataset) if dataset is not None and split == "test" else None
     if area is not None:
-        print(f"AUROC {area:.3f}: how often one of the run's own test images scores a "
-              f"higher {result['estimates']} than one of {dataset}'s (0.5: chance)")  # fmt: skip
+        print(
+            f"AUROC {area:.3f}: how often one of the run's own test images scores a "
+            f"higher {result['estimates']} than one of {dataset}'s (0.5: chance)"
+        )
     if args.figure is not None:
         save_png(evaluation_figure(args.run, split, dataset), args.figure)
         print(f"figure written to {args.figure}")
@@ -551,8 +568,15 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    path = sample_run(args.run, args.out, num=args.num, label=args.label, seed=args.seed,
-                      device=args.device, checkpoint=args.checkpoint)  # fmt: skip
+    path = sample_run(
+        args.run,
+        args.out,
+        num=args.num,
+        label=args.label,
+        seed=args.seed,
+        device=args.device,
+        checkpoint=args.checkpoint,
+    )
     print(f"samples written to {path}")
 
 
@@ -572,8 +596,9 @@ def _add_encode_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> None:
-    path = encode_run(args.run, args.out, split=args.split, device=args.device,
-                      checkpoint=args.checkpoint)  # fmt: skip
+    path = encode_run(
+        args.run, args.out, split=args.split, device=args.device, checkpoint=args.checkpoint
+    )
     print(f"latent codes written to {path}")
 
 

@@ -32,8 +32,14 @@ from pyro_vae.runs import (
 
 #: Options that say where or how safely a run was computed, not what it computed: they
 #: are not listed among the options runs differ in.
-INCIDENTAL_FIELDS = ("data_root", "device", "checkpoint_every", "on_nan", "cuda_graph",
-                     *DATA_FIELDS)  # fmt: skip
+INCIDENTAL_FIELDS = (
+    "data_root",
+    "device",
+    "checkpoint_every",
+    "on_nan",
+    "cuda_graph",
+    *DATA_FIELDS,
+)
 
 
 @dataclass(frozen=True, eq=False)  # a run is itself: its arrays have no plain equality
@@ -83,8 +89,14 @@ def summarize_run(run_dir: str | Path, name: str | None = None) -> RunSummary:
     config, metrics = read_config(run_dir), read_metrics(run_dir)
     evaluation = read_evaluation(run_dir)
     name = str(run_dir) if name is None else name
-    return RunSummary(name, config, metrics, evaluation, read_examples(run_dir, evaluation),
-                      generalization_gap(run_dir))  # fmt: skip
+    return RunSummary(
+        name,
+        config,
+        metrics,
+        evaluation,
+        read_examples(run_dir, evaluation),
+        generalization_gap(run_dir),
+    )
 
 
 def summarize_runs(run_dirs: Sequence[str | Path]) -> list[RunSummary]:

@@ -130,9 +130,14 @@ class LabelCVAE(VAE):
         if not isinstance(prior, ConditionalPrior):
             # encoder=None: this model's encoder also takes y, so a prior built on it cannot be
             prior = LabelIndependentPrior(
-                build_prior(prior, latent_dim=latent_dim, data_dim=data_dim, encoder=None,
-                            options=prior_options)
-            )  # fmt: skip
+                build_prior(
+                    prior,
+                    latent_dim=latent_dim,
+                    data_dim=data_dim,
+                    encoder=None,
+                    options=prior_options,
+                )
+            )
         if encoder is None:
             encoder = MultiInputGaussian((data_dim, num_classes), hidden_dims, latent_dim)
         if decoder is None:

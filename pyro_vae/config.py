@@ -38,9 +38,21 @@ MAX_SEED = 2**32 - 1
 DATA_FIELDS = ("image_shape", "num_classes")
 #: Fields that decide the model's parameters: a run initialized from another run
 #: (``init_from``) must agree with it on these.
-MODEL_FIELDS = ("model", "observed_quadrants", "conditional_prior", "latent_dim", "hidden_dims",
-                "arch", "prior", "prior_components", "prior_layers", "likelihood",
-                "likelihood_scale", "likelihood_squeeze", *DATA_FIELDS)  # fmt: skip
+MODEL_FIELDS = (
+    "model",
+    "observed_quadrants",
+    "conditional_prior",
+    "latent_dim",
+    "hidden_dims",
+    "arch",
+    "prior",
+    "prior_components",
+    "prior_layers",
+    "likelihood",
+    "likelihood_scale",
+    "likelihood_squeeze",
+    *DATA_FIELDS,
+)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -52,9 +52,17 @@ IMAGE_FILE_ARRAYS = ("train", "test", "train_labels", "test_labels", "class_name
 DEFAULT_DATA_ROOT = Path(os.environ.get("PYRO_VAE_DATA", Path.home() / ".cache" / "pyro-vae"))
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @dataclass(frozen=True)
@@ -312,8 +320,10 @@ def _file_labels(path: Path, arrays: dict[str, np.ndarray], split: str, count: i
     if labels is None:
         return torch.zeros(count, dtype=torch.long)
     if labels.dtype.kind not in "iu" or labels.shape != (count,) or (labels < 0).any():
-        problem = (f"{split}_labels must be {count} integers 0 or more, one per {split} image; "
-                   f"got {labels.dtype} of shape {labels.shape}")  # fmt: skip
+        problem = (
+            f"{split}_labels must be {count} integers 0 or more, one per {split} image; "
+            f"got {labels.dtype} of shape {labels.shape}"
+        )
         raise _file_error(path, problem)
     return torch.from_numpy(labels.astype(np.int64))
 
@@ -336,19 +346,26 @@ def read_image_file(path: str | Path) -> StoredImages:
     missing = [name for name in ("train", "test") if name not in arrays]
     if unknown or missing:
         problems = (("missing", missing), ("unknown", unknown))
-        raise _file_error(path, ", ".join(f"{kind} arrays {names}" for kind, names in problems
-                                          if names))  # fmt: skip
+        raise _file_error(
+            path, ", ".join(f"{kind} arrays {names}" for kind, names in problems if names)
+        )
     train, test = _file_images(path, arrays, "train"), _file_images(path, arrays, "test")
     if train.shape[1:] != test.shape[1:] or train.dtype != test.dtype:
-        raise _file_error(path, f"train images are {train.dtype} {tuple(train.shape[1:])} but "
-                                f"test images {test.dtype} {tuple(test.shape[1:])}")  # fmt: skip
+        raise _file_error(
+            path,
+            f"train images are {train.dtype} {tuple(train.shape[1:])} but "
+            f"test images {test.dtype} {tuple(test.shape[1:])}",
+        )
     train_labels = _file_labels(path, arrays, "train", train.shape[0])
     test_labels = _file_labels(path, arrays, "test", test.shape[0])
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     names = arrays.get("class_names", np.arange(num_classes).astype(str))
     if names.dtype.kind != "U" or names.shape != (names.size,) or names.size < num_classes:
-        raise _file_error(path, f"class_names must be at least {num_classes} strings (one per "
-                                f"label), got {names.dtype} of shape {names.shape}")  # fmt: skip
+        raise _file_error(
+            path,
+            f"class_names must be at least {num_classes} strings (one per "
+            f"label), got {names.dtype} of shape {names.shape}",
+        )
     return StoredImages(train, train_labels, test, test_labels, tuple(map(str, names)))
 
 
@@ -356,9 +373,13 @@ def _stored_images(name: str, data_root: str | Path | None, download: bool) -> S
     if is_image_file(name):
         return read_image_file(name)
     train_set, test_set = load_torchvision(name, data_root, download)
-    return StoredImages(train_set.data.unsqueeze(1), train_set.targets.long(),
-                        test_set.data.unsqueeze(1), test_set.targets.long(),
-                        DATASETS[name].class_names)  # fmt: skip
+    return StoredImages(
+        train_set.data.unsqueeze(1),
+        train_set.targets.long(),
+        test_set.data.unsqueeze(1),
+        test_set.targets.long(),
+        DATASETS[name].class_names,
+    )
 
 
 def _unit_scale(images: torch.Tensor) -> torch.Tensor:

@@ -125,9 +125,13 @@ def log_importance_weights(
 
 @torch.no_grad()
 def bound_per_example(
-    model: Callable, guide: Callable, *data: torch.Tensor, num_particles: int = 1,
-    max_batch: int = 1000, **kwargs
-) -> torch.Tensor:  # fmt: skip
+    model: Callable,
+    guide: Callable,
+    *data: torch.Tensor,
+    num_particles: int = 1,
+    max_batch: int = 1000,
+    **kwargs,
+) -> torch.Tensor:
     r"""The importance-weighted bound :math:`\log \frac1K \sum_k w_k` of each example with
     ``K = num_particles`` samples: with one, the single-sample ELBO. Evaluated in chunks of
     ``max_batch // K`` examples.
@@ -139,11 +143,16 @@ def bound_per_example(
     starts = range(0, data[0].shape[0], size)
     chunks = ([t[i : i + size] for t in data] for i in starts)
     log_k = math.log(num_particles)
-    return torch.cat([
-        torch.logsumexp(log_importance_weights(model, guide, *c, num_particles=num_particles,
-                                               **kwargs), dim=0) - log_k
-        for c in chunks
-    ])  # fmt: skip
+    return torch.cat(
+        [
+            torch.logsumexp(
+                log_importance_weights(model, guide, *c, num_particles=num_particles, **kwargs),
+                dim=0,
+            )
+            - log_k
+            for c in chunks
+        ]
+    )
 
 
 @dataclass
@@ -261,9 +270,12 @@ def estimate_log_likelihood(
     results: dict[str, list[torch.Tensor]] = {"ll": [], "elbo": [], "kl": [], "mean": []}
     sizes = {start: min(examples_per_pass, num_examples - start) for start in starts}
     with tqdm(
-        total=sum(sizes.values()), initial=sum(sizes[s] for s in sizes if s in done),
-        disable=not progress, unit="example", desc=f"IW K={num_samples}",
-    ) as bar:  # fmt: skip
+        total=sum(sizes.values()),
+        initial=sum(sizes[s] for s in sizes if s in done),
+        disable=not progress,
+        unit="example",
+        desc=f"IW K={num_samples}",
+    ) as bar:
         for start in starts:
             if start in done:
                 for key, value in done[start].items():

@@ -172,9 +172,16 @@ class AutoregressiveLogits(nn.Module):
         return ((name, m) for name, m in self.named_modules() if isinstance(m, MaskedLinear))
 
     @staticmethod
-    def _drop_saved_masks(module: "AutoregressiveLogits", state_dict: dict, prefix: str,
-                          local_metadata: dict, strict: bool, missing_keys: list[str],
-                          unexpected_keys: list[str], error_msgs: list[str]) -> None:  # fmt: skip
+    def _drop_saved_masks(
+        module: "AutoregressiveLogits",
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
         """Load hook (torch's pre-hook signature): remove the masks a checkpoint of an
         earlier pyro-vae holds, after checking that they are the masks this network
         derives (else refuse the load)."""
@@ -365,9 +372,12 @@ class ConvEncoder(nn.Module):
         self.image_shape = tuple(image_shape)
         self.convs = nn.Sequential(*layers, nn.Flatten())
         self.head = MultiInputGaussian(
-            (in_channels * height * width, *extra_dims), hidden_dims, latent_dim, min_scale,
+            (in_channels * height * width, *extra_dims),
+            hidden_dims,
+            latent_dim,
+            min_scale,
             layer=layer,
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.convs(x.reshape(-1, *self.image_shape)).reshape(*x.shape[:-1], -1)
@@ -390,8 +400,13 @@ class ChannelsLastConvTranspose2d(nn.ConvTranspose2d):
         return F.conv_transpose2d(
             x.contiguous(memory_format=torch.channels_last),
             self.weight.contiguous(memory_format=torch.channels_last),
-            self.bias, self.stride, self.padding, self.output_padding, self.groups, self.dilation,
-        )  # fmt: skip
+            self.bias,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            self.groups,
+            self.dilation,
+        )
 
 
 class ConvDecoder(nn.Module):
@@ -441,9 +456,11 @@ class ConvDecoder(nn.Module):
             )
         self.start_shape = (channels[0], height // scale, width // scale)
         self.head = MultiInputMLP(
-            (latent_dim, *extra_dims), hidden_dims, layer.expansion * math.prod(self.start_shape),
+            (latent_dim, *extra_dims),
+            hidden_dims,
+            layer.expansion * math.prod(self.start_shape),
             layer=layer,
-        )  # fmt: skip
+        )
         self.head_activation = layer.activation(-1)
         # Registered after the head: parameters() keeps the order of the checkpoints already
         # written, whose optimizer state follows it.
@@ -590,8 +607,9 @@ class ConvArchitecture(Architecture):
         extra_dims: Sequence[int] = (),
     ) -> nn.Module:
         self._check_shape(image_shape)
-        return ConvEncoder(image_shape, latent_dim, self.channels, hidden_dims, extra_dims,
-                           layer=self.layer)  # fmt: skip
+        return ConvEncoder(
+            image_shape, latent_dim, self.channels, hidden_dims, extra_dims, layer=self.layer
+        )
 
     def decoder(
         self,
@@ -602,9 +620,16 @@ class ConvArchitecture(Architecture):
         extra_dims: Sequence[int] = (),
     ) -> nn.Module:
         self._check_shape(image_shape)
-        return ConvDecoder(latent_dim, image_shape, params_per_dim, self.decoder_channels,
-                           hidden_dims[::-1], extra_dims, layer=self.layer,
-                           output=self.output)  # fmt: skip
+        return ConvDecoder(
+            latent_dim,
+            image_shape,
+            params_per_dim,
+            self.decoder_channels,
+            hidden_dims[::-1],
+            extra_dims,
+            layer=self.layer,
+            output=self.output,
+        )
 
 
 #: The convolutions of the convolutional VAEs of Tomczak & Welling (2018), every layer
@@ -615,12 +640,17 @@ class ConvArchitecture(Architecture):
 #: theirs differ in details (q(z2|x) linear in the features, q(z1|x, z2) with 3x3
 #: convolutions and its own layer for z2).
 GATED_FULL_RESOLUTION = ConvArchitecture(
-    (Convolution(32, 7), Convolution(32, 3, 2), Convolution(64, 5), Convolution(64, 3, 2),
-     Convolution(6, 3)),
+    (
+        Convolution(32, 7),
+        Convolution(32, 3, 2),
+        Convolution(64, 5),
+        Convolution(64, 3, 2),
+        Convolution(6, 3),
+    ),
     GATED,
     decoder_channels=(1, *[Convolution(64)] * 4),
     output=Convolution(0, 1),
-)  # fmt: skip
+)
 
 #: Registry of architectures by ``--arch`` name.
 ARCHITECTURES: dict[str, Architecture] = {

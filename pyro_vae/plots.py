@@ -374,8 +374,14 @@ def latent_figure(inputs: FigureInputs) -> Figure:
     ax = fig.subplots()
     colours = matplotlib.colormaps["tab10" if len(inputs.class_names) <= 10 else "tab20"]
     for c, name in enumerate(inputs.class_names):  # one scatter per class, for the legend
-        ax.scatter(*xy[labels == c].numpy().T, s=3, alpha=0.6, color=colours(c), label=name,
-                   rasterized=True)  # fmt: skip
+        ax.scatter(
+            *xy[labels == c].numpy().T,
+            s=3,
+            alpha=0.6,
+            color=colours(c),
+            label=name,
+            rasterized=True,
+        )
     ax.legend(markerscale=4, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     if latent_dim == 1:
         ax.set_yticks(range(len(inputs.class_names)), inputs.class_names)
@@ -405,8 +411,7 @@ def manifold_figure(inputs: FigureInputs, steps: int = 20) -> Figure:
     ax = fig.subplots()
     ticks = [f"{v:.2g}" for v in q[:, dims[0]].tolist()]
     row_ticks = [f"{v:.2g}" for v in q.flip(0)[:, dims[1]].tolist()] if len(dims) == 2 else []
-    _show_grid(ax, inputs.vae.decode(z).flatten(0, 1), inputs.image_shape, steps,
-               row_ticks, ticks)  # fmt: skip
+    _show_grid(ax, inputs.vae.decode(z).flatten(0, 1), inputs.image_shape, steps, row_ticks, ticks)
     ax.tick_params(axis="x", labelrotation=90)
     ax.set_xlabel(f"z{dims[0] + 1}")
     if len(dims) == 2:
@@ -428,13 +433,22 @@ def training_figure(inputs: FigureInputs) -> Figure:
     epochs = [row["epoch"] for row in inputs.metrics]
     iwae = bool(inputs.metrics) and "val_iwae" in inputs.metrics[0]  # trained on the IWAE bound
     objective = "−IWAE bound" if iwae else "−β-weighted ELBO"
-    curves.plot(epochs, [row["train_loss"] for row in inputs.metrics], "o-",
-                label=f"train loss ({objective}, running mean)")  # fmt: skip
-    curves.plot(epochs, [-row["val_elbo"] for row in inputs.metrics], "s-",
-                label="validation −ELBO")  # fmt: skip
+    curves.plot(
+        epochs,
+        [row["train_loss"] for row in inputs.metrics],
+        "o-",
+        label=f"train loss ({objective}, running mean)",
+    )
+    curves.plot(
+        epochs, [-row["val_elbo"] for row in inputs.metrics], "s-", label="validation −ELBO"
+    )
     if iwae:
-        curves.plot(epochs, [-row["val_iwae"] for row in inputs.metrics], "^-",
-                    label="validation −IWAE bound (selects the best epoch)")  # fmt: skip
+        curves.plot(
+            epochs,
+            [-row["val_iwae"] for row in inputs.metrics],
+            "^-",
+            label="validation −IWAE bound (selects the best epoch)",
+        )
     curves.set_xlabel("epoch")
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
     curves.set_ylabel("nats per image (lower is better)")
@@ -445,8 +459,12 @@ def training_figure(inputs: FigureInputs) -> Figure:
     order = inputs.kl.argsort(descending=True).tolist()
     kl = inputs.kl.cpu()[order].numpy()
     bars.bar(range(len(order)), kl, color="tab:purple")
-    bars.set_xticks(range(len(order)), [str(d + 1) for d in order], fontsize=7,
-                    rotation=90 if len(order) > 20 else 0)  # fmt: skip
+    bars.set_xticks(
+        range(len(order)),
+        [str(d + 1) for d in order],
+        fontsize=7,
+        rotation=90 if len(order) > 20 else 0,
+    )
     bars.set_xlabel("latent dimension (sorted by KL)")
     against = "p(z_d)" if inputs.marginals.exact else "Gaussian fit to p(z_d)"
     bars.set_ylabel(f"mean KL(q(z_d|x) || {against}), nats")
@@ -470,8 +488,13 @@ def draw_validation_curves(
     values = [row["val_elbo"] for rows in curves.values() for row in rows]
     for name, rows in curves.items():
         shift = (first_epochs or {}).get(name, 0)
-        axis.plot([shift + row["epoch"] for row in rows], [row["val_elbo"] for row in rows],
-                  "o-" if len(rows) < 20 else "-", markersize=3, label=name)  # fmt: skip
+        axis.plot(
+            [shift + row["epoch"] for row in rows],
+            [row["val_elbo"] for row in rows],
+            "o-" if len(rows) < 20 else "-",
+            markersize=3,
+            label=name,
+        )
     if values:
         top = max(values) + 2
         axis.set_ylim(max(min(values) - 2, top - window), top)
@@ -493,19 +516,27 @@ def comparison_figure(summaries: Sequence[RunSummary]) -> Figure:
         colours = {line.get_label(): line.get_color() for line in axes[0].lines}
         results = [summary.evaluation for summary in evaluated]
         for row, (summary, result) in enumerate(zip(evaluated, results, strict=True)):
-            axes[1].errorbar(result["test_log_likelihood"], row, fmt="o", capsize=3,
-                             xerr=result["log_likelihood_stderr"],
-                             color=colours[summary.name])  # fmt: skip
+            axes[1].errorbar(
+                result["test_log_likelihood"],
+                row,
+                fmt="o",
+                capsize=3,
+                xerr=result["log_likelihood_stderr"],
+                color=colours[summary.name],
+            )
         first, labels = baseline(evaluated), []
         for summary in evaluated:  # each name, with its paired difference where there is one
             paired = "" if first is None or summary is first else paired_text(first, summary)
-            labels.append(f"{summary.name}\n{paired} vs {first.name}, paired" if paired
-                          else summary.name)  # fmt: skip
+            labels.append(
+                f"{summary.name}\n{paired} vs {first.name}, paired" if paired else summary.name
+            )
         axes[1].set_yticks(range(len(results)), labels)
         axes[1].set_ylim(len(results) - 0.5, -0.5)  # first run on top
         samples = sorted({r["num_samples"] for r in results})
-        axes[1].set(xlabel=f"test log p(x), K={'/'.join(map(str, samples))} (nats; higher is "
-                    "better)", title="Test log-likelihood ± standard error")  # fmt: skip
+        axes[1].set(
+            xlabel=f"test log p(x), K={'/'.join(map(str, samples))} (nats; higher is better)",
+            title="Test log-likelihood ± standard error",
+        )
         axes[1].grid(alpha=0.3, axis="x")
     return fig
 
@@ -538,8 +569,13 @@ def evaluation_figure(
     axis = fig.subplots()
     bins = np.histogram_bin_edges(np.concatenate(list(samples.values())), bins=60)
     for name, scores in samples.items():
-        axis.hist(scores, bins=bins, alpha=0.5, density=True,
-                  label=f"{name}: mean {scores.mean():.2f}, {scores.size} images")  # fmt: skip
+        axis.hist(
+            scores,
+            bins=bins,
+            alpha=0.5,
+            density=True,
+            label=f"{name}: mean {scores.mean():.2f}, {scores.size} images",
+        )
     title = f"Per-image {evaluated['estimates']}, K={evaluated['num_samples']}"
     if reference is not None and dataset is not None:
         title += f"; AUROC {auroc(reference, values):.3f}"
@@ -619,7 +655,11 @@ def plot_run(
     # figures are reproducible, the caller's RNG kept
     with seeded(PLOT_SEED, next(vae.parameters()).device):
         inputs = FigureInputs.create(
-            vae, data.test, data.test_labels, data.class_names, data.image_shape,
+            vae,
+            data.test,
+            data.test_labels,
+            data.class_names,
+            data.image_shape,
             read_metrics(run_dir),
-        )  # fmt: skip
+        )
         return save_figures(inputs, Path(out) if out is not None else Path(run_dir) / "figures")

@@ -56,8 +56,17 @@ EVALUATION_SAVE_SECONDS = 30.0
 
 #: Version of the checkpoint layout; bumped when keys change meaning.
 CHECKPOINT_FORMAT = 2
-CHECKPOINT_KEYS = ("format", "model", "optimizer", "epoch", "step", "rng", "config", "metrics",
-                   "num_train")  # fmt: skip
+CHECKPOINT_KEYS = (
+    "format",
+    "model",
+    "optimizer",
+    "epoch",
+    "step",
+    "rng",
+    "config",
+    "metrics",
+    "num_train",
+)
 #: Extra keys of a checkpoint taken in the middle of an epoch.
 MID_EPOCH_KEYS = ("epoch_rng", "loss_sum", "seconds")
 
@@ -423,8 +432,14 @@ class _EvaluationInProgress:
     message and then overwritten.
     """
 
-    def __init__(self, run_dir: Path, stem: str, fingerprint: dict[str, Any],
-                 world: distributed.World, log: Callable[[str], None]):  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        stem: str,
+        fingerprint: dict[str, Any],
+        world: distributed.World,
+        log: Callable[[str], None],
+    ):
         self.run_dir, self.stem, self.fingerprint = run_dir, stem, fingerprint
         rank = "" if world.size == 1 else f".{world.rank}"
         self.path = run_dir / f"{stem}.partial{rank}.pt"
@@ -438,8 +453,10 @@ class _EvaluationInProgress:
                 log(f"ignoring {path}: it cannot be read ({_brief(error)})")
                 continue
             if not same:
-                log(f"ignoring {path}: it holds part of another evaluation "
-                    f"({_differences(saved['fingerprint'], fingerprint)})")  # fmt: skip
+                log(
+                    f"ignoring {path}: it holds part of another evaluation "
+                    f"({_differences(saved['fingerprint'], fingerprint)})"
+                )
                 continue
             self.chunks.update(_unpack_chunks(saved["chunks"]))
             self.seconds_before = max(self.seconds_before, saved["seconds"])
@@ -465,8 +482,11 @@ class _EvaluationInProgress:
             self.save()
 
     def save(self) -> None:
-        state = {"fingerprint": self.fingerprint, "chunks": _pack_chunks(self.chunks),
-                 "seconds": self.seconds}  # fmt: skip
+        state = {
+            "fingerprint": self.fingerprint,
+            "chunks": _pack_chunks(self.chunks),
+            "seconds": self.seconds,
+        }
         atomic_write(self.path, lambda f: torch.save(state, f))
         self.saved_at = time.perf_counter()
 
@@ -490,8 +510,10 @@ def _unpack_chunks(packed: dict[str, Any]) -> dict[int, ChunkResults]:
 
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
     keys = [key for key in wanted if saved.get(key) != wanted[key]]
-    return ", ".join(f"{key}: {saved.get(key)!r}, now {wanted[key]!r}"
-                     if key != "model" else "another model" for key in keys)  # fmt: skip
+    return ", ".join(
+        f"{key}: {saved.get(key)!r}, now {wanted[key]!r}" if key != "model" else "another model"
+        for key in keys
+    )
 
 
 def evaluation_stem(split: str = "test", dataset: str | None = None) -> str:
@@ -618,17 +640,24 @@ def foreign_dataset(config: TrainConfig, dataset: str | None) -> str | None:
 
 
 def _other_images(
-    config: TrainConfig, vae: VAE, dataset: str, data_root: str | Path | None,
+    config: TrainConfig,
+    vae: VAE,
+    dataset: str,
+    data_root: str | Path | None,
     device: torch.device,
-) -> ImageData:  # fmt: skip
+) -> ImageData:
     """Another dataset's images, loaded as the run's own were, for ``evaluate --dataset``."""
     if vae.conditions_on_labels:
         raise ConfigError(
             f"this run's model ({config.model}) is conditioned on its dataset's labels, which "
             f"{dataset}'s labels do not fit; --dataset scores images with models of p(x)"
         )
-    data = load_images(dataset, config.data_root if data_root is None else data_root,
-                       binarize=config.binarize == "dynamic", device=device)  # fmt: skip
+    data = load_images(
+        dataset,
+        config.data_root if data_root is None else data_root,
+        binarize=config.binarize == "dynamic",
+        device=device,
+    )
     if data.data_dim != vae.data_dim or (
         config.image_shape is not None and data.image_shape != tuple(config.image_shape)
     ):
@@ -704,20 +733,35 @@ def evaluate_run(
         data = _other_images(config, vae, dataset, data_root, torch_device)
     images, labels = (tensor[:subset] for tensor in data.evaluation_images(split))
     vae.likelihood.validate(images)
-    fingerprint = {"model": _model_digest(state["model"]), "split": split, "dataset": dataset,
-                   "subset": subset, "num_samples": num_samples, "max_batch": max_batch,
-                   "seed": seed}  # fmt: skip
+    fingerprint = {
+        "model": _model_digest(state["model"]),
+        "split": split,
+        "dataset": dataset,
+        "subset": subset,
+        "num_samples": num_samples,
+        "max_batch": max_batch,
+        "seed": seed,
+    }
     rank_log = world.main_only(log)
     saved = _EvaluationInProgress(Path(run_dir), stem, fingerprint, world, rank_log)
     if saved.chunks:
-        rank_log(f"continuing the evaluation saved in {saved.path}: {saved.examples_done} of "
-                 f"{images.shape[0]} images done")  # fmt: skip
+        rank_log(
+            f"continuing the evaluation saved in {saved.path}: {saved.examples_done} of "
+            f"{images.shape[0]} images done"
+        )
     try:
         estimates = estimate_log_likelihood(
-            vae.model, vae.guide, *vae.batch_inputs(images, labels), num_samples=num_samples,
-            max_batch=max_batch, seed=seed, progress=progress and world.is_main, world=world,
-            done=saved.chunks, on_chunk=saved.add,
-        )  # fmt: skip
+            vae.model,
+            vae.guide,
+            *vae.batch_inputs(images, labels),
+            num_samples=num_samples,
+            max_batch=max_batch,
+            seed=seed,
+            progress=progress and world.is_main,
+            world=world,
+            done=saved.chunks,
+            on_chunk=saved.add,
+        )
     except KeyboardInterrupt:
         saved.save()
         raise KeyboardInterrupt(
@@ -751,8 +795,10 @@ def evaluate_run(
         log_likelihood = result[f"{split}_log_likelihood"]
         result[f"{split}_bits_per_dim"] = bits_per_dim(log_likelihood, vae.data_dim)
     if world.is_main:
-        per_image = {name: getattr(estimates, name).cpu().numpy()
-                     for name in ("log_likelihood", "elbo", "kl")}  # fmt: skip
+        per_image = {
+            name: getattr(estimates, name).cpu().numpy()
+            for name in ("log_likelihood", "elbo", "kl")
+        }
         atomic_write(examples_path(run_dir, split, dataset), lambda f: np.savez(f, **per_image))
         text = (json.dumps(result, indent=2) + "\n").encode()
         atomic_write(evaluation_path(run_dir, split, dataset), lambda f: f.write(text))

@@ -79,8 +79,17 @@ from pyro_vae.vae import VAE, without_param_statements
 #: Seed of the validation ELBO's latent samples, so epochs and runs compare fairly.
 EVAL_SEED = 12345
 #: Options that may change when a run is resumed.
-RESUMABLE_CHANGES = ("epochs", "device", "data_root", "lr", "checkpoint_every", "on_nan",
-                     "patience", "clip_grad_norm", "cuda_graph")  # fmt: skip
+RESUMABLE_CHANGES = (
+    "epochs",
+    "device",
+    "data_root",
+    "lr",
+    "checkpoint_every",
+    "on_nan",
+    "patience",
+    "clip_grad_norm",
+    "cuda_graph",
+)
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
 #: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
@@ -291,9 +300,12 @@ def train(
     # fused: one kernel for all parameters instead of ~5 per parameter; on a 2-core CPU
     # this is most of the gap to a hand-written PyTorch loop (docs/benchmarks.md).
     optimizer = torch.optim.Adam(
-        vae.parameters(), lr=config.lr, fused=True,
-        weight_decay=config.weight_decay, decoupled_weight_decay=True,  # AdamW's decay
-    )  # fmt: skip
+        vae.parameters(),
+        lr=config.lr,
+        fused=True,
+        weight_decay=config.weight_decay,
+        decoupled_weight_decay=True,  # AdamW's decay
+    )
     trainer = _Trainer(config, out, vae, optimizer, data, progress, rank_log, world)
     check_model_and_guide(vae, trainer.loss_fn, data)
     # A checkpoint is checked through before anything in ``out`` is written.
@@ -314,9 +326,11 @@ def _summary(config: TrainConfig, vae: VAE, data: ImageData, device: torch.devic
     shape = "x".join(map(str, data.image_shape))
     parameters = sum(p.numel() for p in vae.parameters())
     prior = "learned conditional prior" if config.learns_prior else f"{config.prior} prior"
-    return (f"{config.model} ({config.arch} networks, {prior}, {config.likelihood} likelihood): "
-            f"{parameters:,} parameters; {data.train.shape[0]:,} training and "
-            f"{data.val.shape[0]:,} validation images ({shape}) on {device}")  # fmt: skip
+    return (
+        f"{config.model} ({config.arch} networks, {prior}, {config.likelihood} likelihood): "
+        f"{parameters:,} parameters; {data.train.shape[0]:,} training and "
+        f"{data.val.shape[0]:,} validation images ({shape}) on {device}"
+    )
 
 
 class _StopSignals:
@@ -444,8 +458,12 @@ class _Trainer:
                 f"cannot resume {self.out}: it was trained on {checkpoint['num_train']} images "
                 f"per epoch, the data has {self.num_train}; use the same data"
             )
-        if not (isinstance(done, int) and isinstance(step, int) and done >= 0
-                and 0 <= step <= self.steps_per_epoch):  # fmt: skip
+        if not (
+            isinstance(done, int)
+            and isinstance(step, int)
+            and done >= 0
+            and 0 <= step <= self.steps_per_epoch
+        ):
             raise CheckpointError(f"{path} holds an impossible position: epoch {done}, step {step}")
         if step and not isinstance(checkpoint["loss_sum"], torch.Tensor):
             raise CheckpointError(f"{path} holds no running loss for its epoch in progress")
@@ -549,8 +567,14 @@ class _Trainer:
             loss_sum = float(partial["loss_sum"])
             clipped += partial.get("clipped_steps", 0)
 
-        bar = tqdm(total=spe, initial=first, desc=f"epoch {epoch}/{config.epochs}", leave=False,
-                   disable=not self.progress, unit="step")  # fmt: skip
+        bar = tqdm(
+            total=spe,
+            initial=first,
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            disable=not self.progress,
+            unit="step",
+        )
         steps_started = time.perf_counter()
         with bar:
             for i in range(first, spe):
@@ -585,10 +609,15 @@ class _Trainer:
                     self._check_update(epoch, i + 1, loss_value)
                     now = time.perf_counter()
                     loss_sum_tensor = torch.tensor(loss_sum, dtype=torch.float64)
-                    self._save(epoch - 1, i + 1, epoch_rng=epoch_rng, loss_sum=loss_sum_tensor,
-                               seconds=seconds + now - started,
-                               train_seconds=train_seconds + now - steps_started,
-                               clipped_steps=int(clipped))  # fmt: skip
+                    self._save(
+                        epoch - 1,
+                        i + 1,
+                        epoch_rng=epoch_rng,
+                        loss_sum=loss_sum_tensor,
+                        seconds=seconds + now - started,
+                        train_seconds=train_seconds + now - steps_started,
+                        clipped_steps=int(clipped),
+                    )
                     if stop.signum:
                         raise self._interrupted(stop.signum)
 
@@ -606,8 +635,9 @@ class _Trainer:
             "train_seconds": train_seconds,
         }
         if config.objective == "iwae":  # select models by the bound they are trained on
-            row["val_iwae"] = validation_bound(self.vae, *val_inputs,
-                                               num_particles=config.particles)  # fmt: skip
+            row["val_iwae"] = validation_bound(
+                self.vae, *val_inputs, num_particles=config.particles
+            )
         if config.clip_grad_norm is not None:
             row["clipped_steps"] = int(clipped)
         best = runs.best_epoch(self.metrics)
@@ -618,10 +648,14 @@ class _Trainer:
             # before the checkpoint: a crash in between retrains this epoch, identically
             runs.save_checkpoint(
                 self.out,
-                {"model": self.vae.state_dict(), "epoch": epoch, "val_elbo": row["val_elbo"],
-                 "config": self.config.to_dict()},
+                {
+                    "model": self.vae.state_dict(),
+                    "epoch": epoch,
+                    "val_elbo": row["val_elbo"],
+                    "config": self.config.to_dict(),
+                },
                 file=runs.BEST_FILE,
-            )  # fmt: skip
+            )
         self._save(epoch, 0)
         if self.world.is_main:
             runs.append_metrics(self.out, row)

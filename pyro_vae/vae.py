@@ -159,9 +159,12 @@ class VAE(PyroModule):
         )
         # A VampPrior holds this same encoder object: one set of parameters, trained once.
         self.prior = build_prior(
-            prior, latent_dim=latent_dim, data_dim=data_dim, encoder=self.encoder,
+            prior,
+            latent_dim=latent_dim,
+            data_dim=data_dim,
+            encoder=self.encoder,
             options=prior_options,
-        )  # fmt: skip
+        )
 
     #: What the importance-weighted estimate with this guide estimates (for reports).
     evaluates = "log p(x)"

@@ -49,8 +49,11 @@ def run_python(call: Callable[[], object]) -> tuple[str, str]:
         call()
     except Exception as error:  # report whatever comes out, that is the point
         generic = (Exception, BaseException, object)
-        kinds = [c.__name__ for c in type(error).__mro__[1:]
-                 if c.__module__ == "builtins" and c not in generic]  # fmt: skip
+        kinds = [
+            c.__name__
+            for c in type(error).__mro__[1:]
+            if c.__module__ == "builtins" and c not in generic
+        ]
         return f"{type(error).__name__} ({', '.join(kinds)})", str(error)
     return "no error", ""
 
@@ -145,30 +148,52 @@ def main() -> None:
         ('TrainConfig(dataset="cifar")', lambda: TrainConfig(dataset="cifar")),
         ("TrainConfig(beta=-1)", lambda: TrainConfig(beta=-1)),
         ("ImageData with uint8 pixels", lambda: replace(data, train=(data.train * 255).byte())),
-        ("ImageData with (N, 1, 28, 28) images",
-         lambda: replace(data, train=data.train.reshape(-1, 1, 28, 28))),
+        (
+            "ImageData with (N, 1, 28, 28) images",
+            lambda: replace(data, train=data.train.reshape(-1, 1, 28, 28)),
+        ),
         ("ImageData with image_shape (3, 32, 32)", lambda: replace(data, image_shape=(3, 32, 32))),
-        ("ImageData with 10 labels for 500 images",
-         lambda: replace(data, train_labels=data.train_labels[:10])),
-        ("ImageData with a NaN pixel",
-         lambda: replace(data, train=data.train.index_fill(0, torch.tensor([3]), float("nan")))),
-        ("ImageData with an empty validation split",
-         lambda: replace(data, val=data.val[:0], val_labels=data.val_labels[:0])),
-        ("ImageData(binarize=True) with pixels in [0, 255]",
-         lambda: replace(data, train=data.train * 255)),
-        ("train() on grey levels in [0, 255] with the Bernoulli likelihood",
-         lambda: train(TrainConfig(**tiny), w / "py1", progress=False,
-                       data=replace(data, train=data.train * 255, binarize=False))),
-        ("train(config, out, data=a tensor)",
-         lambda: train(TrainConfig(**tiny), w / "py2", data=data.train)),
-        ("train(TrainConfig(subset=100), out, data=...)",
-         lambda: train(TrainConfig(**tiny, subset=100), w / "py3", data=data)),
+        (
+            "ImageData with 10 labels for 500 images",
+            lambda: replace(data, train_labels=data.train_labels[:10]),
+        ),
+        (
+            "ImageData with a NaN pixel",
+            lambda: replace(data, train=data.train.index_fill(0, torch.tensor([3]), float("nan"))),
+        ),
+        (
+            "ImageData with an empty validation split",
+            lambda: replace(data, val=data.val[:0], val_labels=data.val_labels[:0]),
+        ),
+        (
+            "ImageData(binarize=True) with pixels in [0, 255]",
+            lambda: replace(data, train=data.train * 255),
+        ),
+        (
+            "train() on grey levels in [0, 255] with the Bernoulli likelihood",
+            lambda: train(
+                TrainConfig(**tiny),
+                w / "py1",
+                progress=False,
+                data=replace(data, train=data.train * 255, binarize=False),
+            ),
+        ),
+        (
+            "train(config, out, data=a tensor)",
+            lambda: train(TrainConfig(**tiny), w / "py2", data=data.train),
+        ),
+        (
+            "train(TrainConfig(subset=100), out, data=...)",
+            lambda: train(TrainConfig(**tiny, subset=100), w / "py3", data=data),
+        ),
         ('train({"epochs": 1}, out)', lambda: train({"epochs": 1}, w / "py4")),
         ("load_run(a run with a truncated checkpoint)", lambda: load_run(w / "torn-run")),
         ('evaluate_run(run, split="dev")', lambda: evaluate_run(w / "run", split="dev")),
-        ("evaluate_run(run of 28x28 images, dataset=a file of 8x8 images)",
-         lambda: evaluate_run(w / "run", dataset=str(w / "8x8.npz"), progress=False)),
-    ]  # fmt: skip
+        (
+            "evaluate_run(run of 28x28 images, dataset=a file of 8x8 images)",
+            lambda: evaluate_run(w / "run", dataset=str(w / "8x8.npz"), progress=False),
+        ),
+    ]
     for label, call in python_cases:
         kind, message = run_python(call)
         rows.append(f"| `{cell(label)}` | {kind} | {cell(message)} |")

@@ -113,9 +113,23 @@ def _quiet(message: str) -> None:
 def peak_memory_of_training(device: str, epochs: int = 1) -> float:
     """Peak resident memory (MiB) of `pyro-vae train` on full Fashion-MNIST, in a fresh process."""
     out = Path(tempfile.mkdtemp(prefix="pyro-vae-memory-")) / "run"
-    subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--epochs", str(epochs), "--out",
-                    str(out), "--device", device, "--no-progress"], check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae",
+            "train",
+            "--epochs",
+            str(epochs),
+            "--out",
+            str(out),
+            "--device",
+            device,
+            "--no-progress",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
@@ -137,22 +151,34 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="append a row to docs/benchmarks.md")
-    parser.add_argument("--memory", action="store_true",
-                        help="only measure the peak RSS of one `pyro-vae train` epoch "
-                        "(and, on CUDA, its peak GPU memory)")  # fmt: skip
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only measure the peak RSS of one `pyro-vae train` epoch "
+        "(and, on CUDA, its peak GPU memory)",
+    )
     args = parser.parse_args()
     if args.memory:
-        print(f"peak RSS of `pyro-vae train --epochs 1` (full Fashion-MNIST, {args.device}): "
-              f"{peak_memory_of_training(args.device):.0f} MiB")  # fmt: skip
+        print(
+            f"peak RSS of `pyro-vae train --epochs 1` (full Fashion-MNIST, {args.device}): "
+            f"{peak_memory_of_training(args.device):.0f} MiB"
+        )
         if resolve_device(args.device).type == "cuda":
             peak = peak_gpu_memory_of_training()
-            print(f"peak GPU memory of one training epoch ({torch.cuda.get_device_name()}): "
-                  f"{peak:.0f} MiB")  # fmt: skip
+            print(
+                f"peak GPU memory of one training epoch ({torch.cuda.get_device_name()}): "
+                f"{peak:.0f} MiB"
+            )
         return
 
     device = resolve_device(args.device)
-    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         subset=args.subset, device=str(device))  # fmt: skip
+    config = TrainConfig(
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        subset=args.subset,
+        device=str(device),
+    )
     data = config.load_data(device)
     config.subset = None  # the data is passed to train() already subset
     out = Path(tempfile.mkdtemp(prefix="pyro-vae-benchmark-")) / "run"
@@ -189,20 +215,27 @@ def main() -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     elbo = {name: validation_bound(models[name], data.val) for name in ways}
     for name in ways:
-        print(f"{name:<13} median epoch {median[name]:.2f}s  {num_images / median[name]:,.0f} img/s"
-              f"  val ELBO after {args.epochs} epochs {elbo[name]:.2f}")  # fmt: skip
+        print(
+            f"{name:<13} median epoch {median[name]:.2f}s  {num_images / median[name]:,.0f} img/s"
+            f"  val ELBO after {args.epochs} epochs {elbo[name]:.2f}"
+        )
     vs_torch = median["pyro-vae"] / median["pytorch"]
     vs_example = median["pyro-example"] / median["pyro-vae"]
     # Each epoch's ratio pairs epochs run back to back, which cancels slow drifts of the
     # machine's speed (a shared VM's varies by ~10% over minutes).
     paired = sorted(a / b for a, b in zip(times["pyro-vae"], times["pytorch"], strict=True))
     spread = f"{statistics.median(paired):.3f} ({paired[0]:.3f}-{paired[-1]:.3f})"
-    print(f"pyro-vae / pytorch time: {vs_torch:.3f}x (per-epoch pairs: {spread});  "
-          f"pyro-example / pyro-vae time: {vs_example:.2f}x")  # fmt: skip
+    print(
+        f"pyro-vae / pytorch time: {vs_torch:.3f}x (per-epoch pairs: {spread});  "
+        f"pyro-example / pyro-vae time: {vs_example:.2f}x"
+    )
 
     if args.write:
-        machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-            f"{torch.get_num_threads()}-thread CPU ({platform.machine()})")  # fmt: skip
+        machine = (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else (f"{torch.get_num_threads()}-thread CPU ({platform.machine()})")
+        )
         row = (
             f"| {machine} | {args.batch_size} | {num_images} | "
             + " | ".join(f"{num_images / median[n]:,.0f}" for n in ways)

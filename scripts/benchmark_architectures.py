@@ -63,9 +63,16 @@ def main() -> None:
     print("|---|---|---|---|")
     for arch in args.arch:
         config = TrainConfig(
-            model=args.model, arch=arch, prior=args.prior, hidden_dims=(300, 300), latent_dim=40,
-            batch_size=args.batch_size, epochs=2, device=args.device, seed=0,
-        )  # fmt: skip
+            model=args.model,
+            arch=arch,
+            prior=args.prior,
+            hidden_dims=(300, 300),
+            latent_dim=40,
+            batch_size=args.batch_size,
+            epochs=2,
+            device=args.device,
+            seed=0,
+        )
         with tempfile.TemporaryDirectory() as out:
             vae = train(config, out, data=data, progress=False, log=lambda _: None)
             timed = read_metrics(out)[-1]

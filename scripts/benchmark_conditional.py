@@ -145,8 +145,9 @@ def main() -> None:
     # 3. Completion: baseline (exact) vs CVAE (importance sampling), 1-3 observed quadrants.
     results["completion"] = {}
     for quadrants in QUADRANTS:
-        config = TrainConfig(model="completion", observed_quadrants=quadrants,
-                             epochs=args.completion_epochs)  # fmt: skip
+        config = TrainConfig(
+            model="completion", observed_quadrants=quadrants, epochs=args.completion_epochs
+        )
         model = trained(config, args.out / f"completion-{quadrants}")
         inputs = model.batch_inputs(data.test[:n], data.test_labels[:n])
         all_inputs = model.batch_inputs(data.test, data.test_labels)
@@ -175,12 +176,16 @@ def main() -> None:
 
 
 def print_tables(results: dict, n: int) -> None:
-    print(f"\n| run | IW estimate, first {n} test images | ELBO | "
-          "minus vae's log p(x), paired | validation ELBO |\n|---|---|---|---|---|")  # fmt: skip
+    print(
+        f"\n| run | IW estimate, first {n} test images | ELBO | "
+        "minus vae's log p(x), paired | validation ELBO |\n|---|---|---|---|---|"
+    )
     for name, e in results["likelihood"].items():
         gain = f"{e['gain']:.2f} ± {e['gain_stderr']:.2f}" if "gain" in e else ""
-        print(f"| {name} | {e['log_likelihood']:.2f} ± {e['stderr']:.2f} | {e['elbo']:.2f} "
-              f"| {gain} | {e['val_elbo']:.2f} |")  # fmt: skip
+        print(
+            f"| {name} | {e['log_likelihood']:.2f} ± {e['stderr']:.2f} | {e['elbo']:.2f} "
+            f"| {gain} | {e['val_elbo']:.2f} |"
+        )
     c = results["classifier"]
     print(f"\nclassifier test accuracy on real images {c['test_accuracy_real_images']:.4f}")
     names = next(iter(c[name]["per_class"] for name in LABEL_MODELS))
@@ -189,13 +194,17 @@ def print_tables(results: dict, n: int) -> None:
     for name in LABEL_MODELS:
         values = [f"{v:.3f}" for v in c[name]["per_class"].values()]
         print(f"| {name} | " + " | ".join(values) + f" | {c[name]['mean']:.3f} |")
-    print("\n| observed quadrants | baseline NLL | CVAE NLL (recognition) | CVAE NLL (prior) "
-          "| baseline NLL - CVAE NLL (recognition), paired |\n|---|---|---|---|---|")  # fmt: skip
+    print(
+        "\n| observed quadrants | baseline NLL | CVAE NLL (recognition) | CVAE NLL (prior) "
+        "| baseline NLL - CVAE NLL (recognition), paired |\n|---|---|---|---|---|"
+    )
     for quadrants, row in results["completion"].items():
         gain = row["cvae_recognition"]
-        print(f"| {quadrants} | {row['baseline_nll']:.2f} | {row['cvae_nll_recognition']:.2f} "
-              f"| {row['cvae_nll_prior']:.2f} "
-              f"| {gain['gain_over_baseline']:.2f} ± {gain['gain_stderr']:.2f} |")  # fmt: skip
+        print(
+            f"| {quadrants} | {row['baseline_nll']:.2f} | {row['cvae_nll_recognition']:.2f} "
+            f"| {row['cvae_nll_prior']:.2f} "
+            f"| {gain['gain_over_baseline']:.2f} ± {gain['gain_stderr']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,16 +56,21 @@ print(json.dumps({"k": k, "base_mib": base, "peak_mib": peak[0]}))
 def memory_table(run: str, max_batch: int) -> list[str]:
     rows = ["| K | RSS before (MiB) | peak RSS during (MiB) | growth (MiB) |", "|---|---|---|---|"]
     for k in (1000, 10_000, 100_000, 1_000_000):
-        result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, run, str(k), str(max_batch)],
-                                capture_output=True, text=True, check=True)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, run, str(k), str(max_batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         probe = json.loads(result.stdout.strip().splitlines()[-1])
         growth = probe["peak_mib"] - probe["base_mib"]
         rows.append(f"| {k} | {probe['base_mib']:.0f} | {probe['peak_mib']:.0f} | {growth:.0f} |")
     return rows
 
 
-def sweep_table(run: str, max_batches: list[int], num_images: int, num_samples: int,
-                rounds: int) -> list[str]:  # fmt: skip
+def sweep_table(
+    run: str, max_batches: list[int], num_images: int, num_samples: int, rounds: int
+) -> list[str]:
     from pyro_vae import load_run, read_config
     from pyro_vae.evaluation import estimate_log_likelihood
 
@@ -81,8 +86,9 @@ def sweep_table(run: str, max_batches: list[int], num_images: int, num_samples: 
             seconds[max_batch].append(estimates.seconds / num_images)
     rows = [f"| --max-batch | s per image, median (min-max of {rounds} rounds) |", "|---|---|"]
     for max_batch, times in seconds.items():
-        rows.append(f"| {max_batch} | {statistics.median(times):.3f} "
-                    f"({min(times):.3f}-{max(times):.3f}) |")  # fmt: skip
+        rows.append(
+            f"| {max_batch} | {statistics.median(times):.3f} ({min(times):.3f}-{max(times):.3f}) |"
+        )
     return rows
 
 
@@ -94,25 +100,38 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--memory-only", action="store_true")
-    parser.add_argument("--sweep", type=int, nargs="+", metavar="MAX_BATCH",
-                        help="only time these --max-batch values (CPU)")  # fmt: skip
+    parser.add_argument(
+        "--sweep",
+        type=int,
+        nargs="+",
+        metavar="MAX_BATCH",
+        help="only time these --max-batch values (CPU)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the sweep")
     args = parser.parse_args()
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
-    print(f"machine: {platform.node()} {device or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+    print(
+        f"machine: {platform.node()} {device or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     if args.sweep:
         num_images = args.subset or 20
         print(f"run {args.run}, K={args.num_samples}, first {num_images} test images")
-        print("\n".join(sweep_table(args.run, args.sweep, num_images, args.num_samples,
-                                    args.rounds)))  # fmt: skip
+        print(
+            "\n".join(sweep_table(args.run, args.sweep, num_images, args.num_samples, args.rounds))
+        )
         return
     if not args.memory_only:
         from pyro_vae.runs import evaluate_run
 
-        result = evaluate_run(args.run, num_samples=args.num_samples, subset=args.subset,
-                              max_batch=args.max_batch, device=args.device)  # fmt: skip
+        result = evaluate_run(
+            args.run,
+            num_samples=args.num_samples,
+            subset=args.subset,
+            max_batch=args.max_batch,
+            device=args.device,
+        )
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
         print(json.dumps({**result, "peak_rss_mib": peak, "peak_gpu_mib": gpu}, indent=2))

@@ -69,8 +69,11 @@ def main() -> None:
 
     saves = []
     with tempfile.TemporaryDirectory() as directory:
-        state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng": runs.rng_state()}  # fmt: skip
+        state = {
+            "model": vae.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": runs.rng_state(),
+        }
         for _ in range(10):
             started = time.perf_counter()
             runs.save_checkpoint(Path(directory), state)

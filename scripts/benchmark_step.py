@@ -121,8 +121,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - started) / args.steps * 1000)
     base = statistics.median(times["pytorch"])
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{args.threads} threads"
-    print(f"batch {args.batch_size}, {where}, {args.blocks} blocks of "
-          f"{args.steps} steps per way")  # fmt: skip
+    print(f"batch {args.batch_size}, {where}, {args.blocks} blocks of {args.steps} steps per way")
     for name, block_times in times.items():
         median = statistics.median(block_times)
         print(f"{name:<20} {median:6.3f} ms/step  {median / base:.3f}x pytorch")

@@ -43,17 +43,29 @@ def main() -> None:
     rows, baseline = [], None
     for prior in args.priors:
         run = out / prior
-        config = TrainConfig(prior=prior, likelihood=args.likelihood, epochs=args.epochs,
-                             seed=args.seed, subset=args.subset, device="cpu")  # fmt: skip
+        config = TrainConfig(
+            prior=prior,
+            likelihood=args.likelihood,
+            epochs=args.epochs,
+            seed=args.seed,
+            subset=args.subset,
+            device="cpu",
+        )
         done = len(read_metrics(run))
         if done < args.epochs:
-            train(config, run, resume=done > 0, progress=False,
-                  log=lambda line, p=prior: print(f"[{p}] {line}", flush=True))  # fmt: skip
+            train(
+                config,
+                run,
+                resume=done > 0,
+                progress=False,
+                log=lambda line, p=prior: print(f"[{p}] {line}", flush=True),
+            )
         metrics = read_metrics(run)
         vae = load_run(run)
         test = config.load_data().test[: args.test_subset]
-        estimates = estimate_log_likelihood(vae.model, vae.guide, test,
-                                            num_samples=args.num_samples, seed=0)  # fmt: skip
+        estimates = estimate_log_likelihood(
+            vae.model, vae.guide, test, num_samples=args.num_samples, seed=0
+        )
         log_lik = estimates.log_likelihood
         baseline = log_lik if baseline is None else baseline
         diff = log_lik - baseline
@@ -78,17 +90,23 @@ def main() -> None:
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     )
-    print(f"\n{args.epochs} epochs per prior, seed {args.seed}, {args.likelihood} likelihood; "
-          f"{len(baseline)} test images, K={args.num_samples}; {machine}\n")  # fmt: skip
+    print(
+        f"\n{args.epochs} epochs per prior, seed {args.seed}, {args.likelihood} likelihood; "
+        f"{len(baseline)} test images, K={args.num_samples}; {machine}\n"
+    )
     first = args.priors[0]
-    print(f"| prior | prior params | train s | val ELBO | test ELBO | test log p(x) (IW) "
-          f"| vs {first} (paired) | KL | active units | eval s |")  # fmt: skip
+    print(
+        f"| prior | prior params | train s | val ELBO | test ELBO | test log p(x) (IW) "
+        f"| vs {first} (paired) | KL | active units | eval s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['prior']} | {r['prior parameters']:,} | {r['train s']:.0f} "
-              f"| {r['val ELBO']:.2f} | {r['test ELBO']:.2f} "
-              f"| {r['test log p(x)']:.2f} ± {r['se']:.2f} | {r['diff']:+.2f} ± {r['diff se']:.2f} "
-              f"| {r['KL']:.2f} | {r['active units']} | {r['eval s']:.0f} |")  # fmt: skip
+        print(
+            f"| {r['prior']} | {r['prior parameters']:,} | {r['train s']:.0f} "
+            f"| {r['val ELBO']:.2f} | {r['test ELBO']:.2f} "
+            f"| {r['test log p(x)']:.2f} ± {r['se']:.2f} | {r['diff']:+.2f} ± {r['diff se']:.2f} "
+            f"| {r['KL']:.2f} | {r['active units']} | {r['eval s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

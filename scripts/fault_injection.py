@@ -53,27 +53,50 @@ class Runs:
 
     def __init__(self, args: argparse.Namespace):
         self.options = [
-            "--subset", str(args.subset), "--epochs", str(args.epochs),
-            "--checkpoint-every", str(args.checkpoint_every), "--seed", "0",
-            "--device", "cpu", "--no-progress",
-        ]  # fmt: skip
+            "--subset",
+            str(args.subset),
+            "--epochs",
+            str(args.epochs),
+            "--checkpoint-every",
+            str(args.checkpoint_every),
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
         threads = str(args.threads)
-        self.env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                    "PYTHONPATH": str(REPO)}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "PYTHONPATH": str(REPO),
+        }
         self.steps_per_epoch = -(-args.subset // TrainConfig().batch_size)
         self.epochs = args.epochs
 
     def command(self, out: Path, resume: bool) -> list[str]:
-        return [sys.executable, "-m", "pyro_vae", "train", *self.options, "--out", str(out),
-                *(["--resume"] if resume else [])]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "pyro_vae",
+            "train",
+            *self.options,
+            "--out",
+            str(out),
+            *(["--resume"] if resume else []),
+        ]
 
     def start(self, out: Path, resume: bool) -> tuple[subprocess.Popen, int]:
         """Start a run; return it once it has written a checkpoint, with the start time."""
         started = time.time_ns()
         process = subprocess.Popen(
-            self.command(out, resume), env=self.env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            self.command(out, resume),
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         checkpoint = out / CHECKPOINT_FILE
         while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns >= started):
             if process.poll() is not None:
@@ -143,8 +166,9 @@ def kill_runs(args, runs: Runs, reference_seconds: float, lines: list[str]) -> P
             f"| {kills} | {delay:.2f} | {runs.describe(before)} | {runs.describe(after)} | yes | "
             f"{'yes' if left else 'no'} |"
         )
-    process = subprocess.run(runs.command(out, resume=True), env=runs.env,
-                             capture_output=True, text=True)  # fmt: skip
+    process = subprocess.run(
+        runs.command(out, resume=True), env=runs.env, capture_output=True, text=True
+    )
     if process.returncode:
         sys.exit(f"the final resume failed: {process.stderr}")
     return out
@@ -153,8 +177,13 @@ def kill_runs(args, runs: Runs, reference_seconds: float, lines: list[str]) -> P
 def inject_nan(args, runs: Runs, reference: Path, lines: list[str]) -> bool:
     """The NaN run uses the Python API with the CLI's options, on the same data."""
     torch.set_num_threads(args.threads)
-    config = TrainConfig(subset=args.subset, epochs=args.epochs, seed=0, device="cpu",
-                         checkpoint_every=args.checkpoint_every)  # fmt: skip
+    config = TrainConfig(
+        subset=args.subset,
+        epochs=args.epochs,
+        seed=0,
+        device="cpu",
+        checkpoint_every=args.checkpoint_every,
+    )
     out = args.workdir / "nan"
     draw, save, calls, written = ImageData.training_images, runs_module.save_checkpoint, [0], []
 
@@ -196,8 +225,9 @@ def tear_checkpoint(args, runs: Runs, source: Path, lines: list[str]) -> bool:
     shutil.copytree(source, out)
     path = out / CHECKPOINT_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    result = subprocess.run(runs.command(out, resume=True), env=runs.env, capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        runs.command(out, resume=True), env=runs.env, capture_output=True, text=True
+    )
     lines += [
         "Checkpoint truncated to half its size, then `--resume`:",
         "",

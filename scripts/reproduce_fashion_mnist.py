@@ -75,9 +75,24 @@ BEGIN = "<!-- reproduce_fashion_mnist.py: table begin -->"
 END = "<!-- reproduce_fashion_mnist.py: table end -->"
 
 #: Options every configuration shares: the protocol.
-PROTOCOL = ["--batch-size", "100", "--lr", "1e-3", "--lr-schedule", "plateau",
-            "--lr-patience", "20", "--warmup-epochs", "20", "--patience", "50",
-            "--epochs", "1000", "--seed", "0"]  # fmt: skip
+PROTOCOL = [
+    "--batch-size",
+    "100",
+    "--lr",
+    "1e-3",
+    "--lr-schedule",
+    "plateau",
+    "--lr-patience",
+    "20",
+    "--warmup-epochs",
+    "20",
+    "--patience",
+    "50",
+    "--epochs",
+    "1000",
+    "--seed",
+    "0",
+]
 MLP = ["--hidden-dim", "300", "300", "--latent-dim", "40"]
 #: The published MLPs' networks, two gated dense layers of 300 units.
 GATED_NETWORKS = ["--arch", "gated", *MLP]
@@ -129,8 +144,11 @@ CONFIGURATIONS: dict[str, tuple[float | None, list[str]]] = {
     "hvae-vamp-fullres-conv": (-224.67, [*FULLRES_CONV, *FULLRES_HVAE, "--prior", "vamp"]),
 }
 #: Fine-tuned configuration -> the configuration whose best model it starts from.
-FINE_TUNED = {"vamp-gated-iwae": "vamp-gated", "hvae-conv-iwae": "hvae-conv",
-              "hvae-vamp-conv-iwae": "hvae-vamp-conv"}  # fmt: skip
+FINE_TUNED = {
+    "vamp-gated-iwae": "vamp-gated",
+    "hvae-conv-iwae": "hvae-conv",
+    "hvae-vamp-conv-iwae": "hvae-vamp-conv",
+}
 NUM_SAMPLES = 5000
 TEST_IMAGES = 10_000
 #: The issue's target: ahead of every published row.
@@ -150,8 +168,7 @@ NOT_RUN = {
 
 def _command(name: str, run_dir: Path) -> list[str]:
     start = ["--init-from", str(run_dir.parent / FINE_TUNED[name])] if name in FINE_TUNED else []
-    return ["pyro-vae", "train", *PROTOCOL, *CONFIGURATIONS[name][1], *start, "--out",
-            str(run_dir)]  # fmt: skip
+    return ["pyro-vae", "train", *PROTOCOL, *CONFIGURATIONS[name][1], *start, "--out", str(run_dir)]
 
 
 def finished(run_dir: Path) -> bool:
@@ -191,8 +208,20 @@ def evaluate(run_dir: Path, threads: int) -> None:
     result, best = evaluation_path(run_dir), run_dir / BEST_FILE
     if result.exists() and result.stat().st_mtime > best.stat().st_mtime:
         return
-    _run(["pyro-vae", "evaluate", "--run", str(run_dir), "--num-samples", str(NUM_SAMPLES),
-          "--checkpoint", "best", "--no-progress"], threads)  # fmt: skip
+    _run(
+        [
+            "pyro-vae",
+            "evaluate",
+            "--run",
+            str(run_dir),
+            "--num-samples",
+            str(NUM_SAMPLES),
+            "--checkpoint",
+            "best",
+            "--no-progress",
+        ],
+        threads,
+    )
 
 
 def machine() -> str:
@@ -240,16 +269,29 @@ def _plot_results(axis: plt.Axes, compared: list[tuple[str, float | None, dict |
     error over test images) beside the published value, and the issue's target."""
     published = [(row, value) for row, (_, value, _) in enumerate(compared) if value is not None]
     ours = [(row, result) for row, (_, _, result) in enumerate(compared) if result is not None]
-    axis.plot([value for _, value in published], [row for row, _ in published], "D",
-              mfc="none", color="gray", label="published")  # fmt: skip
-    axis.errorbar([result["test_log_likelihood"] for _, result in ours], [row for row, _ in ours],
-                  xerr=[result["log_likelihood_stderr"] for _, result in ours], fmt="o",
-                  capsize=3, label="pyro-vae (± standard error)")  # fmt: skip
+    axis.plot(
+        [value for _, value in published],
+        [row for row, _ in published],
+        "D",
+        mfc="none",
+        color="gray",
+        label="published",
+    )
+    axis.errorbar(
+        [result["test_log_likelihood"] for _, result in ours],
+        [row for row, _ in ours],
+        xerr=[result["log_likelihood_stderr"] for _, result in ours],
+        fmt="o",
+        capsize=3,
+        label="pyro-vae (± standard error)",
+    )
     axis.axvline(TARGET, color="C3", linestyle="--", label=f"target {TARGET}")
     axis.set_yticks(range(len(compared)), [name for name, _, _ in compared])
     axis.invert_yaxis()
-    axis.set(xlabel="test log p(x), K=5000 (nats; higher is better)",
-             title="Test log-likelihood against the published values")  # fmt: skip
+    axis.set(
+        xlabel="test log p(x), K=5000 (nats; higher is better)",
+        title="Test log-likelihood against the published values",
+    )
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize="small")
     axis.grid(alpha=0.3, axis="x")
 
@@ -323,8 +365,10 @@ def report(runs_dir: Path) -> None:
             continue
         if run_dir is None:
             reason = NOT_RUN.get(name, "")
-            lines.append(f"| {name} | {_published(published)} | not run | | | {reason} | | | "
-                         f"`{' '.join(options)}` |")  # fmt: skip
+            lines.append(
+                f"| {name} | {_published(published)} | not run | | | {reason} | | | "
+                f"`{' '.join(options)}` |"
+            )
             compared.append((name, published, None))
             continue
         summary = summarize_run(run_dir, name)
@@ -366,11 +410,18 @@ def report(runs_dir: Path) -> None:
     curves = CURVES.relative_to(BENCHMARKS.parent)
     kept = ""
     if without_curves:
-        kept = (" Rows kept as written before, with no run directory or record here (so no "
-                f"curve in the figure): {', '.join(without_curves)}.")  # fmt: skip
-    lines += ["", "Validation ELBO by epoch (left) and test log-likelihoods against the published "
-              f"ones (right): ![learning curves and results]({curves})", "",
-              f"Table written {when}.{kept}", END]  # fmt: skip
+        kept = (
+            " Rows kept as written before, with no run directory or record here (so no "
+            f"curve in the figure): {', '.join(without_curves)}."
+        )
+    lines += [
+        "",
+        "Validation ELBO by epoch (left) and test log-likelihoods against the published "
+        f"ones (right): ![learning curves and results]({curves})",
+        "",
+        f"Table written {when}.{kept}",
+        END,
+    ]
     # the 30 nats below the best run's best epoch: where the runs are compared (a run
     # just started stays below until it gets there)
     draw_validation_curves(axis, learning, first_epochs, window=32)

@@ -45,11 +45,16 @@ def make_tiny_data() -> ImageData:
     val = torch.bernoulli(images[512:640], generator=generator)
     test = torch.bernoulli(images[640:], generator=generator)
     return ImageData(
-        train=images[:512], train_labels=labels[:512],
-        val=val, val_labels=labels[512:640],
-        test=test, test_labels=labels[640:],
-        image_shape=(1, 8, 8), class_names=("a", "b", "c", "d"), binarize=True,
-    )  # fmt: skip
+        train=images[:512],
+        train_labels=labels[:512],
+        val=val,
+        val_labels=labels[512:640],
+        test=test,
+        test_labels=labels[640:],
+        image_shape=(1, 8, 8),
+        class_names=("a", "b", "c", "d"),
+        binarize=True,
+    )
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:
@@ -102,8 +107,11 @@ def same_seed_log_weights(models, images: torch.Tensor, num_particles: int) -> l
     for model in models:
         torch.manual_seed(0)
         with torch.no_grad():
-            log_w.append(log_importance_weights(model.model, model.guide, images,
-                                                num_particles=num_particles))  # fmt: skip
+            log_w.append(
+                log_importance_weights(
+                    model.model, model.guide, images, num_particles=num_particles
+                )
+            )
     return log_w
 
 

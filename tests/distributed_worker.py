@@ -27,8 +27,9 @@ def main(job_file: str) -> None:
     job = json.loads(Path(job_file).read_text())
     config = TrainConfig(**job["config"])
     vae = train(config, job["full"], progress=False)
-    train(TrainConfig(**{**job["config"], "epochs": config.epochs - 1}), job["part"],
-          progress=False)  # fmt: skip
+    train(
+        TrainConfig(**{**job["config"], "epochs": config.epochs - 1}), job["part"], progress=False
+    )
     rollback = rollback_run(job)
     summary = evaluate_run(job["full"], **job["evaluate"], device="cpu", progress=False)
     world, device = distributed.init(torch.device("cpu"))
@@ -39,7 +40,7 @@ def main(job_file: str) -> None:
             "summary": summary,
             "estimates": estimates,
             "rollback": rollback,
-        },  # fmt: skip
+        },
         Path(job["results"]) / f"rank{os.environ['RANK']}.pt",
     )
     options = [f"--{key.replace('_', '-')}={value}" for key, value in job["evaluate"].items()]

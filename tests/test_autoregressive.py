@@ -75,8 +75,9 @@ def test_particles_share_one_pass_of_the_network(monkeypatch):
     per_particle = torch.stack([likelihood(logits[k]).log_prob(x) for k in range(10)])
     inputs = []
     forward = AutoregressiveLogits.forward
-    monkeypatch.setattr(AutoregressiveLogits, "forward", lambda net, v: inputs.append(v.shape)
-                        or forward(net, v))  # fmt: skip
+    monkeypatch.setattr(
+        AutoregressiveLogits, "forward", lambda net, v: inputs.append(v.shape) or forward(net, v)
+    )
     assert torch.allclose(likelihood(logits).log_prob(x), per_particle, atol=1e-5)
     assert inputs == [(4, 6)]
 
@@ -93,9 +94,17 @@ def markov_chain_images(num: int, seed: int) -> torch.Tensor:
 def chain_data() -> ImageData:
     images = [markov_chain_images(n, seed) for n, seed in ((2048, 0), (512, 1), (512, 2))]
     labels = [torch.zeros(len(x), dtype=torch.long) for x in images]
-    return ImageData(train=images[0], train_labels=labels[0], val=images[1], val_labels=labels[1],
-                     test=images[2], test_labels=labels[2], image_shape=(1, 4, 4),
-                     class_names=("chain",), binarize=False)  # fmt: skip
+    return ImageData(
+        train=images[0],
+        train_labels=labels[0],
+        val=images[1],
+        val_labels=labels[1],
+        test=images[2],
+        test_labels=labels[2],
+        image_shape=(1, 4, 4),
+        class_names=("chain",),
+        binarize=False,
+    )
 
 
 def test_learns_the_dependencies_a_factorized_decoder_cannot(tmp_path):
@@ -105,8 +114,16 @@ def test_learns_the_dependencies_a_factorized_decoder_cannot(tmp_path):
     entropy = math.log(2) + 15 * -(0.9 * math.log(0.9) + 0.1 * math.log(0.1))
     val_elbo = {}
     for likelihood in ("bernoulli", "autoregressive-bernoulli"):
-        config = TrainConfig(likelihood=likelihood, latent_dim=1, hidden_dims=(32,), epochs=12,
-                             batch_size=64, lr=1e-2, device="cpu", binarize="none")  # fmt: skip
+        config = TrainConfig(
+            likelihood=likelihood,
+            latent_dim=1,
+            hidden_dims=(32,),
+            epochs=12,
+            batch_size=64,
+            lr=1e-2,
+            device="cpu",
+            binarize="none",
+        )
         vae = train(config, tmp_path / likelihood, data=data, progress=False)
         val_elbo[likelihood] = read_metrics(tmp_path / likelihood)[-1]["val_elbo"]
     assert val_elbo["bernoulli"] < -entropy - 2
@@ -130,8 +147,10 @@ def test_checkpoints_leave_out_the_masks_and_accept_older_ones_that_hold_them():
     assert not [key for key in state if key.endswith("mask")]  # derived from the sizes
     x = torch.bernoulli(torch.full((4, 6), 0.5))
 
-    older = {**state, **{f"{name}.mask": layer.mask.clone() for name, layer in
-                         made._masked_layers()}}  # fmt: skip
+    older = {
+        **state,
+        **{f"{name}.mask": layer.mask.clone() for name, layer in made._masked_layers()},
+    }
     restored = AutoregressiveLogits(6, (8,))
     restored.load_state_dict(older)
     assert torch.equal(restored(x), made(x))

@@ -17,27 +17,63 @@ def test_help_describes_every_train_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for option in ("--dataset", "--data-root", "--binarize", "--model", "--arch", "hvae", "conv",
-                   "gated", "--latent-dim", "--hidden-dim",
-                   "--beta", "--warmup-epochs", "--epochs", "--batch-size", "--lr", "--seed",
-                   "--device", "--subset", "--out", "--resume", "--patience", "--lr-schedule",
-                   "--lr-decay", "--lr-patience", "--init-from"):  # fmt: skip
+    for option in (
+        "--dataset",
+        "--data-root",
+        "--binarize",
+        "--model",
+        "--arch",
+        "hvae",
+        "conv",
+        "gated",
+        "--latent-dim",
+        "--hidden-dim",
+        "--beta",
+        "--warmup-epochs",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--device",
+        "--subset",
+        "--out",
+        "--resume",
+        "--patience",
+        "--lr-schedule",
+        "--lr-decay",
+        "--lr-patience",
+        "--init-from",
+    ):
         assert option in text
 
 
 def test_module_entry_point_and_version():
-    result = subprocess.run([sys.executable, "-m", "pyro_vae", "--version"],
-                            capture_output=True, text=True, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "pyro_vae", "--version"], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == f"pyro-vae {__version__}"
 
 
 def test_missing_dataset_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pyro_vae", "train", "--dataset", "mnist", "--data-root",
-         str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "1"],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "no_proxy": "*",
-                                             "http_proxy": "http://127.0.0.1:9"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae",
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-root",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "no_proxy": "*", "http_proxy": "http://127.0.0.1:9"},
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("pyro-vae: error: mnist was not found")
@@ -46,8 +82,20 @@ def test_missing_dataset_exits_2_without_traceback(tmp_path):
 @pytest.mark.skipif(not SYSTEM_COPY.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_cli_trains_on_fashion_mnist_subset(tmp_path: Path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--subset", "2000", "--epochs", "2", "--out", str(out),
-                 "--data-root", str(tmp_path / "data"), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--subset",
+            "2000",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert {p.name for p in out.iterdir()} >= {"config.json", "checkpoint.pt", "metrics.jsonl"}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -59,22 +107,67 @@ def test_train_config_takes_a_runs_options_or_a_files_and_the_command_line_wins(
     tmp_path, shared_fashion_dir
 ):
     source, again, partial = tmp_path / "source", tmp_path / "again", tmp_path / "partial"
-    assert main(["train", "--data-root", str(shared_fashion_dir), "--hidden-dim", "16",
-                 "--latent-dim", "2", "--prior", "mog", "--prior-components", "3",
-                 "--batch-size", "10", "--epochs", "1", "--no-progress",
-                 "--out", str(source)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data-root",
+                str(shared_fashion_dir),
+                "--hidden-dim",
+                "16",
+                "--latent-dim",
+                "2",
+                "--prior",
+                "mog",
+                "--prior-components",
+                "3",
+                "--batch-size",
+                "10",
+                "--epochs",
+                "1",
+                "--no-progress",
+                "--out",
+                str(source),
+            ]
+        )
+        == 0
+    )
     # a run directory: another run like it, with one option changed
     assert main(["train", "--config", str(source), "--seed", "1", "--out", str(again)]) == 0
     assert read_config(again).differences(read_config(source)) == {"seed": (1, 0)}
     # a file with some of the options, the rest defaults, the command line on top
     options = tmp_path / "options.json"
-    options.write_text(json.dumps({"hidden_dims": [16], "latent_dim": 3, "prior": "mog",
-                                   "batch_size": 10, "epochs": 1}))  # fmt: skip
-    assert main(["train", "--config", str(options), "--latent-dim", "4", "--data-root",
-                 str(shared_fashion_dir), "--no-progress", "--out", str(partial)]) == 0  # fmt: skip
+    options.write_text(
+        json.dumps(
+            {"hidden_dims": [16], "latent_dim": 3, "prior": "mog", "batch_size": 10, "epochs": 1}
+        )
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(options),
+                "--latent-dim",
+                "4",
+                "--data-root",
+                str(shared_fashion_dir),
+                "--no-progress",
+                "--out",
+                str(partial),
+            ]
+        )
+        == 0
+    )
     config = read_config(partial)
-    assert (config.hidden_dims, config.latent_dim, config.prior, config.batch_size,
-            config.epochs, config.lr) == ((16,), 4, "mog", 10, 1, TrainConfig().lr)  # fmt: skip
+    assert (
+        config.hidden_dims,
+        config.latent_dim,
+        config.prior,
+        config.batch_size,
+        config.epochs,
+        config.lr,
+    ) == ((16,), 4, "mog", 10, 1, TrainConfig().lr)
 
 
 @pytest.mark.parametrize(

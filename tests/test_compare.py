@@ -25,9 +25,20 @@ def hand_made_run(path: Path, val_elbos: list[float], **options) -> Path:
     """A run directory with ``config.json`` and one metrics row per validation ELBO."""
     path.mkdir(parents=True)
     save_config(path, TrainConfig(**options))
-    write_metrics(path, [{"epoch": epoch, "train_loss": -value, "val_elbo": value, "beta": 1.0,
-                          "lr": 1e-3, "seconds": 360.0}
-                         for epoch, value in enumerate(val_elbos, start=1)])  # fmt: skip
+    write_metrics(
+        path,
+        [
+            {
+                "epoch": epoch,
+                "train_loss": -value,
+                "val_elbo": value,
+                "beta": 1.0,
+                "lr": 1e-3,
+                "seconds": 360.0,
+            }
+            for epoch, value in enumerate(val_elbos, start=1)
+        ],
+    )
     return path
 
 
@@ -45,25 +56,38 @@ def test_a_summary_tells_how_far_a_run_trained(tmp_path, val_elbos, options, sta
     summary = summarize_run(hand_made_run(tmp_path / "run", val_elbos, **options))
     assert summary.status == status
     assert summary.hours == pytest.approx(0.1 * len(val_elbos))
-    assert summary.best == (max(summary.metrics, key=lambda r: r["val_elbo"]) if val_elbos
-                            else None)  # fmt: skip
+    assert summary.best == (
+        max(summary.metrics, key=lambda r: r["val_elbo"]) if val_elbos else None
+    )
     assert summary.name == str(tmp_path / "run") and summary.evaluation is None
 
 
 def test_differing_options_leave_out_where_a_run_was_computed():
-    configs = [TrainConfig(), TrainConfig(prior="vamp", device="cpu", data_root="/data"),
-               TrainConfig(hidden_dims=(300, 300), cuda_graph=False)]  # fmt: skip
+    configs = [
+        TrainConfig(),
+        TrainConfig(prior="vamp", device="cpu", data_root="/data"),
+        TrainConfig(hidden_dims=(300, 300), cuda_graph=False),
+    ]
     assert differing_options(configs) == ["hidden_dims", "prior"]
     assert differing_options(configs[:1]) == []
 
 
 def test_the_table_names_what_differs_and_what_each_run_reached(tmp_path):
     first = hand_made_run(tmp_path / "a" / "run", [-300.0, -280.0], epochs=2)
-    second = hand_made_run(tmp_path / "b" / "run", [-290.0], epochs=5, prior="vamp",
-                           hidden_dims=(300, 300))  # fmt: skip
-    (second / "eval.json").write_text(json.dumps({
-        "test_log_likelihood": -270.123, "log_likelihood_stderr": 0.456, "num_samples": 5000,
-        "num_examples": 10000, "epoch": 1}))  # fmt: skip
+    second = hand_made_run(
+        tmp_path / "b" / "run", [-290.0], epochs=5, prior="vamp", hidden_dims=(300, 300)
+    )
+    (second / "eval.json").write_text(
+        json.dumps(
+            {
+                "test_log_likelihood": -270.123,
+                "log_likelihood_stderr": 0.456,
+                "num_samples": 5000,
+                "num_examples": 10000,
+                "epoch": 1,
+            }
+        )
+    )
     summaries = summarize_runs([first, second])
     assert [s.name for s in summaries] == [str(first), str(second)]  # same names: paths
     rows = comparison_table(summaries).splitlines()[2:]
@@ -79,8 +103,13 @@ def test_the_table_names_what_differs_and_what_each_run_reached(tmp_path):
 
 def test_the_table_shows_overfitting_where_the_training_images_were_evaluated(tmp_path):
     runs = [hand_made_run(tmp_path / name, [-290.0]) for name in ("fitted", "plain")]
-    result = {"log_likelihood_stderr": 0.5, "num_samples": 10, "num_examples": 100,
-              "checkpoint": "last", "epoch": 1}  # fmt: skip
+    result = {
+        "log_likelihood_stderr": 0.5,
+        "num_samples": 10,
+        "num_examples": 100,
+        "checkpoint": "last",
+        "epoch": 1,
+    }
     for run in runs:
         (run / "eval.json").write_text(json.dumps(result | {"test_log_likelihood": -270.0}))
     (runs[0] / "eval_train.json").write_text(json.dumps(result | {"train_log_likelihood": -266.5}))
@@ -105,16 +134,43 @@ def test_a_damaged_result_or_a_directory_that_is_no_run_is_named(tmp_path):
 
 
 def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_dir, capsys):
-    common = ["--data-root", str(shared_fashion_dir), "--hidden-dim", "16", "--latent-dim", "2",
-              "--batch-size", "10", "--epochs", "2", "--device", "cpu",
-              "--no-progress"]  # fmt: skip
+    common = [
+        "--data-root",
+        str(shared_fashion_dir),
+        "--hidden-dim",
+        "16",
+        "--latent-dim",
+        "2",
+        "--batch-size",
+        "10",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     normal, mog, other = tmp_path / "normal", tmp_path / "mog", tmp_path / "other"
     assert main(["train", *common, "--out", str(normal)]) == 0
     assert main(["train", *common, "--prior", "mog", "--out", str(mog)]) == 0
     assert main(["train", *common, "--out", str(other)]) == 0
     for run in (normal, mog):
-        assert main(["evaluate", "--run", str(run), "--num-samples", "10", "--subset", "20",
-                     "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--run",
+                    str(run),
+                    "--num-samples",
+                    "10",
+                    "--subset",
+                    "20",
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     figure = tmp_path / "figures" / "compare.png"  # the folder is made
     assert main(["compare", str(other), str(normal), str(mog), "--figure", str(figure)]) == 0
@@ -129,14 +185,17 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
     # the paired difference, from the per-image estimates that evaluate wrote
     first, second = (np.load(run / "eval_examples.npz")["log_likelihood"] for run in (normal, mog))
     assert first.shape == (20,)
-    assert first.mean() == pytest.approx(json.loads((normal / "eval.json").read_text())[
-        "test_log_likelihood"], abs=1e-4)  # fmt: skip
+    assert first.mean() == pytest.approx(
+        json.loads((normal / "eval.json").read_text())["test_log_likelihood"], abs=1e-4
+    )
     difference, error = paired_difference(summarize_run(normal), summarize_run(mog))
     assert difference == pytest.approx(float((second - first).mean()), abs=1e-5)
     assert out[4].endswith(f" | {difference:+.2f} ± {error:.2f} |")
     figure_axes = comparison_figure(summarize_runs([normal, mog])).axes
     assert [label.get_text() for label in figure_axes[1].get_yticklabels()] == [
-        "normal", f"mog\n{difference:+.2f} ± {error:.2f} vs normal, paired"]  # fmt: skip
+        "normal",
+        f"mog\n{difference:+.2f} ± {error:.2f} vs normal, paired",
+    ]
     # each image's difficulty is shared: the pairing knows the difference better than the
     # two means' own standard errors do
     unpaired = math.hypot(first.std(ddof=1), second.std(ddof=1)) / math.sqrt(20)
@@ -153,7 +212,9 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
 
 def test_the_readme_shows_what_compare_prints_for_the_kept_records(capsys):
     repo = Path(__file__).parents[1]
-    records = [repo / "docs" / "runs" / "fashion-mnist-first-1000" / name
-               for name in ("hvae-conv", "hvae-vamp-conv")]  # fmt: skip
+    records = [
+        repo / "docs" / "runs" / "fashion-mnist-first-1000" / name
+        for name in ("hvae-conv", "hvae-vamp-conv")
+    ]
     assert main(["compare", *map(str, records)]) == 0
     assert capsys.readouterr().out in (repo / "README.md").read_text()

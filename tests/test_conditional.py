@@ -69,8 +69,13 @@ def test_multi_input_mlp_is_an_mlp_of_the_concatenation_and_broadcasts():
 
 
 def test_label_cvae_conditions_prior_encoder_and_decoder_on_the_label():
-    model = LabelCVAE(data_dim=12, num_classes=3, latent_dim=2, hidden_dims=(8,),
-                      prior=ClassConditionalNormal(3, 2))  # fmt: skip
+    model = LabelCVAE(
+        data_dim=12,
+        num_classes=3,
+        latent_dim=2,
+        hidden_dims=(8,),
+        prior=ClassConditionalNormal(3, 2),
+    )
     with torch.no_grad():
         model.prior.loc.copy_(torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 0.0]]))
     x = torch.bernoulli(torch.full((4, 12), 0.5))
@@ -109,8 +114,9 @@ def test_conditional_log_likelihood_is_higher_than_unconditional(runs):
     for name in ("vae", "cvae", "cvae-prior"):
         model = load_run(runs[name])
         inputs = model.batch_inputs(data.test, data.test_labels)
-        estimates[name] = estimate_log_likelihood(model.model, model.guide, *inputs,
-                                                  num_samples=200).log_likelihood  # fmt: skip
+        estimates[name] = estimate_log_likelihood(
+            model.model, model.guide, *inputs, num_samples=200
+        ).log_likelihood
     for name in ("cvae", "cvae-prior"):
         gain = estimates[name] - estimates["vae"]
         assert gain.mean() > 3 * gain.std() / gain.numel() ** 0.5, (name, gain.mean())
@@ -246,10 +252,39 @@ def test_sample_grids(runs, tmp_path):
 )
 def test_cli_trains_evaluates_and_samples_each_variant(tmp_path, capsys, variant):
     run = tmp_path / "run"
-    assert main(["train", *variant, "--subset", "2000", "--epochs", "2", "--out", str(run),
-                 "--no-progress", "--data-root", str(tmp_path / "data")]) == 0  # fmt: skip
-    assert main(["evaluate", "--run", str(run), "--num-samples", "20", "--subset", "50",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *variant,
+                "--subset",
+                "2000",
+                "--epochs",
+                "2",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--data-root",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--num-samples",
+                "20",
+                "--subset",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads((run / "eval.json").read_text())
     assert result["model"] == variant[1]
     assert result["test_log_likelihood"] > result["test_elbo"]
@@ -257,8 +292,24 @@ def test_cli_trains_evaluates_and_samples_each_variant(tmp_path, capsys, variant
     assert main(["sample", "--run", str(run), "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
     if variant[1] == "cvae":
-        assert main(["sample", "--run", str(run), "--label", "3", "--num", "16",
-                     "--out", str(tmp_path / "dress.png")]) == 0  # fmt: skip
-        assert main(["sample", "--run", str(run), "--label", "10", "--out",
-                     str(tmp_path / "x.png")]) == 2  # fmt: skip
+        assert (
+            main(
+                [
+                    "sample",
+                    "--run",
+                    str(run),
+                    "--label",
+                    "3",
+                    "--num",
+                    "16",
+                    "--out",
+                    str(tmp_path / "dress.png"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(["sample", "--run", str(run), "--label", "10", "--out", str(tmp_path / "x.png")])
+            == 2
+        )
         assert "choose one of: 0 T-shirt/top" in capsys.readouterr().err

@@ -15,9 +15,10 @@ def no_system_copy(monkeypatch):
     """Pretend the Debian copy is not installed."""
     spec = data_module.DATASETS["fashion-mnist"]
     monkeypatch.setitem(
-        data_module.DATASETS, "fashion-mnist",
+        data_module.DATASETS,
+        "fashion-mnist",
         data_module.DatasetSpec(spec.torchvision_class, (), spec.class_names, spec.install_hint),
-    )  # fmt: skip
+    )
 
 
 def test_loads_a_local_gzipped_copy_with_the_50k_10k_10k_protocol(tmp_path, fake_fashion_dir):
@@ -74,9 +75,12 @@ def write_images(path, num_train: int = 60, num_test: int = 12, **arrays) -> str
     ``arrays`` (replacing or adding; None removes one)."""
     images, labels = prototype_images(num_train + num_test)
     grey = (images * 255).round().to(torch.uint8).reshape(-1, 8, 8).numpy()
-    stored = {"train": grey[:num_train], "test": grey[num_train:],
-              "train_labels": labels[:num_train].numpy(),
-              "test_labels": labels[num_train:].numpy()}  # fmt: skip
+    stored = {
+        "train": grey[:num_train],
+        "test": grey[num_train:],
+        "train_labels": labels[:num_train].numpy(),
+        "test_labels": labels[num_train:].numpy(),
+    }
     stored.update(arrays)
     np.savez(path, **{name: value for name, value in stored.items() if value is not None})
     return str(path)
@@ -100,8 +104,14 @@ def test_an_image_file_loads_with_a_sixth_held_out_for_validation(tmp_path):
 def test_colour_floats_without_labels_and_with_class_names(tmp_path):
     generator = torch.Generator().manual_seed(0)
     colour = torch.rand(30, 3, 4, 5, generator=generator).numpy()
-    path = write_images(tmp_path / "colour.npz", train=colour, test=colour[:6], train_labels=None,
-                        test_labels=None, class_names=np.array(["thing"]))  # fmt: skip
+    path = write_images(
+        tmp_path / "colour.npz",
+        train=colour,
+        test=colour[:6],
+        train_labels=None,
+        test_labels=None,
+        class_names=np.array(["thing"]),
+    )
     data = load_images(path, binarize=False)
     assert data.image_shape == (3, 4, 5) and data.train.shape == (25, 60)
     assert torch.equal(data.train, torch.from_numpy(colour[:25]).flatten(1))
@@ -149,15 +159,50 @@ def test_the_cli_trains_evaluates_and_plots_a_run_on_an_image_file(tmp_path, mon
     monkeypatch.chdir(tmp_path)  # the run keeps the file's absolute path
     write_images(tmp_path / "mine.npz", num_train=600, num_test=40)
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "mine.npz", "--hidden-dim", "32", "--latent-dim", "2",
-                 "--batch-size", "25", "--epochs", "3", "--lr", "3e-3", "--device", "cpu",
-                 "--no-progress", "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mine.npz",
+                "--hidden-dim",
+                "32",
+                "--latent-dim",
+                "2",
+                "--batch-size",
+                "25",
+                "--epochs",
+                "3",
+                "--lr",
+                "3e-3",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert read_config(run).dataset == str(tmp_path / "mine.npz")
     rows = read_metrics(run)
     assert rows[-1]["val_elbo"] > rows[0]["val_elbo"] + 1  # it learns the prototypes
     monkeypatch.chdir("/")
-    assert main(["evaluate", "--run", str(run), "--num-samples", "20", "--device", "cpu",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--num-samples",
+                "20",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((run / "eval.json").read_text())["num_examples"] == 40
     assert main(["plot", "--run", str(run), "--device", "cpu"]) == 0
     assert (run / "figures" / "reconstructions.png").is_file()

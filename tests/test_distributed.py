@@ -26,8 +26,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 # 601 images in batches of 100: the last batch has one row, so rank 1's share of it is empty.
-CONFIG = {"subset": 601, "epochs": 3, "batch_size": 100, "hidden_dims": [64], "latent_dim": 8,
-          "lr": 1e-3, "device": "cpu", "seed": 3}  # fmt: skip
+CONFIG = {
+    "subset": 601,
+    "epochs": 3,
+    "batch_size": 100,
+    "hidden_dims": [64],
+    "latent_dim": 8,
+    "lr": 1e-3,
+    "device": "cpu",
+    "seed": 3,
+}
 EVALUATE = {"split": "test", "subset": 40, "num_samples": 50, "max_batch": 300, "seed": 5}
 #: Ranks draw their own latent noise, so the 2-process loss differs from the 1-process
 #: one by Monte Carlo noise only: we require it within 1% per epoch
@@ -41,8 +49,12 @@ def torchrun(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -57,10 +69,30 @@ def launched(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (root / "job.json").write_text(json.dumps(job))
     evaluated = torchrun("tests/distributed_worker.py", str(root / "job.json"))
     resumed = torchrun(
-        "-m", "pyro_vae", "train", "--resume", "--out", job["part"], "--no-progress",
-        "--subset", "601", "--epochs", "3", "--batch-size", "100", "--hidden-dim", "64",
-        "--latent-dim", "8", "--lr", "1e-3", "--device", "cpu", "--seed", "3",
-    )  # fmt: skip
+        "-m",
+        "pyro_vae",
+        "train",
+        "--resume",
+        "--out",
+        job["part"],
+        "--no-progress",
+        "--subset",
+        "601",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "100",
+        "--hidden-dim",
+        "64",
+        "--latent-dim",
+        "8",
+        "--lr",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+    )
     ranks = [torch.load(root / f"rank{r}.pt", weights_only=False) for r in range(2)]
     return {**job, "ranks": ranks, "resumed_output": resumed, "evaluated_output": evaluated}
 
@@ -90,8 +122,9 @@ def test_resume_through_the_cli_continues_the_run_exactly(launched):
     for name, value in full["model"].items():
         assert torch.equal(value, part["model"][name]), name
     strip = [{k: v for k, v in row.items() if k not in TIMED_KEYS} for row in full["metrics"]]
-    assert strip == [{k: v for k, v in row.items() if k not in TIMED_KEYS}
-                     for row in part["metrics"]]  # fmt: skip
+    assert strip == [
+        {k: v for k, v in row.items() if k not in TIMED_KEYS} for row in part["metrics"]
+    ]
 
 
 def test_a_nan_on_one_rank_rolls_back_every_rank_together(launched):
@@ -115,6 +148,12 @@ def test_sharded_evaluation_matches_one_process_with_the_same_seed(launched):
     assert launched["evaluated_output"].count("written to") == 1  # the CLI's, rank 0 only
     written = json.loads((Path(launched["full"]) / "eval.json").read_text())
     summary = evaluate_run(launched["full"], **EVALUATE, device="cpu", progress=False)
-    for key in ("test_log_likelihood", "test_elbo", "test_kl", "log_likelihood_stderr",
-                "active_units", "num_examples"):  # fmt: skip
+    for key in (
+        "test_log_likelihood",
+        "test_elbo",
+        "test_kl",
+        "log_likelihood_stderr",
+        "active_units",
+        "num_examples",
+    ):
         assert written[key] == summary[key] == launched["ranks"][1]["summary"][key], key

@@ -25,8 +25,10 @@ def test_epochs_without_improvement_counts_from_the_first_best():
 
 
 def test_runs_trained_on_the_iwae_bound_are_judged_by_it():
-    rows = [{"epoch": 1, "val_elbo": -8.0, "val_iwae": -7.5},
-            {"epoch": 2, "val_elbo": -8.2, "val_iwae": -7.2}]  # fmt: skip
+    rows = [
+        {"epoch": 1, "val_elbo": -8.0, "val_iwae": -7.5},
+        {"epoch": 2, "val_elbo": -8.2, "val_iwae": -7.2},
+    ]
     assert best_epoch(rows)["epoch"] == 2
     assert (
         epochs_without_improvement([*rows, {"epoch": 3, "val_elbo": -7.9, "val_iwae": -7.3}]) == 1
@@ -49,8 +51,14 @@ def test_training_stops_early_and_keeps_the_best_epoch(tmp_path, tiny_data):
     )
     # resuming an early-stopped run with more epochs trains nothing more
     messages = []
-    train(tiny_config(patience=3, **{**STALLING, "epochs": 60}), out, data=tiny_data,
-          resume=True, progress=False, log=messages.append)  # fmt: skip
+    train(
+        tiny_config(patience=3, **{**STALLING, "epochs": 60}),
+        out,
+        data=tiny_data,
+        resume=True,
+        progress=False,
+        log=messages.append,
+    )
     assert read_metrics(out) == rows
     assert any("early stopping" in m and f"epoch {best['epoch']}" in m for m in messages)
 
@@ -65,8 +73,14 @@ def test_without_patience_training_runs_all_epochs_and_still_keeps_best(tmp_path
     model = load_run(out, checkpoint="best")
     assert validation_bound(model, tiny_data.val) == pytest.approx(best["val_elbo"], abs=1e-6)
     assert load_run(out) is not None  # default without patience: the last epoch
-    assert all(torch.equal(a, b) for a, b in zip(params(load_run(out)).values(),
-               params(load_run(out, checkpoint="last")).values(), strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            params(load_run(out)).values(),
+            params(load_run(out, checkpoint="last")).values(),
+            strict=True,
+        )
+    )
 
 
 def test_plateau_schedule_decays_the_lr_when_the_validation_bound_stalls(tmp_path, tiny_data):
@@ -88,11 +102,17 @@ def test_plateau_schedule_decays_the_lr_when_the_validation_bound_stalls(tmp_pat
 
 def test_resume_restores_the_schedule_exactly(tmp_path, tiny_data):
     config = dict(lr_schedule="plateau", lr_patience=0, lr=0.05)
-    straight = train(tiny_config(epochs=30, **config), tmp_path / "a", data=tiny_data,
-                     progress=False)  # fmt: skip
+    straight = train(
+        tiny_config(epochs=30, **config), tmp_path / "a", data=tiny_data, progress=False
+    )
     train(tiny_config(epochs=15, **config), tmp_path / "b", data=tiny_data, progress=False)
-    resumed = train(tiny_config(epochs=30, **config), tmp_path / "b", data=tiny_data,
-                    resume=True, progress=False)  # fmt: skip
+    resumed = train(
+        tiny_config(epochs=30, **config),
+        tmp_path / "b",
+        data=tiny_data,
+        resume=True,
+        progress=False,
+    )
     lrs = [[row["lr"] for row in read_metrics(tmp_path / run)] for run in ("a", "b")]
     assert lrs[0] == lrs[1] and min(lrs[0]) < config["lr"]
     for name, value in params(straight).items():
@@ -121,5 +141,18 @@ def test_missing_best_checkpoint_and_unknown_choice_are_clear_errors(tmp_path, t
         load_run(out, checkpoint="best")
     with pytest.raises(ConfigError, match="unknown checkpoint 'first'"):
         load_run(out, checkpoint="first")
-    assert main(["evaluate", "--run", str(out), "--checkpoint", "best", "--num-samples", "2",
-                 "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(out),
+                "--checkpoint",
+                "best",
+                "--num-samples",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )

@@ -8,22 +8,48 @@ from pyro_vae import ConfigError, load_images, load_run
 from pyro_vae.cli import main
 from pyro_vae.encoding import encode_run
 
-OPTIONS = ["--hidden-dim", "64", "--latent-dim", "4", "--batch-size", "20", "--epochs", "8",
-           "--lr", "3e-3", "--device", "cpu", "--no-progress"]  # fmt: skip
+OPTIONS = [
+    "--hidden-dim",
+    "64",
+    "--latent-dim",
+    "4",
+    "--batch-size",
+    "20",
+    "--epochs",
+    "8",
+    "--lr",
+    "3e-3",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, learnable_fashion_dir):
     """A VAE trained on the fake data's 10 blocky prototypes."""
     run = tmp_path_factory.mktemp("encode") / "run"
-    assert main(["train", *OPTIONS, "--data-root", str(learnable_fashion_dir),
-                 "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(["train", *OPTIONS, "--data-root", str(learnable_fashion_dir), "--out", str(run)]) == 0
+    )
     return run
 
 
 def test_codes_are_the_encoders_and_separate_the_classes(tmp_path, trained, learnable_fashion_dir):
-    assert main(["encode", "--run", str(trained), "--split", "train",
-                 "--out", str(tmp_path / "train.npz")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "encode",
+                "--run",
+                str(trained),
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "train.npz"),
+            ]
+        )
+        == 0
+    )
     assert main(["encode", "--run", str(trained), "--out", str(tmp_path / "test.npz")]) == 0
     train, test = np.load(tmp_path / "train.npz"), np.load(tmp_path / "test.npz")
     data = load_images("fashion-mnist", learnable_fashion_dir, download=False)
@@ -41,8 +67,23 @@ def test_codes_are_the_encoders_and_separate_the_classes(tmp_path, trained, lear
 
 def test_a_conditional_run_encodes_with_its_labels(tmp_path, learnable_fashion_dir):
     run = tmp_path / "cvae"
-    assert main(["train", *OPTIONS, "--model", "cvae", "--epochs", "1", "--data-root",
-                 str(learnable_fashion_dir), "--out", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                *OPTIONS,
+                "--model",
+                "cvae",
+                "--epochs",
+                "1",
+                "--data-root",
+                str(learnable_fashion_dir),
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     path = encode_run(run, tmp_path / "codes.npz", split="val", device="cpu")
     data = load_images("fashion-mnist", learnable_fashion_dir, download=False)
     codes = np.load(path)

@@ -72,8 +72,9 @@ def exact_log_likelihood(x):
 def test_exact_posterior_gives_exact_log_likelihood_whatever_the_chunking():
     x = ppca_data()
     for max_batch in (7, 100_000):  # 7: both particles and examples are split into chunks
-        estimates = estimate_log_likelihood(ppca_model, exact_guide, x, num_samples=50,
-                                            max_batch=max_batch)  # fmt: skip
+        estimates = estimate_log_likelihood(
+            ppca_model, exact_guide, x, num_samples=50, max_batch=max_batch
+        )
         assert torch.allclose(estimates.log_likelihood, exact_log_likelihood(x), atol=1e-4)
 
 
@@ -136,8 +137,9 @@ def test_active_units_and_stderr():
 
 @pytest.fixture
 def trained_vae(tmp_path, tiny_data):
-    config = TrainConfig(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=5,
-                         device="cpu")  # fmt: skip
+    config = TrainConfig(
+        latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=5, device="cpu"
+    )
     return train(config, tmp_path / "run", data=tiny_data, progress=False)
 
 
@@ -172,11 +174,20 @@ def test_iwae_with_one_particle_is_the_elbo(tiny_data):
     assert torch.isfinite(expected)
 
 
-@pytest.mark.parametrize(("objective", "particles"), [("elbo", 1), ("analytic-kl", 1),
-                                                      ("iwae", 5), ("elbo", 3)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("objective", "particles"), [("elbo", 1), ("analytic-kl", 1), ("iwae", 5), ("elbo", 3)]
+)
 def test_every_objective_trains(tmp_path, tiny_data, objective, particles):
-    config = TrainConfig(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=4,
-                         device="cpu", objective=objective, particles=particles)  # fmt: skip
+    config = TrainConfig(
+        latent_dim=4,
+        hidden_dims=(32,),
+        batch_size=64,
+        lr=3e-3,
+        epochs=4,
+        device="cpu",
+        objective=objective,
+        particles=particles,
+    )
     train(config, tmp_path / "run", data=tiny_data, progress=False)
     rows = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -185,25 +196,63 @@ def test_every_objective_trains(tmp_path, tiny_data, objective, particles):
     assert rows[-1]["val_elbo"] > rows[0]["val_elbo"]
 
 
-@pytest.mark.skipif(not DATASETS["fashion-mnist"].system_dirs[0].is_dir(),
-                    reason="needs Debian's dataset-fashion-mnist")  # fmt: skip
+@pytest.mark.skipif(
+    not DATASETS["fashion-mnist"].system_dirs[0].is_dir(),
+    reason="needs Debian's dataset-fashion-mnist",
+)
 def test_cli_evaluate_writes_eval_json(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--subset", "1000", "--epochs", "1", "--out", str(run), "--no-progress",
-                 "--data-root", str(tmp_path / "data")]) == 0  # fmt: skip
-    assert main(["evaluate", "--run", str(run), "--num-samples", "50", "--subset", "64",
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--subset",
+                "1000",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--data-root",
+                str(tmp_path / "data"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(run),
+                "--num-samples",
+                "50",
+                "--subset",
+                "64",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads((run / "eval.json").read_text())
-    for key in ("test_elbo", "test_log_likelihood", "log_likelihood_stderr", "num_samples",
-                "num_examples", "active_units", "seconds"):  # fmt: skip
+    for key in (
+        "test_elbo",
+        "test_log_likelihood",
+        "log_likelihood_stderr",
+        "num_samples",
+        "num_examples",
+        "active_units",
+        "seconds",
+    ):
         assert key in result
     assert result["num_examples"] == 64 and result["num_samples"] == 50
     assert (result["checkpoint"], result["epoch"]) == ("last", 1)  # which model it measured
     assert result["test_log_likelihood"] > result["test_elbo"]
     assert "log p(x) (IW)" in capsys.readouterr().out
     # the same seed gives the same estimate; the model comes back from the checkpoint
-    again = main(["evaluate", "--run", str(run), "--num-samples", "50", "--subset", "64",
-                  "--no-progress"])  # fmt: skip
+    again = main(
+        ["evaluate", "--run", str(run), "--num-samples", "50", "--subset", "64", "--no-progress"]
+    )
     assert again == 0
     assert json.loads((run / "eval.json").read_text())["test_log_likelihood"] == pytest.approx(
         result["test_log_likelihood"]
@@ -230,12 +279,46 @@ def train_on_random_patterns(tmp_path: Path, run: Path, *options: str) -> None:
     rng = np.random.default_rng(0)
     patterns = np.where(rng.random((72, 8, 8)) < 0.5, 242, 13).astype(np.uint8)
     np.savez(tmp_path / "noise.npz", train=patterns[:60], test=patterns[60:])
-    assert main(["train", "--dataset", str(tmp_path / "noise.npz"), "--epochs", "300",
-                 "--batch-size", "10", "--hidden-dim", "128", "--latent-dim", "8",
-                 "--lr", "3e-3", "--out", str(run), "--no-progress", *options]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(tmp_path / "noise.npz"),
+                "--epochs",
+                "300",
+                "--batch-size",
+                "10",
+                "--hidden-dim",
+                "128",
+                "--latent-dim",
+                "8",
+                "--lr",
+                "3e-3",
+                "--out",
+                str(run),
+                "--no-progress",
+                *options,
+            ]
+        )
+        == 0
+    )
     for split in ("train", "test"):
-        assert main(["evaluate", "--run", str(run), "--split", split, "--num-samples", "200",
-                     "--no-progress"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--run",
+                    str(run),
+                    "--split",
+                    split,
+                    "--num-samples",
+                    "200",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
 
 
 def test_evaluating_the_training_images_measures_overfitting(tmp_path, capsys):
@@ -273,7 +356,10 @@ def test_auroc_counts_the_pairs_an_inlier_wins_ties_by_half():
 
 def test_the_files_of_an_evaluation_are_named_after_its_images():
     assert [evaluation_stem(split) for split in ("test", "val", "train")] == [
-        "eval", "eval_val", "eval_train"]  # fmt: skip
+        "eval",
+        "eval_val",
+        "eval_train",
+    ]
     assert evaluation_stem("test", "mnist") == "eval-mnist"
     assert evaluation_stem("val", "/data/my digits.npz") == "eval-my-digits_val"
     with pytest.raises(ConfigError, match="unknown split 'dev'"):
@@ -284,15 +370,38 @@ def test_scoring_another_dataset_tells_the_run_s_own_images_apart(tmp_path, caps
     images, labels = prototype_images(120)
     grey = (images * 255).round().to(torch.uint8).reshape(-1, 8, 8).numpy()
     own = tmp_path / "blocks.npz"
-    np.savez(own, train=grey[:100], test=grey[100:], train_labels=labels[:100].numpy(),
-             test_labels=labels[100:].numpy())  # fmt: skip
+    np.savez(
+        own,
+        train=grey[:100],
+        test=grey[100:],
+        train_labels=labels[:100].numpy(),
+        test_labels=labels[100:].numpy(),
+    )
     noise = (np.random.default_rng(0).random((36, 8, 8)) * 255).astype(np.uint8)
     np.savez(tmp_path / "noise.npz", train=noise[:24], test=noise[24:])
     np.savez(tmp_path / "wide.npz", train=noise[:24, :, :4], test=noise[24:, :, :4])
     run = tmp_path / "run"
-    assert main(["train", "--dataset", str(own), "--epochs", "30", "--batch-size", "10",
-                 "--hidden-dim", "64", "--latent-dim", "4", "--out", str(run),
-                 "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(own),
+                "--epochs",
+                "30",
+                "--batch-size",
+                "10",
+                "--hidden-dim",
+                "64",
+                "--latent-dim",
+                "4",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     evaluate = ["evaluate", "--run", str(run), "--num-samples", "50", "--no-progress"]
     assert main([*evaluate, "--dataset", str(tmp_path / "noise.npz")]) == 0
     assert detection_auroc(run, str(tmp_path / "noise.npz")) is None  # own images not yet
@@ -303,8 +412,7 @@ def test_scoring_another_dataset_tells_the_run_s_own_images_apart(tmp_path, caps
     assert own_result["num_examples"] == 20
     capsys.readouterr()
     figure = tmp_path / "ood.png"
-    assert main([*evaluate, "--dataset", str(tmp_path / "noise.npz"), "--figure",
-                 str(figure)]) == 0  # fmt: skip
+    assert main([*evaluate, "--dataset", str(tmp_path / "noise.npz"), "--figure", str(figure)]) == 0
     out = capsys.readouterr().out
     area = detection_auroc(run, str(tmp_path / "noise.npz"))
     ours = np.load(run / "eval_examples.npz")["log_likelihood"]
@@ -321,11 +429,42 @@ def test_scoring_another_dataset_tells_the_run_s_own_images_apart(tmp_path, caps
     assert main([*evaluate, "--dataset", "x.npz", "--figure", str(tmp_path / "f.jpg")]) == 2
     assert "cannot write a figure as 'f.jpg'; use a .png file name" in capsys.readouterr().err
     cvae = tmp_path / "cvae"
-    assert main(["train", "--dataset", str(own), "--model", "cvae", "--epochs", "1",
-                 "--batch-size", "10", "--hidden-dim", "16", "--latent-dim", "2", "--out",
-                 str(cvae), "--no-progress"]) == 0  # fmt: skip
-    assert main(["evaluate", "--run", str(cvae), "--dataset", str(tmp_path / "noise.npz"),
-                 "--no-progress"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(own),
+                "--model",
+                "cvae",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "10",
+                "--hidden-dim",
+                "16",
+                "--latent-dim",
+                "2",
+                "--out",
+                str(cvae),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(cvae),
+                "--dataset",
+                str(tmp_path / "noise.npz"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "conditioned on its dataset's labels" in capsys.readouterr().err
 
 
@@ -333,9 +472,13 @@ def test_the_readme_s_out_of_distribution_example_matches_its_record():
     repo = Path(__file__).parents[1]
     record = repo / "docs" / "runs" / "fashion-mnist-first-1000" / "hvae-vamp-conv"
     area = detection_auroc(record, "/tmp/fashion-flipped.npz")  # found by the file's name
-    assert f"`AUROC {area:.3f}: how often one of the run's own test images" in (
-        repo / "README.md").read_text()  # fmt: skip
+    assert (
+        f"`AUROC {area:.3f}: how often one of the run's own test images"
+        in (repo / "README.md").read_text()
+    )
     upright = np.load(record / "eval_examples.npz")["log_likelihood"]
     flipped = np.load(record / "eval-fashion-flipped_examples.npz")["log_likelihood"]
-    assert f"{(upright > flipped).mean():.1%} of the images score lower" in (
-        repo / "README.md").read_text()  # fmt: skip
+    assert (
+        f"{(upright > flipped).mean():.1%} of the images score lower"
+        in (repo / "README.md").read_text()
+    )

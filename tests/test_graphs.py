@@ -119,8 +119,13 @@ def test_a_rollback_captures_the_step_again_at_the_halved_learning_rate(
     monkeypatch.setattr(training_module._Trainer, "_captured_step", recorded)
     faulty_objective(lambda call, loss: loss * float("nan") if call == 11 else None)
     lines: list[str] = []
-    train(tiny_config(epochs=3, on_nan="rollback"), tmp_path / "run", data=tiny_data,
-          progress=False, log=lines.append)  # fmt: skip
+    train(
+        tiny_config(epochs=3, on_nan="rollback"),
+        tmp_path / "run",
+        data=tiny_data,
+        progress=False,
+        log=lines.append,
+    )
     assert lines[2].startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8: rolled back")
     assert [lr for _, lr in captures] == [0.003, 0.0015]
     assert [row["lr"] for row in read_metrics(tmp_path / "run")] == [0.003, 0.0015, 0.0015]
@@ -131,8 +136,7 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_with_a_message(
 ):
     graph_branch_on_cpu.fail = True
     lines: list[str] = []
-    train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, progress=False,
-          log=lines.append)  # fmt: skip
+    train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, progress=False, log=lines.append)
     assert lines[1] == (  # after the run's summary
         f"training without CUDA graphs: the step could not be captured (RuntimeError: "
         f"{CAPTURE_ERROR})"
@@ -180,8 +184,15 @@ def _count_captures(monkeypatch) -> list[int]:
 
 
 def _gpu_config(**overrides) -> TrainConfig:
-    options = dict(latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=4,
-                   device="cuda", clip_grad_norm=50.0)  # fmt: skip
+    options = dict(
+        latent_dim=4,
+        hidden_dims=(32,),
+        batch_size=64,
+        lr=3e-3,
+        epochs=4,
+        device="cuda",
+        clip_grad_norm=50.0,
+    )
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -196,8 +207,13 @@ def test_gpu_training_replays_one_captured_step_and_learns_as_eager_training_doe
     train(_gpu_config(), tmp_path / "graph", data=data, progress=False, log=lines.append)
     assert captures[0] == 1  # one capture, replayed for 4 epochs of 8 batches (2 eager)
     assert not any("without CUDA graphs" in line for line in lines)
-    train(_gpu_config(cuda_graph=False), tmp_path / "eager", data=data, progress=False,
-          log=lines.append)  # fmt: skip
+    train(
+        _gpu_config(cuda_graph=False),
+        tmp_path / "eager",
+        data=data,
+        progress=False,
+        log=lines.append,
+    )
     assert captures[0] == 1
     graph, eager = read_metrics(tmp_path / "graph"), read_metrics(tmp_path / "eager")
     assert graph[-1]["val_elbo"] > graph[0]["val_elbo"] + 1  # it learns
@@ -236,8 +252,11 @@ def test_a_nan_batch_stops_a_graph_replaying_run_with_its_checkpoint_intact(tmp_
     def poisoned(self):
         calls[0] += 1
         images = draw(self)
-        return images.index_fill(0, torch.arange(0, 512, 7, device=images.device),
-                                 float("nan")) if calls[0] == 2 else images  # fmt: skip
+        return (
+            images.index_fill(0, torch.arange(0, 512, 7, device=images.device), float("nan"))
+            if calls[0] == 2
+            else images
+        )
 
     monkeypatch.setattr(ImageData, "training_images", poisoned)
     out = tmp_path / "run"
@@ -254,13 +273,30 @@ def test_the_hierarchical_conv_vampprior_vae_is_captured(tmp_path, monkeypatch):
     captures = _count_captures(monkeypatch)
     images, labels = prototype_images(300, side=28)
     val = torch.bernoulli(images[200:250], generator=torch.Generator().manual_seed(1))
-    data = ImageData(train=images[:200], train_labels=labels[:200], val=val,
-                     val_labels=labels[200:250], test=val, test_labels=labels[200:250],
-                     image_shape=(1, 28, 28), class_names=tuple("abcd"), binarize=True)  # fmt: skip
+    data = ImageData(
+        train=images[:200],
+        train_labels=labels[:200],
+        val=val,
+        val_labels=labels[200:250],
+        test=val,
+        test_labels=labels[200:250],
+        image_shape=(1, 28, 28),
+        class_names=tuple("abcd"),
+        binarize=True,
+    )
     lines: list[str] = []
-    config = TrainConfig(model="hvae", arch="conv", prior="vamp", prior_components=20,
-                         hidden_dims=(64, 64), latent_dim=8, batch_size=50, epochs=3,
-                         device="cuda", clip_grad_norm=100.0)  # fmt: skip
+    config = TrainConfig(
+        model="hvae",
+        arch="conv",
+        prior="vamp",
+        prior_components=20,
+        hidden_dims=(64, 64),
+        latent_dim=8,
+        batch_size=50,
+        epochs=3,
+        device="cuda",
+        clip_grad_norm=100.0,
+    )
     train(config, tmp_path / "run", data=data, progress=False, log=lines.append)
     assert captures[0] == 1 and not any("without CUDA graphs" in line for line in lines)
     metrics = read_metrics(tmp_path / "run")

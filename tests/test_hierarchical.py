@@ -23,8 +23,15 @@ from pyro_vae.plots import FIGURES, plot_run
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    options = dict(model="hvae", latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3,
-                   epochs=2, device="cpu")  # fmt: skip
+    options = dict(
+        model="hvae",
+        latent_dim=4,
+        hidden_dims=(32,),
+        batch_size=64,
+        lr=3e-3,
+        epochs=2,
+        device="cpu",
+    )
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -46,8 +53,11 @@ def traces(vae, x, beta=1.0):
 
 
 def sample_sites(trace) -> list[str]:
-    return [name for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)]  # fmt: skip
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    ]
 
 
 def test_sites_dependencies_and_beta_in_model_and_guide():
@@ -71,8 +81,9 @@ def test_sites_dependencies_and_beta_in_model_and_guide():
 def test_importance_weights_sum_both_latent_layers():
     """log w = log p(x|z1,z2) + log p(z2) + log p(z1|z2) - log q(z2|x) - log q(z1|x,z2),
     for K particles at once (latents of shape (K, N, d))."""
-    vae = HierarchicalVAE(data_dim=12, latent_dim=3, hidden_dims=(8,), prior="vamp",
-                          prior_options={"components": 4})  # fmt: skip
+    vae = HierarchicalVAE(
+        data_dim=12, latent_dim=3, hidden_dims=(8,), prior="vamp", prior_options={"components": 4}
+    )
     x = torch.bernoulli(torch.full((5, 12), 0.5))
     with torch.no_grad():
         pyro.set_rng_seed(4)
@@ -104,10 +115,12 @@ def test_trace_elbo_scales_both_kl_terms_by_beta():
     pyro.set_rng_seed(2)
     model_trace, guide_trace = traces(vae, x)
     log_ratio = sum(
-        (guide_trace.nodes[s]["fn"].log_prob(guide_trace.nodes[s]["value"])
-         - model_trace.nodes[s]["fn"].log_prob(guide_trace.nodes[s]["value"])).sum()
+        (
+            guide_trace.nodes[s]["fn"].log_prob(guide_trace.nodes[s]["value"])
+            - model_trace.nodes[s]["fn"].log_prob(guide_trace.nodes[s]["value"])
+        ).sum()
         for s in ("z2", "z1")
-    )  # fmt: skip
+    )
     assert losses[1] - losses[0] == pytest.approx(2 * log_ratio.item(), rel=1e-4)
 
 
@@ -128,8 +141,11 @@ def test_training_lowers_the_loss_and_the_vamp_prior_is_over_z2(trained, tiny_da
     for model in (vae, loaded):
         torch.manual_seed(0)
         with torch.no_grad():
-            log_w.append(log_densities(model.model, model.guide, tiny_data.test[:16],
-                                       num_particles=5).log_weights)  # fmt: skip
+            log_w.append(
+                log_densities(
+                    model.model, model.guide, tiny_data.test[:16], num_particles=5
+                ).log_weights
+            )
     assert bool(torch.isfinite(log_w[0]).all())
     assert torch.equal(log_w[0], log_w[1])  # the checkpoint restores all four networks
 
@@ -162,10 +178,30 @@ def test_conv_hvae_trains_from_the_command_line_then_evaluates_and_samples(
     tmp_path, fake_fashion_dir, capsys
 ):
     out = tmp_path / "run"
-    code = main(["train", "--model", "hvae", "--arch", "conv", "--data-root",
-                 str(fake_fashion_dir), "--subset", "100", "--epochs", "1", "--batch-size", "50",
-                 "--latent-dim", "3", "--hidden-dim", "16", "--out", str(out),
-                 "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--model",
+            "hvae",
+            "--arch",
+            "conv",
+            "--data-root",
+            str(fake_fashion_dir),
+            "--subset",
+            "100",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "50",
+            "--latent-dim",
+            "3",
+            "--hidden-dim",
+            "16",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["model"], saved["arch"]) == ("hvae", "conv")
@@ -173,13 +209,42 @@ def test_conv_hvae_trains_from_the_command_line_then_evaluates_and_samples(
     assert isinstance(vae.encoder, ConvEncoder) and isinstance(vae.encoder_z1, ConvEncoder)
     capsys.readouterr()
 
-    assert main(["evaluate", "--run", str(out), "--num-samples", "10", "--subset", "8",
-                 "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(out),
+                "--num-samples",
+                "10",
+                "--subset",
+                "8",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "eval.json").read_text())
     assert result["model"] == "hvae" and result["num_examples"] == 8
     assert result["test_log_likelihood"] >= result["test_elbo"]
     assert f"/{result['latent_units']}" in capsys.readouterr().out and result["latent_units"] == 6
 
-    assert main(["sample", "--run", str(out), "--out", str(tmp_path / "s.png"), "--num", "4",
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(out),
+                "--out",
+                str(tmp_path / "s.png"),
+                "--num",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert Image.open(tmp_path / "s.png").size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)

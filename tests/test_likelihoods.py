@@ -125,8 +125,10 @@ def test_log_prob_matches_the_formula(name, options):
     assert torch.allclose(log_prob.double(), expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["continuous-bernoulli", "gaussian", "laplace", "beta",
-                                  "discretized-logistic", "bernoulli"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["continuous-bernoulli", "gaussian", "laplace", "beta", "discretized-logistic", "bernoulli"],
+)
 def test_mean_is_the_mean_of_the_samples(name):
     torch.manual_seed(0)
     options = {"squeeze": 0.05} if name == "beta" else None
@@ -162,32 +164,47 @@ def test_beta_squeeze_is_a_density_with_its_jacobian():
     assert float(torch.trapezoid(density, x.squeeze())) == pytest.approx(1.0, abs=2e-3)
     y = eps + (1 - 2 * eps) * torch.tensor([[0.0]])
     plain = build_likelihood("beta", data_dim=1)(params).log_prob(y)
-    assert torch.allclose(lik(params).log_prob(torch.tensor([[0.0]])),
-                          plain + math.log(1 - 2 * eps))  # fmt: skip
+    assert torch.allclose(
+        lik(params).log_prob(torch.tensor([[0.0]])), plain + math.log(1 - 2 * eps)
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "options", "data", "message"),
     [
-        ("bernoulli", None, torch.tensor([[0.0, 128.0, 255.0]]),
-         r"BernoulliLikelihood expects values in \[0, 1\].*\[0, 255\].*divide 8-bit pixels by 255"),
+        (
+            "bernoulli",
+            None,
+            torch.tensor([[0.0, 128.0, 255.0]]),
+            r"BernoulliLikelihood expects values in \[0, 1\].*\[0, 255\]"
+            r".*divide 8-bit pixels by 255",
+        ),
         ("continuous-bernoulli", None, torch.tensor([[-0.1, 0.5]]), "expects values in"),
-        ("beta", None, torch.tensor([[0.0, 0.5]]),
-         r"strictly inside \(0, 1\).*--likelihood-squeeze"),
+        (
+            "beta",
+            None,
+            torch.tensor([[0.0, 0.5]]),
+            r"strictly inside \(0, 1\).*--likelihood-squeeze",
+        ),
         ("beta", {"squeeze": 1e-3}, torch.tensor([[0.5, 1.2]]), r"expects values in \[0, 1\]"),
-        ("discretized-logistic", None, torch.tensor([[0.5, 0.25]]),
-         "8-bit grey levels k/255.*round"),
+        (
+            "discretized-logistic",
+            None,
+            torch.tensor([[0.5, 0.25]]),
+            "8-bit grey levels k/255.*round",
+        ),
         ("discretized-logistic", None, torch.tensor([[0.0, 255.0]]), "8-bit grey levels"),
         ("gaussian", None, torch.tensor([[0.0, float("nan")]]), "NaN or infinite"),
     ],
-)  # fmt: skip
+)
 def test_data_outside_the_domain_is_rejected(name, options, data, message):
     with pytest.raises(ConfigError, match=message):
         build_likelihood(name, data_dim=data.shape[1], options=options).validate(data)
 
 
-@pytest.mark.parametrize("name", ["continuous-bernoulli", "gaussian", "laplace",
-                                  "discretized-logistic"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["continuous-bernoulli", "gaussian", "laplace", "discretized-logistic"]
+)
 def test_binarized_data_is_in_these_domains(name):
     build_likelihood(name, data_dim=3).validate(torch.tensor([[0.0, 1.0, 1.0]]))
 
@@ -196,19 +213,24 @@ def test_scale_options():
     per_pixel = build_likelihood("gaussian", data_dim=D)
     assert dict(per_pixel.named_parameters())["raw_scale"].shape == (D,)
     assert torch.allclose(per_pixel.scale(), torch.full((D,), 0.1))
-    assert dict(build_likelihood("laplace", data_dim=D, options={"scale": "global"})
-                .named_parameters())["raw_scale"].shape == (1,)  # fmt: skip
+    assert dict(
+        build_likelihood("laplace", data_dim=D, options={"scale": "global"}).named_parameters()
+    )["raw_scale"].shape == (1,)
     fixed = build_likelihood("gaussian", data_dim=D, options={"scale": "0.5"})
     assert not list(fixed.parameters()) and float(fixed.scale()) == 0.5
     for bad in ("wide", -1.0, "nan"):
         with pytest.raises(ConfigError, match="per-pixel or global .* or a positive number"):
             build_likelihood("gaussian", data_dim=D, options={"scale": bad})
-    with pytest.raises(ConfigError, match=r"takes no option 'scale' \(--likelihood-scale\); "
-                                          "it applies to: gaussian, laplace"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"takes no option 'scale' \(--likelihood-scale\); "
+        "it applies to: gaussian, laplace",
+    ):
         build_likelihood("bernoulli", data_dim=D, options={"scale": 0.1})
 
 
 def test_bits_per_dim():
     assert bits_per_dim(-784 * 3 * math.log(2), 784) == pytest.approx(3.0)
-    assert torch.allclose(bits_per_dim(torch.tensor([0.0, -math.log(2)]), 1),
-                          torch.tensor([0.0, 1.0]))  # fmt: skip
+    assert torch.allclose(
+        bits_per_dim(torch.tensor([0.0, -math.log(2)]), 1), torch.tensor([0.0, 1.0])
+    )

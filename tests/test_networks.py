@@ -38,8 +38,11 @@ from pyro_vae.networks import (
 def test_networks_keep_leading_batch_dimensions(batch_shape):
     x = torch.rand(*batch_shape, 784)
     z = torch.randn(*batch_shape, 6)
-    for encoder in (MLPEncoder(784, (32,), 6), MLPEncoder(784, (32, 16), 6, layer=GATED),
-                    ConvEncoder((1, 28, 28), 6)):  # fmt: skip
+    for encoder in (
+        MLPEncoder(784, (32,), 6),
+        MLPEncoder(784, (32, 16), 6, layer=GATED),
+        ConvEncoder((1, 28, 28), 6),
+    ):
         loc, scale = encoder(x)
         assert loc.shape == scale.shape == (*batch_shape, 6) and bool((scale > 0).all())
     assert MLPDecoder(6, (32,), 784)(z).shape == (*batch_shape, 784)
@@ -106,7 +109,12 @@ def test_full_resolution_networks_have_the_published_shapes():
     assert decoder.start_shape == (1, 28, 28)
     convs = [m for m in decoder.deconvs if isinstance(m, nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
-        (1, 128, 3), (64, 128, 3), (64, 128, 3), (64, 128, 3), (64, 2, 1)]  # fmt: skip
+        (1, 128, 3),
+        (64, 128, 3),
+        (64, 128, 3),
+        (64, 128, 3),
+        (64, 2, 1),
+    ]
     assert isinstance(list(decoder.deconvs)[-1], nn.Conv2d)  # linear output, no gate after it
     z = torch.randn(3, 5, 40)
     assert decoder(z).shape == (3, 5, 2 * 784)
@@ -131,8 +139,12 @@ def test_conv_vae_trains_and_evaluates():
     pyro.set_rng_seed(0)
     prototypes = (torch.rand(3, 784) > 0.5).float()
     x = torch.bernoulli(0.9 * prototypes[torch.arange(96) % 3] + 0.05)
-    vae = VAE(784, 4, encoder=ConvEncoder((1, 28, 28), 4, channels=(8, 16), hidden_dims=(32,)),
-              decoder=ConvDecoder(4, (1, 28, 28), channels=(16, 8), hidden_dims=(32,)))  # fmt: skip
+    vae = VAE(
+        784,
+        4,
+        encoder=ConvEncoder((1, 28, 28), 4, channels=(8, 16), hidden_dims=(32,)),
+        decoder=ConvDecoder(4, (1, 28, 28), channels=(16, 8), hidden_dims=(32,)),
+    )
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
     losses = [svi.step(x) / len(x) for _ in range(60)]
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
@@ -183,24 +195,34 @@ def test_pyro_optim_updates_every_parameter(arch, model):
 def test_mlp_architecture_keeps_the_parameter_names_of_existing_checkpoints():
     state = VAE(784, 50, (400,)).state_dict()
     assert [k for k in state if k.startswith(("encoder.", "decoder."))] == [
-        f"{net}.net.{i}.{p}" for net in ("encoder", "decoder") for i in (0, 2)
+        f"{net}.net.{i}.{p}"
+        for net in ("encoder", "decoder")
+        for i in (0, 2)
         for p in ("weight", "bias")
-    ]  # fmt: skip
+    ]
     hierarchical = HierarchicalVAE(784, 50, (400,)).state_dict()
     assert [k for k in hierarchical if k.startswith("prior_z1.")] == [
-        "prior_z1.net.first.0.weight", "prior_z1.net.first.0.bias",
-        "prior_z1.net.rest.0.weight", "prior_z1.net.rest.0.bias",
-    ]  # fmt: skip
+        "prior_z1.net.first.0.weight",
+        "prior_z1.net.first.0.bias",
+        "prior_z1.net.rest.0.weight",
+        "prior_z1.net.rest.0.bias",
+    ]
 
 
 def test_conv_architecture_keeps_the_parameter_names_of_existing_checkpoints():
     state = VAE(784, 40, (300, 300), image_shape=(1, 28, 28), arch="conv").state_dict()
     assert [k.rsplit(".", 1)[0] for k in state if k.endswith(".weight")] == [
-        "encoder.convs.0", "encoder.convs.2", "encoder.head.net.first.0",
-        "encoder.head.net.rest.0", "encoder.head.net.rest.2",
-        "decoder.head.first.0", "decoder.head.rest.0", "decoder.head.rest.2",
-        "decoder.deconvs.0", "decoder.deconvs.2",
-    ]  # fmt: skip
+        "encoder.convs.0",
+        "encoder.convs.2",
+        "encoder.head.net.first.0",
+        "encoder.head.net.rest.0",
+        "encoder.head.net.rest.2",
+        "decoder.head.first.0",
+        "decoder.head.rest.0",
+        "decoder.head.rest.2",
+        "decoder.deconvs.0",
+        "decoder.deconvs.2",
+    ]
 
 
 def test_gated_conv_architecture_gates_every_convolution_and_hidden_layer():
@@ -255,17 +277,30 @@ def test_gated_architecture_has_the_size_of_the_vamp_prior_papers_networks():
         gated_dense(40, 300) + gated_dense(300, 300) + linear(300, 784)
     )
     hierarchical = HierarchicalVAE(784, 40, (300, 300), arch="gated")
-    for net in (hierarchical.encoder, hierarchical.encoder_z1, hierarchical.decoder,
-                hierarchical.prior_z1):  # fmt: skip
+    for net in (
+        hierarchical.encoder,
+        hierarchical.encoder_z1,
+        hierarchical.decoder,
+        hierarchical.prior_z1,
+    ):
         assert sum(isinstance(m, nn.GLU) for m in net.modules()) == 2
         assert not any(isinstance(m, nn.ReLU) for m in net.modules())
 
 
 @pytest.mark.parametrize("model", ["vae", "hvae"])
 def test_gated_vae_and_hvae_with_vamp_prior_train_and_estimate(model, tmp_path, tiny_data):
-    config = TrainConfig(model=model, arch="gated", latent_dim=4, hidden_dims=(32, 32),
-                         batch_size=64, lr=3e-3, epochs=3, device="cpu", prior="vamp",
-                         prior_components=10)  # fmt: skip
+    config = TrainConfig(
+        model=model,
+        arch="gated",
+        latent_dim=4,
+        hidden_dims=(32, 32),
+        batch_size=64,
+        lr=3e-3,
+        epochs=3,
+        device="cpu",
+        prior="vamp",
+        prior_components=10,
+    )
     trained = train(config, tmp_path, data=tiny_data, progress=False, log=lambda line: None)
     losses = [row["train_loss"] for row in read_metrics(tmp_path)]
     assert losses[2] < losses[1] < losses[0]
@@ -283,23 +318,75 @@ def test_gated_models_train_and_evaluate_from_the_command_line(
     model, tmp_path, learnable_fashion_dir
 ):
     out = tmp_path / "run"
-    assert main(["train", "--model", model, "--arch", "gated", "--data-root",
-                 str(learnable_fashion_dir), "--subset", "100", "--epochs", "2", "--batch-size",
-                 "50", "--lr", "1e-2", "--latent-dim", "3", "--hidden-dim", "16", "16",
-                 "--device", "cpu", "--out", str(out), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                model,
+                "--arch",
+                "gated",
+                "--data-root",
+                str(learnable_fashion_dir),
+                "--subset",
+                "100",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "50",
+                "--lr",
+                "1e-2",
+                "--latent-dim",
+                "3",
+                "--hidden-dim",
+                "16",
+                "16",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "config.json").read_text())["arch"] == "gated"
     losses = [row["train_loss"] for row in read_metrics(out)]
     assert losses[1] < losses[0]
-    assert main(["evaluate", "--run", str(out), "--num-samples", "10", "--subset", "8",
-                 "--device", "cpu", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--run",
+                str(out),
+                "--num-samples",
+                "10",
+                "--subset",
+                "8",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads((out / "eval.json").read_text())
     assert result["model"] == model and result["num_examples"] == 8
     assert result["test_log_likelihood"] >= result["test_elbo"]
 
 
 def conv_config(**overrides) -> TrainConfig:
-    options = dict(arch="conv", latent_dim=4, hidden_dims=(32,), batch_size=64, lr=3e-3,
-                   epochs=2, device="cpu", prior="vamp", prior_components=10)  # fmt: skip
+    options = dict(
+        arch="conv",
+        latent_dim=4,
+        hidden_dims=(32,),
+        batch_size=64,
+        lr=3e-3,
+        epochs=2,
+        device="cpu",
+        prior="vamp",
+        prior_components=10,
+    )
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -328,16 +415,20 @@ def test_conv_vae_with_vamp_prior_trains_resumes_and_loads(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: TrainConfig(model="cvae", arch="conv"),
-         "--arch conv is available for --model vae and hvae; the cvae model's networks are MLPs"),
+        (
+            lambda: TrainConfig(model="cvae", arch="conv"),
+            "--arch conv is available for --model vae and hvae; the cvae model's networks are MLPs",
+        ),
         (lambda: TrainConfig(model="completion", arch="conv"), "available for --model vae and"),
         (lambda: TrainConfig(arch="resnet"), "unknown arch 'resnet'; choose one of: mlp, conv, ga"),
-        (lambda: TrainConfig(arch="conv", image_shape=(1, 30, 30)).build_vae(),
-         "divisible by 4, got 30x30; use --arch mlp"),
+        (
+            lambda: TrainConfig(arch="conv", image_shape=(1, 30, 30)).build_vae(),
+            "divisible by 4, got 30x30; use --arch mlp",
+        ),
         (lambda: VAE(64, 3, arch="conv"), r"needs the image shape \(channels, height, width\)"),
         (lambda: VAE(64, 3, image_shape=(1, 8, 9)), "holds 72 values, not data_dim=64"),
     ],
-)  # fmt: skip
+)
 def test_architecture_errors(build, message):
     with pytest.raises(ConfigError, match=message):
         build()

@@ -30,7 +30,7 @@ def _model(name: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         "vamp-prior": lambda: (VAE(16, 3, (8,), prior="vamp"), (X,)),
         "hvae": lambda: (HierarchicalVAE(16, 3, (8,)), (X,)),
         "label-cvae": lambda: (LabelCVAE(16, 3, 2, (8,)), (X, LABELS)),
-    }[name]()  # fmt: skip
+    }[name]()
 
 
 MODELS = ["vae", "vamp-prior", "hvae", "label-cvae", "completion-cvae"]
@@ -108,8 +108,10 @@ def test_the_objectives_read_nothing_on_the_host(model, objective, particles):
             Trace_ELBO().differentiable_loss(vae.model, vae.guide, *inputs)
 
 
-REGISTERED = [*(("prior", name) for name in PRIORS),
-              *(("likelihood", name) for name in LIKELIHOODS)]  # fmt: skip
+REGISTERED = [
+    *(("prior", name) for name in PRIORS),
+    *(("likelihood", name) for name in LIKELIHOODS),
+]
 
 
 @pytest.mark.parametrize(("kind", "name"), REGISTERED)

@@ -37,15 +37,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    options = dict(latent_dim=2, hidden_dims=(32,), batch_size=64, lr=3e-3, epochs=2,
-                   device="cpu", image_shape=(1, 8, 8))  # fmt: skip
+    options = dict(
+        latent_dim=2,
+        hidden_dims=(32,),
+        batch_size=64,
+        lr=3e-3,
+        epochs=2,
+        device="cpu",
+        image_shape=(1, 8, 8),
+    )
     options.update(overrides)
     return TrainConfig(**options)
 
 
 def inputs_for(vae: VAE, data, metrics=()) -> FigureInputs:
-    return FigureInputs.create(vae, data.test, data.test_labels, data.class_names,
-                               data.image_shape, list(metrics))  # fmt: skip
+    return FigureInputs.create(
+        vae, data.test, data.test_labels, data.class_names, data.image_shape, list(metrics)
+    )
 
 
 def plotted(fig, panel: int = 0) -> np.ndarray:
@@ -88,8 +96,15 @@ def test_plot_run_writes_every_figure_as_a_png(tmp_path, tiny_data, latent_dim):
     train(tiny_config(latent_dim=latent_dim), run, data=tiny_data, progress=False)
     paths = plot_run(run, data=tiny_data)
     assert paths == [run / "figures" / f"{name}.png" for name in FIGURES]
-    assert set(FIGURES) == {"reconstructions", "samples", "interpolation", "traversals",
-                            "latent", "manifold", "training"}  # fmt: skip
+    assert set(FIGURES) == {
+        "reconstructions",
+        "samples",
+        "interpolation",
+        "traversals",
+        "latent",
+        "manifold",
+        "training",
+    }
     for path in paths:
         check_png(path)
     # Same run, same seed: the figures are reproducible byte for byte.
@@ -108,13 +123,16 @@ def test_plot_run_rejects_data_of_another_shape(tmp_path, tiny_data):
 def test_figures_show_the_models_own_outputs(tmp_path, tiny_data):
     trained = train(tiny_config(epochs=5), tmp_path / "run", data=tiny_data, progress=False)
     untrained = tiny_config(seed=1).build_vae().eval()
-    inputs = {name: inputs_for(vae, tiny_data) for name, vae in
-              (("trained", trained), ("untrained", untrained))}  # fmt: skip
+    inputs = {
+        name: inputs_for(vae, tiny_data)
+        for name, vae in (("trained", trained), ("untrained", untrained))
+    }
 
     # Reconstructions: the right panel is exactly the model's reconstructions of the left.
     fig = reconstructions_figure(inputs["trained"], per_class=3)
-    shown = tiny_data.test[torch.cat([torch.nonzero(tiny_data.test_labels == c)[:3, 0]
-                                      for c in range(4)])]  # fmt: skip
+    shown = tiny_data.test[
+        torch.cat([torch.nonzero(tiny_data.test_labels == c)[:3, 0] for c in range(4)])
+    ]
     np.testing.assert_array_equal(plotted(fig, 0), image_grid(shown, (1, 8, 8), 3))
     np.testing.assert_allclose(
         plotted(fig, 1), image_grid(trained.reconstruct(shown), (1, 8, 8), 3)
@@ -155,8 +173,9 @@ def test_manifold_decodes_the_standard_normal_quantile_grid(tiny_data):
 
 
 def test_traversals_sweep_each_dimension_in_kl_order(tmp_path, tiny_data):
-    vae = train(tiny_config(latent_dim=3, epochs=5), tmp_path / "run", data=tiny_data,
-                progress=False)  # fmt: skip
+    vae = train(
+        tiny_config(latent_dim=3, epochs=5), tmp_path / "run", data=tiny_data, progress=False
+    )
     inputs = inputs_for(vae, tiny_data)
     fig = traversals_figure(inputs, steps=5, example=2)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
@@ -169,8 +188,9 @@ def test_traversals_sweep_each_dimension_in_kl_order(tmp_path, tiny_data):
             z = vae.encode(tiny_data.test[2:3])[0][0].clone()
             z[d] = value
             expected.append(vae.decode(z))
-    np.testing.assert_allclose(plotted(fig), image_grid(torch.stack(expected), (1, 8, 8), 5),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        plotted(fig), image_grid(torch.stack(expected), (1, 8, 8), 5), atol=1e-5
+    )
 
 
 def test_interpolation_rows_follow_straight_and_spherical_paths(tiny_data):
@@ -178,13 +198,17 @@ def test_interpolation_rows_follow_straight_and_spherical_paths(tiny_data):
     fig = interpolation_figure(inputs_for(vae, tiny_data), num_pairs=1, steps=3)
     a, b = (int(torch.nonzero(tiny_data.test_labels == c)[0, 0]) for c in (0, 1))
     za, zb = vae.encode(tiny_data.test[[a, b]])[0]
-    rows = [tiny_data.test[a], vae.decode(za), vae.decode((za + zb) / 2), vae.decode(zb),
-            tiny_data.test[b]]  # fmt: skip
+    rows = [
+        tiny_data.test[a],
+        vae.decode(za),
+        vae.decode((za + zb) / 2),
+        vae.decode(zb),
+        tiny_data.test[b],
+    ]
     half_angle = torch.acos(torch.cosine_similarity(za, zb, dim=0)) / 2
     mid = (za + zb) / (2 * torch.cos(half_angle))  # slerp at t = 1/2
     rows += [tiny_data.test[a], vae.decode(za), vae.decode(mid), vae.decode(zb), tiny_data.test[b]]
-    np.testing.assert_allclose(plotted(fig), image_grid(torch.stack(rows), (1, 8, 8), 5),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(plotted(fig), image_grid(torch.stack(rows), (1, 8, 8), 5), atol=1e-5)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["a → b, linear", "a → b, spherical"]
 
@@ -197,8 +221,9 @@ def test_non_gaussian_prior_uses_empirical_marginals(tiny_data):
     laplace = torch.distributions.Laplace(0.0, 1.0)
     probs = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
     quantiles = inputs.marginals.quantiles(probs)
-    torch.testing.assert_close(quantiles, laplace.icdf(probs)[:, None].expand(5, 2),
-                               atol=0.05, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        quantiles, laplace.icdf(probs)[:, None].expand(5, 2), atol=0.05, rtol=0
+    )
     torch.testing.assert_close(inputs.marginals.scale, torch.full((2,), 2**0.5), atol=0.05, rtol=0)
     # No spherical rows (their rationale is the Gaussian shell); every figure still draws.
     fig = interpolation_figure(inputs, num_pairs=2)
@@ -272,9 +297,26 @@ def test_plot_help_lists_its_options(capsys):
 @pytest.mark.skipif(not SYSTEM_COPY.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_train_plot_and_plot_write_the_figures_of_a_fashion_mnist_run(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--subset", "500", "--epochs", "1", "--latent-dim", "2", "--out",
-                 str(run), "--data-root", str(tmp_path / "data"), "--no-progress",
-                 "--plot"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--subset",
+                "500",
+                "--epochs",
+                "1",
+                "--latent-dim",
+                "2",
+                "--out",
+                str(run),
+                "--data-root",
+                str(tmp_path / "data"),
+                "--no-progress",
+                "--plot",
+            ]
+        )
+        == 0
+    )
     assert f"7 figures written to {run / 'figures'}" in capsys.readouterr().out
     for name in FIGURES:
         check_png(run / "figures" / f"{name}.png")
@@ -289,22 +331,29 @@ def test_readme_figures_exist_and_are_pngs():
     linked = re.findall(
         r"!\[[^\]]*\]\((docs/figures/[^)]+\.png)\)", (root / "README.md").read_text()
     )
-    assert {"docs/figures/samples.png", "docs/figures/reconstructions.png",
-            "docs/figures/manifold.png"} <= set(linked)  # fmt: skip
+    assert {
+        "docs/figures/samples.png",
+        "docs/figures/reconstructions.png",
+        "docs/figures/manifold.png",
+    } <= set(linked)
     for path in linked:
         check_png(root / path)
 
 
 def test_training_curves_of_an_iwae_run_show_the_bound_that_selects_its_best_epoch(tiny_data):
     vae = tiny_config().build_vae().eval()
-    rows = [{"epoch": 1, "train_loss": 30.0, "val_elbo": -32.0, "val_iwae": -31.0},
-            {"epoch": 2, "train_loss": 29.0, "val_elbo": -31.5, "val_iwae": -30.2}]  # fmt: skip
+    rows = [
+        {"epoch": 1, "train_loss": 30.0, "val_elbo": -32.0, "val_iwae": -31.0},
+        {"epoch": 2, "train_loss": 29.0, "val_elbo": -31.5, "val_iwae": -30.2},
+    ]
     curves = training_figure(inputs_for(vae, tiny_data, rows)).axes[0]
     shown = {line.get_label(): list(line.get_ydata()) for line in curves.lines}
     assert shown["validation −IWAE bound (selects the best epoch)"] == [31.0, 30.2]
     assert shown["train loss (−IWAE bound, running mean)"] == [30.0, 29.0]
     assert all(tick == int(tick) for tick in curves.get_xticks())  # whole epochs only
     plain = [{key: row[key] for key in ("epoch", "train_loss", "val_elbo")} for row in rows]
-    labels = [line.get_label() for line in training_figure(inputs_for(vae, tiny_data, plain))
-              .axes[0].lines]  # fmt: skip
+    labels = [
+        line.get_label()
+        for line in training_figure(inputs_for(vae, tiny_data, plain)).axes[0].lines
+    ]
     assert labels == ["train loss (−β-weighted ELBO, running mean)", "validation −ELBO"]

@@ -19,8 +19,9 @@ def make_prior(name: str, latent_dim: int, seed: int = 0):
     """The prior ``name`` with its parameters (and the encoder's) moved off their initial values."""
     torch.manual_seed(seed)
     encoder = MLPEncoder(3, (8,), latent_dim)
-    prior = build_prior(name, latent_dim=latent_dim, data_dim=3, encoder=encoder,
-                        options=OPTIONS.get(name))  # fmt: skip
+    prior = build_prior(
+        name, latent_dim=latent_dim, data_dim=3, encoder=encoder, options=OPTIONS.get(name)
+    )
     with torch.no_grad():
         for p in [*prior.parameters(), *encoder.parameters()]:
             p.add_(0.3 * torch.randn_like(p))
@@ -115,8 +116,12 @@ def test_normal_mixture_matches_torch_reference_in_every_batch_layout():
     # inside plates, as the model and the IW evaluator use it
     expanded = ours.expand((7, 6))
     assert expanded.batch_shape == (7, 6)
-    assert torch.allclose(expanded.log_prob(near_a_component), reference.log_prob(near_a_component),
-                          rtol=1e-5, atol=1e-4)  # fmt: skip
+    assert torch.allclose(
+        expanded.log_prob(near_a_component),
+        reference.log_prob(near_a_component),
+        rtol=1e-5,
+        atol=1e-4,
+    )
     assert torch.allclose(ours.mean, reference.mean, atol=1e-6)
     assert torch.allclose(ours.variance, reference.variance, atol=1e-5)
 
@@ -124,8 +129,9 @@ def test_normal_mixture_matches_torch_reference_in_every_batch_layout():
 def test_vamp_prior_shares_the_encoder_and_trains_it_once_with_svi():
     pyro.set_rng_seed(0)
     x = torch.bernoulli(torch.full((32, 20), 0.3))
-    vae = VAE(data_dim=20, latent_dim=4, hidden_dims=(16,), prior="vamp",
-              prior_options={"components": 8})  # fmt: skip
+    vae = VAE(
+        data_dim=20, latent_dim=4, hidden_dims=(16,), prior="vamp", prior_options={"components": 8}
+    )
     assert isinstance(vae.prior, VampPrior) and vae.prior.encoder is vae.encoder
     assert vae.prior.pseudo_inputs.shape == (8, 20)
     # one copy of the encoder in the checkpoint and in Pyro's parameter store
@@ -150,8 +156,11 @@ def test_build_prior_rejects_unknown_names_and_options():
     encoder = MLPEncoder(3, (8,), 2)
     with pytest.raises(ConfigError, match="unknown prior 'cauchy'; choose one of: normal, "):
         build_prior("cauchy", latent_dim=2, data_dim=3, encoder=encoder)
-    with pytest.raises(ConfigError, match=r"takes no option 'layers' \(--prior-layers\); "
-                                          "it applies to: flow"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"takes no option 'layers' \(--prior-layers\); "
+        "it applies to: flow",
+    ):
         build_prior("mog", latent_dim=2, data_dim=3, encoder=encoder, options={"layers": 2})
     with pytest.raises(ConfigError, match="at least 1 component"):
         build_prior("mog", latent_dim=2, data_dim=3, encoder=encoder, options={"components": 0})

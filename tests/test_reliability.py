@@ -80,8 +80,11 @@ def test_gradient_clipping_keeps_an_outlier_batch_from_stalling_training(
     clipped = val_elbos("outlier-clipped", 5.0, 4)
     assert clipped[-1] == pytest.approx(clean[-1], abs=0.2)
     assert [row["clipped_steps"] for row in read_metrics(tmp_path / "outlier-clipped")] == [
-        1, 0, 0, 0
-    ]  # fmt: skip
+        1,
+        0,
+        0,
+        0,
+    ]
 
 
 def test_nan_in_a_batch_is_caught_and_the_last_good_checkpoint_survives(
@@ -264,8 +267,14 @@ def test_resuming_a_finished_run_does_nothing_and_fewer_epochs_is_an_error(tmp_p
     quiet_train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data)
     before = (tmp_path / "run" / CHECKPOINT_FILE).read_bytes()
     lines = []
-    train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, resume=True, progress=False,
-          log=lines.append)  # fmt: skip
+    train(
+        tiny_config(epochs=1),
+        tmp_path / "run",
+        data=tiny_data,
+        resume=True,
+        progress=False,
+        log=lines.append,
+    )
     assert lines[-1].endswith("has already trained all 1 epochs")
     assert (tmp_path / "run" / CHECKPOINT_FILE).read_bytes() == before
     quiet_train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, resume=True)
@@ -308,37 +317,66 @@ def _set(*keys_and_value):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
-         "is corrupted or not a pyro-vae checkpoint"),
+        (
+            lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+            "is corrupted or not a pyro-vae checkpoint",
+        ),
         (lambda p: p.write_bytes(b"\x00" * 100), "is corrupted or not a pyro-vae checkpoint"),
         (lambda p: p.write_bytes(b""), "is corrupted or not a pyro-vae checkpoint"),
         (lambda p: torch.save([1, 2], p), "holds a list, not a pyro-vae checkpoint"),
         (_edit(lambda c: c.pop("model")), r"is incomplete \(missing model\)"),
-        (_edit(lambda c: c.update(step=3)),
-         r"is incomplete \(missing epoch_rng, loss_sum, seconds\)"),
+        (
+            _edit(lambda c: c.update(step=3)),
+            r"is incomplete \(missing epoch_rng, loss_sum, seconds\)",
+        ),
         (_set("format", 1), "has checkpoint format 1, this pyro-vae reads format 2"),
-        (_set("model", "decoder.net.0.weight", torch.zeros(3, 3)),
-         r"the model state in .* does not fit the configured model \(.*size mismatch"),
-        (_edit(lambda c: c["model"].pop("encoder.net.0.bias")),
-         r"the model state .* does not fit .*Missing key\(s\)"),
-        (_set("optimizer", "state", 0, "exp_avg", torch.zeros(2)),
-         r"the optimizer state .* does not fit .*exp_avg of parameter 0 has shape \(2,\)"),
-        (_set("model", "encoder.net.0.bias", torch.full((32,), float("nan"))),
-         "holds non-finite parameters"),
+        (
+            _set("model", "decoder.net.0.weight", torch.zeros(3, 3)),
+            r"the model state in .* does not fit the configured model \(.*size mismatch",
+        ),
+        (
+            _edit(lambda c: c["model"].pop("encoder.net.0.bias")),
+            r"the model state .* does not fit .*Missing key\(s\)",
+        ),
+        (
+            _set("optimizer", "state", 0, "exp_avg", torch.zeros(2)),
+            r"the optimizer state .* does not fit .*exp_avg of parameter 0 has shape \(2,\)",
+        ),
+        (
+            _set("model", "encoder.net.0.bias", torch.full((32,), float("nan"))),
+            "holds non-finite parameters",
+        ),
         (_set("rng", "torch", torch.zeros(3)), "random number generator state is damaged"),
         (_set("epoch", -1), "holds an impossible position: epoch -1, step 0"),
-        (_edit(lambda c: c.update(step=99, epoch_rng=c["rng"], loss_sum=torch.tensor(1.0),
-                                  seconds=0.0)), "holds an impossible position: epoch 1, step 99"),
-        (_edit(lambda c: c.update(step=3, epoch_rng={"torch": 1}, loss_sum=torch.tensor(1.0),
-                                  seconds=0.0)), "random number generator state is damaged"),
+        (
+            _edit(
+                lambda c: c.update(
+                    step=99, epoch_rng=c["rng"], loss_sum=torch.tensor(1.0), seconds=0.0
+                )
+            ),
+            "holds an impossible position: epoch 1, step 99",
+        ),
+        (
+            _edit(
+                lambda c: c.update(
+                    step=3, epoch_rng={"torch": 1}, loss_sum=torch.tensor(1.0), seconds=0.0
+                )
+            ),
+            "random number generator state is damaged",
+        ),
         (_set("num_train", 100), "trained on 100 images per epoch, the data has 512"),
-        (_set("config", "latent_dim", 7), "its configuration differs .*latent_dim: saved 7, "
-         "requested 4"),
-        (_set("config", "image_shape", [1, 4, 16]), r"images of shape \(1, 4, 16\), the data has "
-         r"\(1, 8, 8\)"),
+        (
+            _set("config", "latent_dim", 7),
+            "its configuration differs .*latent_dim: saved 7, requested 4",
+        ),
+        (
+            _set("config", "image_shape", [1, 4, 16]),
+            r"images of shape \(1, 4, 16\), the data has "
+            r"\(1, 8, 8\)",
+        ),
         (_set("config", "epochs", "many"), "holds an invalid configuration"),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_or_mismatched_checkpoint_is_a_clear_error_never_a_fresh_start(
     tmp_path, tiny_data, one_epoch_run, damage, message
 ):
@@ -368,9 +406,21 @@ def test_load_run_and_the_cli_report_a_damaged_checkpoint(tmp_path, one_epoch_ru
 #: Long enough that interrupts a tenth of a second apart land while a run trains, also on a
 #: fast machine (100 images in batches of 10: 10 steps an epoch).
 CLI_EPOCHS, CLI_STEPS_PER_EPOCH = 20, 10
-CLI_OPTIONS = ["--hidden-dim", "16", "--latent-dim", "2", "--batch-size", "10",
-               "--epochs", str(CLI_EPOCHS), "--seed", "3", "--device", "cpu",
-               "--no-progress"]  # fmt: skip
+CLI_OPTIONS = [
+    "--hidden-dim",
+    "16",
+    "--latent-dim",
+    "2",
+    "--batch-size",
+    "10",
+    "--epochs",
+    str(CLI_EPOCHS),
+    "--seed",
+    "3",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 #: One thread in every process, so that parameters compare bit for bit.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
@@ -397,9 +447,13 @@ def straight_cli_run(tmp_path_factory, shared_fashion_dir) -> tuple[Path, list[s
 
 #: ``python -m pyro_vae``, and the Fashion-MNIST script's runner of a pyro-vae command.
 PYRO_VAE = ("-m", "pyro_vae")
-SCRIPT_RUNNER = ("-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                 "from reproduce_fashion_mnist import _run; _run(sys.argv[2:], 1)",
-                 str(REPO / "scripts"), "pyro-vae")  # fmt: skip
+SCRIPT_RUNNER = (
+    "-c",
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from reproduce_fashion_mnist import _run; _run(sys.argv[2:], 1)",
+    str(REPO / "scripts"),
+    "pyro-vae",
+)
 
 
 def with_epochs(options: list[str], epochs: int) -> list[str]:
@@ -414,11 +468,21 @@ def start_training(
     return once it has written a checkpoint of its own."""
     started = time.time_ns()
     process = subprocess.Popen(
-        [sys.executable, *via, "train", *options, "--out", str(out),
-         *(["--resume"] if resume else [])],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            *via,
+            "train",
+            *options,
+            "--out",
+            str(out),
+            *(["--resume"] if resume else []),
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     checkpoint = out / CHECKPOINT_FILE
     while not (checkpoint.exists() and checkpoint.stat().st_mtime_ns >= started):
         assert process.poll() is None, process.stderr.read()

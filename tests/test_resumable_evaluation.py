@@ -17,17 +17,42 @@ from pyro_vae.runs import default_max_batch
 
 # 50 test images, 2 per chunk (max-batch 40 // K 20): 25 chunks.
 EVALUATE = ["--num-samples", "20", "--max-batch", "40", "--no-progress"]
-RESULT_KEYS = ("test_log_likelihood", "test_elbo", "test_kl", "log_likelihood_stderr",
-               "active_units", "num_examples", "epoch")  # fmt: skip
+RESULT_KEYS = (
+    "test_log_likelihood",
+    "test_elbo",
+    "test_kl",
+    "log_likelihood_stderr",
+    "active_units",
+    "num_examples",
+    "epoch",
+)
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, shared_fashion_dir) -> Path:
     """A one-epoch run on the fake Fashion-MNIST (tests copy it)."""
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    assert main(["train", "--batch-size", "20", "--epochs", "1", "--hidden-dim", "8",
-                 "--latent-dim", "2", "--data-root", str(shared_fashion_dir),
-                 "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--batch-size",
+                "20",
+                "--epochs",
+                "1",
+                "--hidden-dim",
+                "8",
+                "--latent-dim",
+                "2",
+                "--data-root",
+                str(shared_fashion_dir),
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -183,5 +208,6 @@ def test_default_max_batch_by_architecture_and_device():
 def test_reusing_chunks_needs_a_seed():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match="only be reused with a seed"):
-        estimate_log_likelihood(lambda x: None, lambda x: None, x, seed=None,
-                                done={0: {"ll": torch.zeros(2)}})  # fmt: skip
+        estimate_log_likelihood(
+            lambda x: None, lambda x: None, x, seed=None, done={0: {"ll": torch.zeros(2)}}
+        )

@@ -41,8 +41,9 @@ def test_every_prior_trains_evaluates_and_samples(tmp_path, tiny_data, prior, li
 
 
 def test_options_reach_the_classes_and_survive_the_run_directory(tmp_path, tiny_data):
-    config = tiny_config(epochs=1, prior="mog", prior_components=3, likelihood="gaussian",
-                         likelihood_scale="global")  # fmt: skip
+    config = tiny_config(
+        epochs=1, prior="mog", prior_components=3, likelihood="gaussian", likelihood_scale="global"
+    )
     train(config, tmp_path / "run", data=tiny_data, progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["prior_components"] == 3 and saved["likelihood_scale"] == "global"
@@ -54,8 +55,12 @@ def test_options_reach_the_classes_and_survive_the_run_directory(tmp_path, tiny_
 
 
 def test_vamp_prior_checkpoint_holds_one_encoder(tmp_path, tiny_data):
-    train(tiny_config(epochs=1, prior="vamp", prior_components=7), tmp_path / "run",
-          data=tiny_data, progress=False)  # fmt: skip
+    train(
+        tiny_config(epochs=1, prior="vamp", prior_components=7),
+        tmp_path / "run",
+        data=tiny_data,
+        progress=False,
+    )
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"]
     assert [k for k in state if k.startswith("prior.")] == ["prior.pseudo_inputs"]
     assert state["prior.pseudo_inputs"].shape == (7, 64)
@@ -76,14 +81,17 @@ def test_two_parameter_likelihoods_widen_the_decoder(tmp_path, tiny_data):
     [
         ({"prior_components": 0}, "prior-components must be positive"),
         ({"prior": "flow", "prior_layers": -1}, "prior-layers must be positive"),
-        ({"prior_components": 5}, r"the 'normal' prior takes no option 'components' "
-                                  r"\(--prior-components\); it applies to: mog, vamp"),
+        (
+            {"prior_components": 5},
+            r"the 'normal' prior takes no option 'components' "
+            r"\(--prior-components\); it applies to: mog, vamp",
+        ),
         ({"likelihood_scale": "0.1"}, "takes no option 'scale'"),
         ({"likelihood": "gaussian", "likelihood_scale": "wide"}, "per-pixel or global"),
         ({"likelihood": "beta", "likelihood_squeeze": 0.7}, r"must be in \[0, 0.5\)"),
         ({"likelihood": "poisson"}, "unknown likelihood 'poisson'; choose one of: bernoulli, "),
     ],
-)  # fmt: skip
+)
 def test_invalid_options_are_rejected_when_the_config_is_made(options, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**options)
@@ -97,18 +105,54 @@ def test_fixed_scale_given_as_text_round_trips():
 
 def test_cli_options_and_their_errors(tmp_path, fake_fashion_dir, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--data-root", str(fake_fashion_dir), "--subset", "100", "--epochs", "1",
-                 "--batch-size", "50", "--latent-dim", "3", "--hidden-dim", "16", "--prior", "flow",
-                 "--prior-layers", "1", "--likelihood", "discretized-logistic",
-                 "--binarize", "none", "--out", str(out), "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data-root",
+            str(fake_fashion_dir),
+            "--subset",
+            "100",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "50",
+            "--latent-dim",
+            "3",
+            "--hidden-dim",
+            "16",
+            "--prior",
+            "flow",
+            "--prior-layers",
+            "1",
+            "--likelihood",
+            "discretized-logistic",
+            "--binarize",
+            "none",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
     assert (saved["prior"], saved["prior_layers"]) == ("flow", 1)
     assert len(load_run(out).prior.layers) == 1
     capsys.readouterr()
 
-    code = main(["evaluate", "--run", str(out), "--num-samples", "20", "--subset", "10",
-                 "--device", "cpu", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--run",
+            str(out),
+            "--num-samples",
+            "20",
+            "--subset",
+            "10",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "eval.json").read_text())
     expected = -result["test_log_likelihood"] / (784 * math.log(2))
@@ -125,8 +169,14 @@ def test_cli_options_and_their_errors(tmp_path, fake_fashion_dir, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for option in ("--prior-components", "--prior-layers", "--likelihood-scale",
-                   "--likelihood-squeeze", "continuous-bernoulli", "vamp"):  # fmt: skip
+    for option in (
+        "--prior-components",
+        "--prior-layers",
+        "--likelihood-scale",
+        "--likelihood-squeeze",
+        "continuous-bernoulli",
+        "vamp",
+    ):
         assert option in text
 
 
@@ -143,8 +193,15 @@ def test_every_objective_works_with_every_prior(prior, objective):
 
 
 def test_conditional_models_take_priors_and_likelihoods_by_name(tiny_data):
-    cvae = tiny_config(model="cvae", prior="mog", prior_components=3, likelihood="gaussian",
-                       likelihood_scale="global", num_classes=4, image_shape=(1, 8, 8))  # fmt: skip
+    cvae = tiny_config(
+        model="cvae",
+        prior="mog",
+        prior_components=3,
+        likelihood="gaussian",
+        likelihood_scale="global",
+        num_classes=4,
+        image_shape=(1, 8, 8),
+    )
     cvae = cvae.build_vae()
     assert isinstance(cvae.prior.prior, MixturePrior) and cvae.prior.prior.loc.shape == (3, 4)
     x, y = cvae.batch_inputs(tiny_data.test[:8], tiny_data.test_labels[:8])

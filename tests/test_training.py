@@ -47,10 +47,15 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, tiny_data):
     straight = train(tiny_config(epochs=2), tmp_path / "a", data=tiny_data, progress=False)
 
     first = train(tiny_config(epochs=1), tmp_path / "b", data=tiny_data, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(params(first).values(),
-               params(load_run(tmp_path / "b")).values(), strict=True))  # fmt: skip
-    resumed = train(tiny_config(epochs=2), tmp_path / "b", data=tiny_data, resume=True,
-                    progress=False)  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            params(first).values(), params(load_run(tmp_path / "b")).values(), strict=True
+        )
+    )
+    resumed = train(
+        tiny_config(epochs=2), tmp_path / "b", data=tiny_data, resume=True, progress=False
+    )
 
     second_epoch = [read_metrics(tmp_path / run)[1]["train_loss"] for run in ("a", "b")]
     assert second_epoch[0] == second_epoch[1]
@@ -64,12 +69,22 @@ def test_existing_run_is_not_overwritten_and_resume_checks_config(tmp_path, tiny
     with pytest.raises(ConfigError, match="already holds a trained run"):
         train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
     with pytest.raises(CheckpointError, match="latent_dim: saved 4, requested 5"):
-        train(tiny_config(epochs=2, latent_dim=5), tmp_path / "run", data=tiny_data,
-              resume=True, progress=False)  # fmt: skip
+        train(
+            tiny_config(epochs=2, latent_dim=5),
+            tmp_path / "run",
+            data=tiny_data,
+            resume=True,
+            progress=False,
+        )
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
     # a run that spikes may be continued with clipping
-    train(tiny_config(epochs=2, clip_grad_norm=1.0), tmp_path / "run", data=tiny_data,
-          resume=True, progress=False)  # fmt: skip
+    train(
+        tiny_config(epochs=2, clip_grad_norm=1.0),
+        tmp_path / "run",
+        data=tiny_data,
+        resume=True,
+        progress=False,
+    )
     assert read_metrics(tmp_path / "run")[-1]["clipped_steps"] == 8
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         train(tiny_config(), tmp_path / "empty", data=tiny_data, resume=True, progress=False)
@@ -82,8 +97,12 @@ def test_beta_warmup_is_linear_and_positive(tmp_path, tiny_data):
     assert betas[19] == pytest.approx(2.0) and betas[29] == 2.0
     steps = [b2 - b1 for b1, b2 in zip(betas[:19], betas[1:20], strict=True)]
     assert steps == pytest.approx([0.1] * 19)
-    train(tiny_config(beta=2.0, warmup_epochs=2, epochs=3), tmp_path / "run", data=tiny_data,
-          progress=False)  # fmt: skip
+    train(
+        tiny_config(beta=2.0, warmup_epochs=2, epochs=3),
+        tmp_path / "run",
+        data=tiny_data,
+        progress=False,
+    )
     assert [row["beta"] for row in read_metrics(tmp_path / "run")] == [1.0, 2.0, 2.0]
 
 
@@ -98,8 +117,7 @@ def test_gradient_clipping_bounds_every_step_and_counts_the_clipped_ones(tmp_pat
     try:
         train(tiny_config(), tmp_path / "free", data=tiny_data, progress=False)
         free, norms[:] = list(norms), []
-        train(tiny_config(clip_grad_norm=0.5), tmp_path / "clipped", data=tiny_data,
-              progress=False)  # fmt: skip
+        train(tiny_config(clip_grad_norm=0.5), tmp_path / "clipped", data=tiny_data, progress=False)
     finally:
         hook.remove()
     limit = 0.5 * 64  # per example, times the batch size (the loss is summed over the batch)
@@ -156,15 +174,24 @@ def test_a_mismatched_guide_fails_before_training_with_pyros_message(tmp_path, t
     ("options", "described"),
     [
         ({}, "vae (mlp networks, normal prior, bernoulli likelihood)"),
-        ({"model": "cvae", "conditional_prior": True},
-         "cvae (mlp networks, learned conditional prior, bernoulli likelihood)"),
+        (
+            {"model": "cvae", "conditional_prior": True},
+            "cvae (mlp networks, learned conditional prior, bernoulli likelihood)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_run_starts_by_saying_what_it_trains_on_what(tmp_path, tiny_data, options, described):
     logs = []
-    vae = train(tiny_config(epochs=1, **options), tmp_path / "run", data=tiny_data,
-                progress=False, log=logs.append)  # fmt: skip
+    vae = train(
+        tiny_config(epochs=1, **options),
+        tmp_path / "run",
+        data=tiny_data,
+        progress=False,
+        log=logs.append,
+    )
     parameters = sum(p.numel() for p in vae.parameters())
-    assert logs[0] == (f"{described}: {parameters:,} parameters; 512 training and 128 "
-                       "validation images (1x8x8) on cpu")  # fmt: skip
+    assert logs[0] == (
+        f"{described}: {parameters:,} parameters; 512 training and 128 "
+        "validation images (1x8x8) on cpu"
+    )
     assert logs[1].startswith("epoch 1/1 ")

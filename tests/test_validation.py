@@ -40,8 +40,11 @@ def cli(argv, capsys) -> tuple[int, list[str]]:
 # (CLI options, the same as TrainConfig keyword arguments, expected message)
 CONFIG_ERRORS = [
     (["--latent-dim", "0"], {"latent_dim": 0}, "latent-dim must be positive, got 0"),
-    (["--hidden-dim", "400", "0"], {"hidden_dims": (400, 0)},
-     "hidden-dim widths must be positive, got [400, 0]"),
+    (
+        ["--hidden-dim", "400", "0"],
+        {"hidden_dims": (400, 0)},
+        "hidden-dim widths must be positive, got [400, 0]",
+    ),
     (["--epochs", "0"], {"epochs": 0}, "epochs must be positive, got 0"),
     (["--batch-size", "-5"], {"batch_size": -5}, "batch-size must be positive, got -5"),
     (["--particles", "0"], {"particles": 0}, "particles must be positive, got 0"),
@@ -51,11 +54,17 @@ CONFIG_ERRORS = [
     (["--warmup-epochs", "-1"], {"warmup_epochs": -1}, "warmup-epochs must be 0 or more"),
     (["--seed", "-1"], {"seed": -1}, "seed must be between 0 and 4294967295, got -1"),
     (["--subset", "0"], {"subset": 0}, "subset must be positive, got 0"),
-    (["--checkpoint-every", "-1"], {"checkpoint_every": -1},
-     "checkpoint-every must be 0 (only at epoch ends) or more, got -1"),
-    (["--objective", "iwae", "--beta", "2"], {"objective": "iwae", "beta": 2.0},
-     "--objective iwae has no separate KL term to scale"),
-]  # fmt: skip
+    (
+        ["--checkpoint-every", "-1"],
+        {"checkpoint_every": -1},
+        "checkpoint-every must be 0 (only at epoch ends) or more, got -1",
+    ),
+    (
+        ["--objective", "iwae", "--beta", "2"],
+        {"objective": "iwae", "beta": 2.0},
+        "--objective iwae has no separate KL term to scale",
+    ),
+]
 
 
 @pytest.mark.parametrize(("argv", "options", "message"), CONFIG_ERRORS)
@@ -133,30 +142,57 @@ def bad_data(tiny_data: ImageData, **changes) -> ImageData:
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        (lambda d: {"train": (d.train * 255).to(torch.uint8)}, TypeError,
-         r"train images are torch.uint8; convert them to floats in \[0, 1\]"),
-        (lambda d: {"train": d.train.reshape(-1, 1, 8, 8)}, ValueError,
-         r"train images have shape \(512, 1, 8, 8\), but image_shape \(1, 8, 8\) needs "
-         r"\(N, 64\).*images.flatten\(1\)"),
-        (lambda d: {"image_shape": (1, 28, 28)}, ValueError,
-         r"train images have shape \(512, 64\), but image_shape \(1, 28, 28\) needs \(N, 784\)"),
+        (
+            lambda d: {"train": (d.train * 255).to(torch.uint8)},
+            TypeError,
+            r"train images are torch.uint8; convert them to floats in \[0, 1\]",
+        ),
+        (
+            lambda d: {"train": d.train.reshape(-1, 1, 8, 8)},
+            ValueError,
+            r"train images have shape \(512, 1, 8, 8\), but image_shape \(1, 8, 8\) needs "
+            r"\(N, 64\).*images.flatten\(1\)",
+        ),
+        (
+            lambda d: {"image_shape": (1, 28, 28)},
+            ValueError,
+            r"train images have shape \(512, 64\), but image_shape \(1, 28, 28\) needs \(N, 784\)",
+        ),
         (lambda d: {"val": d.val[:, :60]}, ValueError, r"val images have shape \(128, 60\)"),
-        (lambda d: {"train_labels": d.train_labels[:10]}, ValueError,
-         "train has 512 images but labels of shape"),
-        (lambda d: {"train": d.train.index_fill(0, torch.tensor([3, 7]), float("nan"))},
-         ValueError, "train images contain 128 NaN or infinite values; clean or impute them"),
-        (lambda d: {"test": d.test.index_fill(1, torch.tensor([0]), float("inf"))},
-         ValueError, "test images contain 128 NaN or infinite values"),
-        (lambda d: {"val": d.val[:0], "val_labels": d.val_labels[:0]}, ValueError,
-         "val holds no images; training needs at least one"),
-        (lambda d: {"train": d.train * 2}, ValueError,
-         r"binarize=True draws Bernoulli\(pixel\) training images, which needs grey levels in "
-         r"\[0, 1\], but train ranges over \[2.9.*e-06, 1.79998\]; rescale the data or set "
-         "binarize=False"),
-        (lambda d: {"val": d.val.numpy()}, TypeError,
-         "ImageData.val must be a torch.Tensor, got ndarray"),
+        (
+            lambda d: {"train_labels": d.train_labels[:10]},
+            ValueError,
+            "train has 512 images but labels of shape",
+        ),
+        (
+            lambda d: {"train": d.train.index_fill(0, torch.tensor([3, 7]), float("nan"))},
+            ValueError,
+            "train images contain 128 NaN or infinite values; clean or impute them",
+        ),
+        (
+            lambda d: {"test": d.test.index_fill(1, torch.tensor([0]), float("inf"))},
+            ValueError,
+            "test images contain 128 NaN or infinite values",
+        ),
+        (
+            lambda d: {"val": d.val[:0], "val_labels": d.val_labels[:0]},
+            ValueError,
+            "val holds no images; training needs at least one",
+        ),
+        (
+            lambda d: {"train": d.train * 2},
+            ValueError,
+            r"binarize=True draws Bernoulli\(pixel\) training images, which needs grey levels in "
+            r"\[0, 1\], but train ranges over \[2.9.*e-06, 1.79998\]; rescale the data or set "
+            "binarize=False",
+        ),
+        (
+            lambda d: {"val": d.val.numpy()},
+            TypeError,
+            "ImageData.val must be a torch.Tensor, got ndarray",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_image_data_is_rejected(tiny_data, change, error, message):
     with pytest.raises(error, match=message):
         bad_data(tiny_data, **change(tiny_data))
@@ -164,8 +200,10 @@ def test_malformed_image_data_is_rejected(tiny_data, change, error, message):
 
 def test_data_outside_the_likelihood_domain_is_rejected(tmp_path, tiny_data):
     grey = bad_data(tiny_data, train=tiny_data.train * 2, binarize=False)
-    expected = (r"BernoulliLikelihood expects values in \[0, 1\], but the training images range "
-                r"over \[2.9.*e-06, 1.79998\]; rescale the data")  # fmt: skip
+    expected = (
+        r"BernoulliLikelihood expects values in \[0, 1\], but the training images range "
+        r"over \[2.9.*e-06, 1.79998\]; rescale the data"
+    )
     with pytest.raises(ConfigError, match=expected):
         train(tiny_config(), tmp_path / "run", data=grey, progress=False)
 
