@@ -2,25 +2,7 @@
 
 __version__ = "0.1.0"
 
-from pyro_vae.conditional import (  # noqa: E402
-    ClassConditionalNormal,
-    CompletionCVAE,
-    ConditionalPrior,
-    LabelCVAE,
-)
-from pyro_vae.config import MODELS, TrainConfig  # noqa: E402
-from pyro_vae.data import ImageData, load_images  # noqa: E402
-from pyro_vae.errors import (  # noqa: E402
-    CheckpointError,
-    ConfigError,
-    ConfigTypeError,
-    DatasetUnavailableError,
-    NumericalError,
-    PyroVAEError,
-    TrainingInterrupted,
-)
-from pyro_vae.hierarchical import HierarchicalVAE  # noqa: E402
-from pyro_vae.likelihoods import (  # noqa: E402
+from pyro_vae.components.likelihoods import (  # noqa: E402
     LIKELIHOODS,
     AutoregressiveBernoulli,
     AutoregressiveBernoulliLikelihood,
@@ -34,7 +16,7 @@ from pyro_vae.likelihoods import (  # noqa: E402
     Likelihood,
     bits_per_dim,
 )
-from pyro_vae.networks import (  # noqa: E402
+from pyro_vae.components.networks import (  # noqa: E402
     ARCHITECTURES,
     Architecture,
     ConvArchitecture,
@@ -44,7 +26,7 @@ from pyro_vae.networks import (  # noqa: E402
     MLPDecoder,
     MLPEncoder,
 )
-from pyro_vae.priors import (  # noqa: E402
+from pyro_vae.components.priors import (  # noqa: E402
     PRIORS,
     FlowPrior,
     LearnedNormal,
@@ -54,9 +36,27 @@ from pyro_vae.priors import (  # noqa: E402
     StandardNormal,
     VampPrior,
 )
+from pyro_vae.config import MODELS, TrainConfig  # noqa: E402
+from pyro_vae.core.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    ConfigTypeError,
+    DatasetUnavailableError,
+    NumericalError,
+    PyroVAEError,
+    TrainingInterrupted,
+)
+from pyro_vae.data.images import ImageData, load_images  # noqa: E402
+from pyro_vae.models.conditional import (  # noqa: E402
+    ClassConditionalNormal,
+    CompletionCVAE,
+    ConditionalPrior,
+    LabelCVAE,
+)
+from pyro_vae.models.hierarchical import HierarchicalVAE  # noqa: E402
+from pyro_vae.models.vae import VAE  # noqa: E402
 from pyro_vae.runs import load_run, read_config, read_metrics  # noqa: E402
-from pyro_vae.training import train  # noqa: E402
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.training.loop import train  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",

@@ -1,6 +1,6 @@
 """The ``pyro-vae`` command line: a thin layer over the library.
 
-Errors the user can fix (:class:`~pyro_vae.errors.PyroVAEError`, and bad
+Errors the user can fix (:class:`~pyro_vae.core.errors.PyroVAEError`, and bad
 arguments) are printed as one line on stderr with exit status 2, never as a
 traceback. An interrupted run (Ctrl-C, SIGTERM) exits with ``128 + signal``.
 """
@@ -13,9 +13,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
 
-from pyro_vae import __version__, distributed
-from pyro_vae.compare import comparison_table, summarize_runs
-from pyro_vae.conditional import OBSERVED_QUADRANT_CHOICES
+from pyro_vae import __version__
+from pyro_vae.analysis.compare import comparison_table, summarize_runs
+from pyro_vae.analysis.encoding import encode_run
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.networks import ARCHITECTURES
+from pyro_vae.components.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
 from pyro_vae.config import (
     BINARIZE_CHOICES,
     DATA_FIELDS,
@@ -25,22 +28,21 @@ from pyro_vae.config import (
     ON_NAN_CHOICES,
     TrainConfig,
 )
-from pyro_vae.data import DATASETS, DEFAULT_DATA_ROOT, SPLITS
-from pyro_vae.encoding import encode_run
-from pyro_vae.errors import PyroVAEError
-from pyro_vae.evaluation import DEFAULT_MAX_BATCH
-from pyro_vae.images import sample_run
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.networks import ARCHITECTURES
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.plots import (
+from pyro_vae.core import distributed
+from pyro_vae.core.errors import PyroVAEError
+from pyro_vae.data.images import DATASETS, DEFAULT_DATA_ROOT, SPLITS
+from pyro_vae.figures.plots import (
     check_png_path,
     comparison_figure,
     evaluation_figure,
     plot_run,
     save_png,
 )
-from pyro_vae.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
+from pyro_vae.figures.samples import sample_run
+from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
+from pyro_vae.inference.objectives import OBJECTIVES
+from pyro_vae.inference.schedules import LR_SCHEDULES
+from pyro_vae.models.conditional import OBSERVED_QUADRANT_CHOICES
 from pyro_vae.runs import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -53,8 +55,7 @@ from pyro_vae.runs import (
     read_config,
     read_options,
 )
-from pyro_vae.schedules import LR_SCHEDULES
-from pyro_vae.training import resolve_device, train
+from pyro_vae.training.loop import resolve_device, train
 
 DEFAULTS = TrainConfig()
 

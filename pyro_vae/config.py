@@ -11,22 +11,22 @@ from typing import Any
 
 import torch
 
-from pyro_vae.conditional import (
+from pyro_vae.components.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
+from pyro_vae.components.networks import ARCHITECTURES
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.core.errors import ConfigError, ConfigTypeError
+from pyro_vae.core.registry import check_options
+from pyro_vae.data.images import DATASETS, IMAGE_FILE_SUFFIX, ImageData, is_image_file, load_images
+from pyro_vae.inference.objectives import OBJECTIVES
+from pyro_vae.inference.schedules import LR_SCHEDULES
+from pyro_vae.models.conditional import (
     ClassConditionalNormal,
     CompletionCVAE,
     LabelCVAE,
     check_observed_quadrants,
 )
-from pyro_vae.data import DATASETS, IMAGE_FILE_SUFFIX, ImageData, is_image_file, load_images
-from pyro_vae.errors import ConfigError, ConfigTypeError
-from pyro_vae.hierarchical import HierarchicalVAE
-from pyro_vae.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
-from pyro_vae.networks import ARCHITECTURES
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.priors import PRIORS
-from pyro_vae.registry import check_options
-from pyro_vae.schedules import LR_SCHEDULES
-from pyro_vae.vae import VAE
+from pyro_vae.models.hierarchical import HierarchicalVAE
+from pyro_vae.models.vae import VAE
 
 BINARIZE_CHOICES = ("dynamic", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -132,7 +132,7 @@ class TrainConfig:
     """What to train and how. Saved as ``config.json`` in the run directory."""
 
     model: str = "vae"
-    #: Completion model: how many quadrants are observed (see pyro_vae.conditional).
+    #: Completion model: how many quadrants are observed (see pyro_vae.models.conditional).
     observed_quadrants: int = 1
     #: Label CVAE: learn p(z|y) per class instead of using --prior.
     conditional_prior: bool = False
@@ -141,7 +141,7 @@ class TrainConfig:
     binarize: str = "dynamic"
     latent_dim: int = 50
     hidden_dims: tuple[int, ...] = (400,)
-    #: Encoder/decoder family, a name in pyro_vae.networks.ARCHITECTURES (vae and hvae).
+    #: Encoder/decoder family, a name in pyro_vae.components.networks.ARCHITECTURES (vae and hvae).
     arch: str = "mlp"
     prior: str = "normal"
     #: Prior and likelihood options: field ``kind_option`` is ``--kind-option`` on the
@@ -160,7 +160,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     #: ``constant``, or ``plateau``: lr times ``lr_decay`` when the validation ELBO has
-    #: not improved for ``lr_patience`` epochs (see pyro_vae.schedules).
+    #: not improved for ``lr_patience`` epochs (see pyro_vae.inference.schedules).
     lr_schedule: str = "constant"
     lr_decay: float = 0.5
     lr_patience: int = 10
@@ -182,8 +182,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     #: ``stop``: stop at a non-finite step; ``rollback``: restore the last checkpoint, halve lr.
     on_nan: str = "stop"
-    #: On one GPU, replay each full-batch training step from a CUDA graph (pyro_vae.graphs):
-    #: the same computation without Pyro's Python on every step. False: run steps eagerly.
+    #: On one GPU, replay each full-batch training step from a CUDA graph
+    #: (pyro_vae.training.graphs): the same computation without Pyro's Python on every
+    #: step. False: run steps eagerly.
     cuda_graph: bool = True
     #: Fine-tuning: start from the model of another run (a run directory, whose ``best.pt``
     #: is used, or a checkpoint file) instead of a fresh initialization. The optimizer,

@@ -1,6 +1,6 @@
 """Run directories: ``config.json``, ``checkpoint.pt`` and ``metrics.jsonl``.
 
-Every file is written atomically (:func:`pyro_vae.files.atomic_write`), so a
+Every file is written atomically (:func:`pyro_vae.core.files.atomic_write`), so a
 crash at any moment leaves either the previous version or the new one, never a
 torn file. A checkpoint with a non-finite value is refused rather than written
 over a good one, and a checkpoint that is truncated, corrupted, incomplete or
@@ -10,7 +10,7 @@ A checkpoint is a dict with the keys of :data:`CHECKPOINT_KEYS`: the model's and
 optimizer's state, the position (``epoch`` epochs done and ``step`` steps into
 the next), the RNG state, the config, the metrics rows so far and the number of
 training images. Mid-epoch checkpoints (``step > 0``) also hold ``epoch_rng``,
-``loss_sum`` and ``seconds`` of the epoch in progress (see :mod:`pyro_vae.training`).
+``loss_sum`` and ``seconds`` of the epoch in progress (see :mod:`pyro_vae.training.loop`).
 """
 
 import hashlib
@@ -26,20 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from pyro_vae import distributed
+from pyro_vae.components.likelihoods import bits_per_dim
+from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import DATA_FIELDS, MODEL_FIELDS, TrainConfig, resolve_device
-from pyro_vae.data import SPLITS, ImageData, is_image_file, load_images
-from pyro_vae.errors import CheckpointError, ConfigError, NumericalError
-from pyro_vae.evaluation import (
+from pyro_vae.core import distributed
+from pyro_vae.core.errors import CheckpointError, ConfigError, NumericalError
+from pyro_vae.core.files import atomic_write
+from pyro_vae.data.images import SPLITS, ImageData, is_image_file, load_images
+from pyro_vae.inference.estimators import (
     DEFAULT_MAX_BATCH,
     ChunkResults,
     auroc,
     estimate_log_likelihood,
 )
-from pyro_vae.files import atomic_write
-from pyro_vae.likelihoods import bits_per_dim
-from pyro_vae.networks import ARCHITECTURES
-from pyro_vae.vae import VAE
+from pyro_vae.models.vae import VAE
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -518,9 +518,9 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
 
 def evaluation_stem(split: str = "test", dataset: str | None = None) -> str:
     """The name, without suffix, of the files that :func:`evaluate_run` writes for the
-    images of ``split`` (one of :data:`~pyro_vae.data.SPLITS`): ``eval`` for the test
+    images of ``split`` (one of :data:`~pyro_vae.data.images.SPLITS`): ``eval`` for the test
     images, ``eval_val``, ``eval_train``; of another dataset's (``dataset``: a
-    :data:`~pyro_vae.data.DATASETS` name or an image file), ``eval-mnist``,
+    :data:`~pyro_vae.data.images.DATASETS` name or an image file), ``eval-mnist``,
     ``eval-mnist_val``, ..., after the name or the file's stem."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
@@ -602,7 +602,7 @@ def read_examples(
 
 def detection_auroc(run_dir: str | Path, dataset: str) -> float | None:
     """How well the run's model tells its own test images from the test images of
-    ``dataset`` by their log-likelihood: :func:`~pyro_vae.evaluation.auroc` of the
+    ``dataset`` by their log-likelihood: :func:`~pyro_vae.inference.estimators.auroc` of the
     per-image estimates of ``evaluate`` and ``evaluate --dataset``. None unless both
     were evaluated, with per-image estimates, on the same saved model."""
     dataset = foreign_dataset(read_config(run_dir), dataset)
@@ -621,8 +621,8 @@ def detection_auroc(run_dir: str | Path, dataset: str) -> float | None:
 def default_max_batch(config: TrainConfig, device: torch.device) -> int:
     """(sample, image) pairs per evaluation pass when none is given: on a CPU, what ran
     fastest for the run's architecture
-    (:attr:`~pyro_vae.networks.Architecture.cpu_evaluation_batch`: 2,500 for ``conv``,
-    20,000 for the MLPs); elsewhere :data:`~pyro_vae.evaluation.DEFAULT_MAX_BATCH`."""
+    (:attr:`~pyro_vae.components.networks.Architecture.cpu_evaluation_batch`: 2,500 for ``conv``,
+    20,000 for the MLPs); elsewhere :data:`~pyro_vae.inference.estimators.DEFAULT_MAX_BATCH`."""
     if device.type == "cpu":
         return ARCHITECTURES[config.arch].cpu_evaluation_batch
     return DEFAULT_MAX_BATCH
@@ -686,19 +686,19 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Importance-weighted log-likelihood of a trained run; writes ``eval.json`` (test split),
     ``eval_val.json`` (validation) or ``eval_train.json`` (training images, binarized once:
-    :meth:`~pyro_vae.data.ImageData.evaluation_images`; against the test split, how much
+    :meth:`~pyro_vae.data.images.ImageData.evaluation_images`; against the test split, how much
     the model overfits) into the run directory and returns its contents, and the per-image
     estimates beside it (:func:`examples_path`).
 
     :param subset: evaluate the first ``subset`` images of the split only.
     :param dataset: score the images of another dataset (a
-        :data:`~pyro_vae.data.DATASETS` name or an image file, loaded and binarized as the
+        :data:`~pyro_vae.data.images.DATASETS` name or an image file, loaded and binarized as the
         run's own; found in ``data_root``, default the run's): how well the model tells
         its own kind of images from others (:func:`detection_auroc`). The files are named
         after it (:func:`evaluation_stem`: ``eval-mnist.json``, ...). Not for models
         conditioned on labels, which another dataset's labels do not fit.
     :param max_batch: (sample, image) pairs per pass, as in
-        :func:`~pyro_vae.evaluation.estimate_log_likelihood`; None:
+        :func:`~pyro_vae.inference.estimators.estimate_log_likelihood`; None:
         :func:`default_max_batch`.
     :param checkpoint: which saved model, as in :func:`load_run`.
     :param log: receives a line when an interrupted evaluation is continued.
@@ -708,7 +708,7 @@ def evaluate_run(
     the same result as an uninterrupted evaluation, and removes the file at the end.
 
     Launched by ``torchrun`` with several processes, the images are shared out
-    among them (see :func:`~pyro_vae.evaluation.estimate_log_likelihood`) and
+    among them (see :func:`~pyro_vae.inference.estimators.estimate_log_likelihood`) and
     rank 0 writes the file; the result equals a one-process run's with the same seed.
     """
     if num_samples <= 0 or (max_batch is not None and max_batch <= 0):

@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from pyro_vae import TrainConfig, load_images, load_run, train  # noqa: E402
 from pyro_vae.cli import main as cli_main  # noqa: E402
-from pyro_vae.data import DATASETS  # noqa: E402
+from pyro_vae.data.images import DATASETS  # noqa: E402
 from pyro_vae.runs import evaluate_run  # noqa: E402
 
 QUICK = ["--subset", "500", "--hidden-dim", "32", "--latent-dim", "4", "--no-progress"]

@@ -7,7 +7,7 @@ binarized Fashion-MNIST training images; the three ways run interleaved, one
 epoch each in turn (in an order rotated every epoch), and the median epoch time of
 each is reported, with the per-epoch ratios of back-to-back epochs:
 
-1. ``pyro-vae``: the training step `pyro-vae train` runs (`pyro_vae.training`);
+1. ``pyro-vae``: the training step `pyro-vae train` runs (`pyro_vae.training.loop`);
 2. ``pytorch``: the textbook hand-written VAE: closed-form Gaussian KL,
    ``binary_cross_entropy_with_logits``, ``torch.optim.Adam``, device tensors;
 3. ``pyro-example``: ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO())`` fed by
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, ImageData, TrainConfig, load_run, read_metrics, train
 from pyro_vae.config import resolve_device
-from pyro_vae.training import validation_bound
+from pyro_vae.training.loop import validation_bound
 
 DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 ROWS_MARKER = "<!-- scripts/benchmark.py appends rows above this line -->"

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae import TrainConfig, load_images, load_run, read_metrics, train
-from pyro_vae.evaluation import estimate_log_likelihood
-from pyro_vae.images import save_grid
-from pyro_vae.vae import VAE
+from pyro_vae.figures.samples import save_grid
+from pyro_vae.inference.estimators import estimate_log_likelihood
+from pyro_vae.models.vae import VAE
 
 QUADRANTS = (1, 2, 3)
 #: Label-conditional model runs: name -> options.

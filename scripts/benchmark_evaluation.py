@@ -23,12 +23,12 @@ import sys
 
 import torch
 
-from pyro_vae.evaluation import DEFAULT_MAX_BATCH
+from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
 
 MEMORY_PROBE = """
 import json, os, sys, threading, time
 from pyro_vae import load_run, read_config
-from pyro_vae.evaluation import estimate_log_likelihood
+from pyro_vae.inference.estimators import estimate_log_likelihood
 
 def rss_mib():
     with open("/proc/self/statm") as f:
@@ -72,7 +72,7 @@ def sweep_table(
     run: str, max_batches: list[int], num_images: int, num_samples: int, rounds: int
 ) -> list[str]:
     from pyro_vae import load_run, read_config
-    from pyro_vae.evaluation import estimate_log_likelihood
+    from pyro_vae.inference.estimators import estimate_log_likelihood
 
     vae = load_run(run)
     data = read_config(run).load_data()

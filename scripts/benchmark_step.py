@@ -7,13 +7,13 @@ to run. This isolates the step: in one process, the same 784-400-50 MLP and the
 same randomly ordered batches, blocks of ``--steps`` steps alternate between
 
 * ``pyro-vae-eager``: pyro-vae's step run eagerly, as `pyro-vae train` runs it on a CPU,
-  inside :func:`pyro_vae.training.training_steps`: the ``elbo`` objective
+  inside :func:`pyro_vae.training.loop.training_steps`: the ``elbo`` objective
   (ReparamTrace_ELBO) of the model/guide, backward, the loss read on the host and
   checked, fused Adam;
 * ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
   ``torch.optim.Adam``);
 * ``pyro-vae-cuda-graph`` (CUDA only): the same step recorded once in a CUDA graph and
-  replayed (:class:`pyro_vae.graphs.CapturedStep`), as `pyro-vae train` runs it on one
+  replayed (:class:`pyro_vae.training.graphs.CapturedStep`), as `pyro-vae train` runs it on one
   GPU: Pyro's Python (traces, handlers, distributions) runs only at capture.
 
 and the median time per step of each is printed with its ratio to ``pytorch``.
@@ -31,9 +31,9 @@ from benchmark import textbook_loss, textbook_optimizer  # scripts/ is on sys.pa
 
 from pyro_vae import VAE, TrainConfig
 from pyro_vae.config import resolve_device
-from pyro_vae.graphs import CapturedStep, skip_update_unless_finite
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.training import training_steps
+from pyro_vae.inference.objectives import OBJECTIVES
+from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
+from pyro_vae.training.loop import training_steps
 
 
 def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
@@ -44,7 +44,7 @@ def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
 def pyro_vae_steps(images: torch.Tensor, batch: int, graph: bool) -> Callable[[int, int], None]:
     """pyro-vae's step as `pyro-vae train` takes it: eagerly (the loss is read and checked
     before the update), or with ``graph`` replayed from a CUDA graph that skips the update
-    of a non-finite loss (:class:`~pyro_vae.graphs.CapturedStep`, as on one GPU)."""
+    of a non-finite loss (:class:`~pyro_vae.training.graphs.CapturedStep`, as on one GPU)."""
     vae = VAE().to(images.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True, capturable=graph)
     loss_fn = OBJECTIVES["elbo"](1)

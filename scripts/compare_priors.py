@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pyro_vae import PRIORS, TrainConfig, load_run, read_metrics, train
-from pyro_vae.evaluation import estimate_log_likelihood
+from pyro_vae.inference.estimators import estimate_log_likelihood
 
 
 def parse_args() -> argparse.Namespace:

@@ -50,8 +50,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.compare import summarize_run  # noqa: E402
-from pyro_vae.plots import draw_validation_curves  # noqa: E402
+from pyro_vae.analysis.compare import summarize_run  # noqa: E402
+from pyro_vae.figures.plots import draw_validation_curves  # noqa: E402
 from pyro_vae.runs import (  # noqa: E402
     BEST_FILE,
     CHECKPOINT_FILE,

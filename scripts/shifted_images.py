@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pyro_vae.data import DATASETS, load_images  # noqa: E402
+from pyro_vae.data.images import DATASETS, load_images  # noqa: E402
 
 #: Transforms of a batch of images (N, C, H, W), by name.
 TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -6,9 +6,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_vae.data import ImageData
-from pyro_vae.evaluation import log_importance_weights
-from pyro_vae.objectives import OBJECTIVES
+from pyro_vae.data.images import ImageData
+from pyro_vae.inference.estimators import log_importance_weights
+from pyro_vae.inference.objectives import OBJECTIVES
 
 # The test models are tiny: more threads only add overhead (much of it when other
 # processes share the cores) and make float results depend on the core count.

@@ -9,8 +9,8 @@ import torch
 from conftest import same_seed_log_weights
 
 from pyro_vae import CheckpointError, ImageData, TrainConfig, load_run, read_metrics, train
-from pyro_vae.likelihoods import AutoregressiveBernoulliLikelihood, BernoulliLikelihood
-from pyro_vae.networks import AutoregressiveLogits
+from pyro_vae.components.likelihoods import AutoregressiveBernoulliLikelihood, BernoulliLikelihood
+from pyro_vae.components.networks import AutoregressiveLogits
 from pyro_vae.runs import restore
 
 

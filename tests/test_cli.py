@@ -8,7 +8,7 @@ import pytest
 
 from pyro_vae import TrainConfig, __version__, read_config
 from pyro_vae.cli import main
-from pyro_vae.data import DATASETS
+from pyro_vae.data.images import DATASETS
 
 SYSTEM_COPY = DATASETS["fashion-mnist"].system_dirs[0]
 

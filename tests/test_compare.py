@@ -9,15 +9,15 @@ import pytest
 from PIL import Image
 
 from pyro_vae import CheckpointError, TrainConfig
-from pyro_vae.cli import main
-from pyro_vae.compare import (
+from pyro_vae.analysis.compare import (
     comparison_table,
     differing_options,
     paired_difference,
     summarize_run,
     summarize_runs,
 )
-from pyro_vae.plots import comparison_figure
+from pyro_vae.cli import main
+from pyro_vae.figures.plots import comparison_figure
 from pyro_vae.runs import save_config, write_metrics
 
 

@@ -13,17 +13,17 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae import ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.cli import main
-from pyro_vae.conditional import (
+from pyro_vae.components.networks import MultiInputMLP
+from pyro_vae.components.priors import PRIORS, StandardNormal
+from pyro_vae.data.images import DATASETS
+from pyro_vae.figures.samples import sample_run
+from pyro_vae.inference.estimators import estimate_log_likelihood, log_densities
+from pyro_vae.models.conditional import (
     ClassConditionalNormal,
     CompletionCVAE,
     LabelCVAE,
     quadrant_mask,
 )
-from pyro_vae.data import DATASETS
-from pyro_vae.evaluation import estimate_log_likelihood, log_densities
-from pyro_vae.images import sample_run
-from pyro_vae.networks import MultiInputMLP
-from pyro_vae.priors import PRIORS, StandardNormal
 
 SYSTEM_COPY = DATASETS["fashion-mnist"].system_dirs[0]
 

@@ -6,8 +6,8 @@ import torch
 from conftest import prototype_images
 
 from pyro_vae import ConfigError, DatasetUnavailableError, load_images, read_config, read_metrics
-from pyro_vae import data as data_module
 from pyro_vae.cli import main
+from pyro_vae.data import images as data_module
 
 
 @pytest.fixture

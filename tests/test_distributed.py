@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pyro_vae import TrainConfig, load_run, read_metrics, train
-from pyro_vae.evaluation import estimate_log_likelihood
+from pyro_vae.inference.estimators import estimate_log_likelihood
 from pyro_vae.runs import evaluate_run, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

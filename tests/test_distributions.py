@@ -1,4 +1,4 @@
-"""pyro_vae.distributions: the same densities as ``.to_event``, without the copy inside plates."""
+"""pyro_vae.components.distributions: the densities of ``.to_event``, without the copy in plates."""
 
 import pyro
 import pyro.distributions as dist
@@ -7,8 +7,8 @@ import torch
 from pyro import poutine
 
 from pyro_vae import VAE
-from pyro_vae.distributions import Independent, diagonal_normal
-from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood
+from pyro_vae.components.distributions import Independent, diagonal_normal
+from pyro_vae.components.likelihoods import LIKELIHOODS, build_likelihood
 
 
 def test_diagonal_normal_is_normal_to_event():

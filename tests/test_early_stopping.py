@@ -7,7 +7,7 @@ from test_training import params, tiny_config
 from pyro_vae import CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.cli import main
 from pyro_vae.runs import best_epoch, epochs_without_improvement
-from pyro_vae.training import validation_bound
+from pyro_vae.training.loop import validation_bound
 
 # lr 0.05 makes the validation ELBO of the tiny model stall and fluctuate within ~20 epochs.
 STALLING = dict(lr=0.05, epochs=40)

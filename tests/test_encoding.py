@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pyro_vae import ConfigError, load_images, load_run
+from pyro_vae.analysis.encoding import encode_run
 from pyro_vae.cli import main
-from pyro_vae.encoding import encode_run
 
 OPTIONS = [
     "--hidden-dim",

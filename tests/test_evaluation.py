@@ -15,11 +15,11 @@ from PIL import Image
 
 from pyro_vae import TrainConfig, load_run, train
 from pyro_vae.cli import main
-from pyro_vae.data import DATASETS
-from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import auroc, estimate_log_likelihood, log_importance_weights
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.plots import evaluation_figure
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.data.images import DATASETS
+from pyro_vae.figures.plots import evaluation_figure
+from pyro_vae.inference.estimators import auroc, estimate_log_likelihood, log_importance_weights
+from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.runs import detection_auroc, evaluation_stem, generalization_gap
 
 torch.manual_seed(0)

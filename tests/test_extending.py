@@ -7,9 +7,9 @@ import pytest
 import test_priors as prior_checks  # a module object, so pytest does not collect its tests here
 import torch
 
-from pyro_vae.likelihoods import LIKELIHOODS, build_likelihood
-from pyro_vae.networks import ARCHITECTURES, GATED_FULL_RESOLUTION
-from pyro_vae.priors import PRIORS
+from pyro_vae.components.likelihoods import LIKELIHOODS, build_likelihood
+from pyro_vae.components.networks import ARCHITECTURES, GATED_FULL_RESOLUTION
+from pyro_vae.components.priors import PRIORS
 
 DOC = Path(__file__).parents[1] / "docs" / "extending.md"
 

@@ -8,13 +8,13 @@ from conftest import make_tiny_data, prototype_images
 from test_reliability import assert_same_run, quiet_train, tiny_config
 
 from pyro_vae import ImageData, NumericalError, TrainConfig, read_metrics, train
-from pyro_vae import graphs as graphs_module
-from pyro_vae import training as training_module
 from pyro_vae.cli import build_parser
-from pyro_vae.distributed import SINGLE, World
-from pyro_vae.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
+from pyro_vae.core.distributed import SINGLE, World
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.training import uses_cuda_graphs
+from pyro_vae.training import graphs as graphs_module
+from pyro_vae.training import loop as training_module
+from pyro_vae.training.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
+from pyro_vae.training.loop import uses_cuda_graphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -15,11 +15,11 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae import TrainConfig, VampPrior, load_run, read_metrics, train
 from pyro_vae.cli import main
-from pyro_vae.evaluation import estimate_log_likelihood, log_densities
-from pyro_vae.hierarchical import HierarchicalVAE
-from pyro_vae.images import sample_run
-from pyro_vae.networks import ConvEncoder
-from pyro_vae.plots import FIGURES, plot_run
+from pyro_vae.components.networks import ConvEncoder
+from pyro_vae.figures.plots import FIGURES, plot_run
+from pyro_vae.figures.samples import sample_run
+from pyro_vae.inference.estimators import estimate_log_likelihood, log_densities
+from pyro_vae.models.hierarchical import HierarchicalVAE
 
 
 def tiny_config(**overrides) -> TrainConfig:

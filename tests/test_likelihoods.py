@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae import ConfigError
-from pyro_vae.likelihoods import (
+from pyro_vae.components.likelihoods import (
     LIKELIHOODS,
     DiscretizedLogistic,
     bits_per_dim,

@@ -17,8 +17,7 @@ from pyro_vae import (
     train,
 )
 from pyro_vae.cli import main
-from pyro_vae.evaluation import log_importance_weights
-from pyro_vae.networks import (
+from pyro_vae.components.networks import (
     ARCHITECTURES,
     GATED,
     GATED_FULL_RESOLUTION,
@@ -32,6 +31,7 @@ from pyro_vae.networks import (
     MultiInputMLP,
     mlp,
 )
+from pyro_vae.inference.estimators import log_importance_weights
 
 
 @pytest.mark.parametrize("batch_shape", [(5,), (3, 5)])

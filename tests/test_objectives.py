@@ -10,12 +10,12 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import VAE
-from pyro_vae.conditional import CompletionCVAE, LabelCVAE
-from pyro_vae.hierarchical import HierarchicalVAE
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.objectives import OBJECTIVES, ReparamTrace_ELBO
-from pyro_vae.priors import PRIORS
-from pyro_vae.training import training_steps
+from pyro_vae.components.likelihoods import LIKELIHOODS
+from pyro_vae.components.priors import PRIORS
+from pyro_vae.inference.objectives import OBJECTIVES, ReparamTrace_ELBO
+from pyro_vae.models.conditional import CompletionCVAE, LabelCVAE
+from pyro_vae.models.hierarchical import HierarchicalVAE
+from pyro_vae.training.loop import training_steps
 
 X = torch.bernoulli(torch.full((6, 16), 0.4), generator=torch.Generator().manual_seed(3))
 LABELS = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
@@ -99,7 +99,7 @@ def test_the_objectives_read_nothing_on_the_host(model, objective, particles):
     """No .item(), bool() or float() of a tensor in the loss or its backward pass, also
     with the KL weight as a tensor: on a GPU each read would wait for the device, and the
     training step could not be recorded as a CUDA graph, which passes the weight as a
-    tensor (pyro_vae.graphs). (Pyro's Trace_ELBO reads every site's log-density.)"""
+    tensor (pyro_vae.training.graphs). (Pyro's Trace_ELBO reads every site's log-density.)"""
     vae, inputs = _model(model)
     loss_fn = OBJECTIVES[objective](particles)
     with training_steps(vae), host_reads_forbidden():

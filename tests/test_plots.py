@@ -12,8 +12,8 @@ import torch
 
 from pyro_vae import VAE, ConfigError, Prior, TrainConfig, train
 from pyro_vae.cli import main
-from pyro_vae.data import DATASETS
-from pyro_vae.plots import (
+from pyro_vae.data.images import DATASETS
+from pyro_vae.figures.plots import (
     FIGURES,
     FigureInputs,
     image_grid,

@@ -8,8 +8,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import VAE, ConfigError
-from pyro_vae.networks import MLPEncoder
-from pyro_vae.priors import PRIORS, NormalMixture, VampPrior, build_prior
+from pyro_vae.components.networks import MLPEncoder
+from pyro_vae.components.priors import PRIORS, NormalMixture, VampPrior, build_prior
 
 #: Small settings so that each prior is quick, and non-trivial once perturbed.
 OPTIONS = {"mog": {"components": 3}, "vamp": {"components": 4}}

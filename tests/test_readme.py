@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_vae.data import DATASETS
+from pyro_vae.data.images import DATASETS
 
 README = Path(__file__).parents[1] / "README.md"
 

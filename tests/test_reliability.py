@@ -26,10 +26,10 @@ from pyro_vae import (
     read_metrics,
     train,
 )
-from pyro_vae import training as training_module
 from pyro_vae.cli import main
-from pyro_vae.errors import TrainingInterrupted
+from pyro_vae.core.errors import TrainingInterrupted
 from pyro_vae.runs import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
+from pyro_vae.training import loop as training_module
 
 REPO = Path(__file__).parents[1]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import pyro_vae.evaluation
+import pyro_vae.inference.estimators
 from pyro_vae import runs
 from pyro_vae.cli import main
+from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import TrainConfig
-from pyro_vae.evaluation import DEFAULT_MAX_BATCH, estimate_log_likelihood
-from pyro_vae.networks import ARCHITECTURES
+from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH, estimate_log_likelihood
 from pyro_vae.runs import default_max_batch
 
 # 50 test images, 2 per chunk (max-batch 40 // K 20): 25 chunks.
@@ -75,7 +75,7 @@ def interrupt_at(monkeypatch):
     """``interrupt_at(n)``: the n-th chunk evaluated from now on raises KeyboardInterrupt
     (as Ctrl-C would); returns the list whose length counts the chunks evaluated."""
     monkeypatch.setattr(runs, "EVALUATION_SAVE_SECONDS", 0.0)  # save after every chunk
-    real = pyro_vae.evaluation.log_densities
+    real = pyro_vae.inference.estimators.log_densities
     calls: list[None] = []
     stop = {"at": None}
 
@@ -85,7 +85,7 @@ def interrupt_at(monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pyro_vae.evaluation, "log_densities", counted)
+    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", counted)
 
     def arm(n: int | None) -> list[None]:
         calls.clear()
@@ -120,7 +120,7 @@ def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(
     """A pass too large for the device is a one-line error naming --max-batch; the chunks
     done are saved, and the same command continues from them to the uninterrupted result."""
     monkeypatch.setattr(runs, "EVALUATION_SAVE_SECONDS", 0.0)
-    real = pyro_vae.evaluation.log_densities
+    real = pyro_vae.inference.estimators.log_densities
     calls: list[None] = []
     fail = {"at": 5}
 
@@ -130,7 +130,7 @@ def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pyro_vae.evaluation, "log_densities", out_of_memory_at_the_fifth)
+    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", out_of_memory_at_the_fifth)
     assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 2
     error = capsys.readouterr().err
     assert "ran out of memory evaluating 40 (sample, image) pairs per pass" in error

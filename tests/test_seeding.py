@@ -1,6 +1,6 @@
 import torch
 
-from pyro_vae.seeding import derived_seed, seeded
+from pyro_vae.core.seeding import derived_seed, seeded
 
 
 def test_seeded_block_repeats_its_draws_and_leaves_the_outer_rng_alone():

@@ -9,10 +9,10 @@ from conftest import same_seed_log_weights
 
 from pyro_vae import VAE, ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.cli import main
-from pyro_vae.evaluation import log_importance_weights
-from pyro_vae.likelihoods import GaussianLikelihood
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.priors import PRIORS, MixturePrior
+from pyro_vae.components.likelihoods import GaussianLikelihood
+from pyro_vae.components.priors import PRIORS, MixturePrior
+from pyro_vae.inference.estimators import log_importance_weights
+from pyro_vae.inference.objectives import OBJECTIVES
 
 
 def tiny_config(**overrides) -> TrainConfig:

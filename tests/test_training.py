@@ -7,7 +7,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pyro_vae import VAE, CheckpointError, ConfigError, TrainConfig, load_run, read_metrics, train
 from pyro_vae.config import MODELS
-from pyro_vae.training import kl_weight
+from pyro_vae.training.loop import kl_weight
 
 
 def tiny_config(**overrides) -> TrainConfig:

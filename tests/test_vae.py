@@ -8,8 +8,8 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import VAE
-from pyro_vae.networks import MLPEncoder
-from pyro_vae.vae import without_param_statements
+from pyro_vae.components.networks import MLPEncoder
+from pyro_vae.models.vae import without_param_statements
 
 
 def traces(vae, x, beta=1.0):
@@ -130,7 +130,7 @@ def test_two_vaes_in_one_process_do_not_share_parameters():
 
 
 def test_bernoulli_log_prob_matches_torch_in_training_and_importance_sampling_shapes():
-    from pyro_vae.likelihoods import BernoulliLikelihood
+    from pyro_vae.components.likelihoods import BernoulliLikelihood
 
     logits = torch.randn(7, 3, 10)  # (particles, batch, pixels)
     x = torch.bernoulli(torch.full((3, 10), 0.4))

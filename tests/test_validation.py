@@ -18,8 +18,8 @@ from pyro_vae import (
     load_images,
     train,
 )
-from pyro_vae import data as data_module
 from pyro_vae.cli import main
+from pyro_vae.data import images as data_module
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -17,10 +17,10 @@ paper's :math:`p(z_2) = \frac1K \sum_k q_\phi(z_2 \mid u_k)`. The ELBO is
 .. math:: \mathbb E_q[\log p(x|z_1, z_2)] - \beta\,\mathbb E_q\Big[\log
           \frac{q(z_2|x)\,q(z_1|x, z_2)}{p(z_2)\,p(z_1|z_2)}\Big],
 
-with ``beta`` applied, as in :class:`~pyro_vae.vae.VAE`, by ``poutine.scale`` on
+with ``beta`` applied, as in :class:`~pyro_vae.models.vae.VAE`, by ``poutine.scale`` on
 both latent sites in the model and the guide. The Pyro sites are ``z2``, ``z1``
 and ``x``; the objectives and the importance-weighted estimator of
-:mod:`pyro_vae.evaluation` sum over all latent sites, so they need nothing
+:mod:`pyro_vae.inference.estimators` sum over all latent sites, so they need nothing
 specific to this model (the IW estimate is :math:`\log p(x)` with the whole
 guide as proposal).
 """
@@ -35,11 +35,11 @@ from pyro import poutine
 from pyro.nn import pyro_method
 from torch import nn
 
-from pyro_vae.distributions import diagonal_normal
-from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.networks import Architecture, MultiInputGaussian
-from pyro_vae.priors import Prior
-from pyro_vae.vae import VAE, image_shape_and_arch
+from pyro_vae.components.distributions import diagonal_normal
+from pyro_vae.components.likelihoods import Likelihood, build_likelihood
+from pyro_vae.components.networks import Architecture, MultiInputGaussian
+from pyro_vae.components.priors import Prior
+from pyro_vae.models.vae import VAE, image_shape_and_arch
 
 
 class HierarchicalVAE(VAE):
@@ -63,7 +63,7 @@ class HierarchicalVAE(VAE):
     (latents of shape ``(K, N, latent_dim)``) with image features computed once
     per image.
 
-    Parameters as in :class:`~pyro_vae.vae.VAE`.
+    Parameters as in :class:`~pyro_vae.models.vae.VAE`.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Image grids of samples: what ``pyro-vae sample`` writes.
 
-Each model class composes its own grid (:meth:`~pyro_vae.vae.VAE.sample_grid`):
+Each model class composes its own grid (:meth:`~pyro_vae.models.vae.VAE.sample_grid`):
 prior samples for the VAE, samples of one class or of every class for the label
 CVAE, completions of test images for the completion model. This module draws the
 samples of a run directory and saves the grid with torchvision.
@@ -13,10 +13,10 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from pyro_vae.config import resolve_device
-from pyro_vae.data import ImageData
-from pyro_vae.errors import ConfigError
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.seeding import seeded
+from pyro_vae.data.images import ImageData
 from pyro_vae.runs import load_run, read_config
-from pyro_vae.seeding import seeded
 
 
 def save_grid(

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from pyro_vae.config import resolve_device
-from pyro_vae.data import SPLITS, ImageData
-from pyro_vae.errors import ConfigError
-from pyro_vae.files import atomic_write
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.files import atomic_write
+from pyro_vae.data.images import SPLITS, ImageData
 from pyro_vae.runs import load_run, read_config
 
 

@@ -6,7 +6,7 @@ is needed, so copied records of runs work too) into a :class:`RunSummary`;
 :func:`comparison_table` puts several in a Markdown table naming the options they differ
 in, with each run's :func:`paired_difference` to a baseline where the per-image
 estimates allow. ``pyro-vae compare RUN...`` prints it and draws
-:func:`~pyro_vae.plots.comparison_figure`.
+:func:`~pyro_vae.figures.plots.comparison_figure`.
 """
 
 import math

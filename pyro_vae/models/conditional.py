@@ -1,6 +1,6 @@
 r"""Conditional VAEs: label-conditioned generation and structured-output completion.
 
-Both are :class:`~pyro_vae.vae.VAE` subclasses, so they share its model and guide,
+Both are :class:`~pyro_vae.models.vae.VAE` subclasses, so they share its model and guide,
 
 .. math:: z \mid c \sim p(z \mid c), \quad x \mid z, c \sim p_\theta(x \mid z, c), \qquad
           q_\phi(z \mid x, c),
@@ -32,13 +32,13 @@ from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from pyro_vae.data import ImageData
-from pyro_vae.distributions import diagonal_normal
-from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.networks import MultiInputGaussian, MultiInputMLP, mlp
-from pyro_vae.priors import Prior, build_prior
-from pyro_vae.vae import VAE
+from pyro_vae.components.distributions import diagonal_normal
+from pyro_vae.components.likelihoods import Likelihood, build_likelihood
+from pyro_vae.components.networks import MultiInputGaussian, MultiInputMLP, mlp
+from pyro_vae.components.priors import Prior, build_prior
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.data.images import ImageData
+from pyro_vae.models.vae import VAE
 
 #: Observed quadrants, as (row half, column half), in the order of Pyro's CVAE
 #: tutorial: 1 = bottom-left, 2 = + top-left, 3 = + top-right. Bottom-right is never observed.
@@ -65,7 +65,7 @@ class ConditionalPrior(PyroModule):
 
 
 class LabelIndependentPrior(ConditionalPrior):
-    r""":math:`p(z \mid y) = p(z)`: any unconditional :class:`~pyro_vae.priors.Prior`."""
+    r""":math:`p(z \mid y) = p(z)`: any unconditional :class:`~pyro_vae.components.priors.Prior`."""
 
     def __init__(self, prior: Prior):
         super().__init__(prior.latent_dim)
@@ -99,11 +99,11 @@ class LabelCVAE(VAE):
     estimates, the conditional log-likelihood :math:`\log p(x \mid y)`. Sampling
     with a chosen ``y`` draws images of that class.
 
-    :param prior: an unconditional :class:`~pyro_vae.priors.Prior` or its registry
+    :param prior: an unconditional :class:`~pyro_vae.components.priors.Prior` or its registry
         name (used as :math:`p(z|y) = p(z)`; options in ``prior_options``), or a
         :class:`ConditionalPrior` such as :class:`ClassConditionalNormal`; default N(0, I).
         A prior built on an encoder of x alone (the VampPrior) does not apply.
-    :param likelihood: a :class:`~pyro_vae.likelihoods.Likelihood` or its registry
+    :param likelihood: a :class:`~pyro_vae.components.likelihoods.Likelihood` or its registry
         name (options in ``likelihood_options``); default Bernoulli.
     :param encoder: ``(x, y) -> (loc, scale)``; default MLP over ``[x, y]``.
     :param decoder: ``(z, y) -> likelihood params``; default MLP over ``[z, y]``.
@@ -245,7 +245,7 @@ class CompletionCVAE(VAE):
     baseline's log-likelihood as an *auxiliary* observed site
     (``infer={"is_auxiliary": True}``): the training objectives add it, so the
     baseline trains jointly, while the estimators of
-    :mod:`pyro_vae.evaluation` leave it out, so the IW estimate with the
+    :mod:`pyro_vae.inference.estimators` leave it out, so the IW estimate with the
     recognition network as proposal is that of the CVAE alone,
 
     .. math:: \log p(x_m \mid x_o) = \log \mathbb E_{p_\psi(z|x_o)} p_\theta(x_m \mid z, x_o)

@@ -11,7 +11,7 @@ dynamically binarized data: a binarized image is one noisy draw from these pixel
 probabilities, so the grey image is what a reconstruction (a pixel probability) should be
 compared with, and it is a valid encoder input in [0, 1] (the mean of the binarization).
 
-Everything that depends on p(z) goes through the :class:`~pyro_vae.priors.Prior`
+Everything that depends on p(z) goes through the :class:`~pyro_vae.components.priors.Prior`
 interface, summarized per dimension by :func:`prior_marginals`:
 
 * when p(z) is a factorized Gaussian :math:`\prod_d \mathcal N(m_d, s_d^2)` (the
@@ -44,10 +44,12 @@ from PIL import Image
 from torch.distributions import Independent, Normal, kl_divergence
 from torchvision.utils import make_grid
 
-from pyro_vae.compare import RunSummary, baseline, paired_text
-from pyro_vae.data import ImageData, load_images
-from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import auroc
+from pyro_vae.analysis.compare import RunSummary, baseline, paired_text
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.seeding import seeded
+from pyro_vae.data.images import ImageData, load_images
+from pyro_vae.inference.estimators import auroc
+from pyro_vae.models.vae import VAE
 from pyro_vae.runs import (
     examples_path,
     foreign_dataset,
@@ -58,8 +60,6 @@ from pyro_vae.runs import (
     read_metrics,
     same_model,
 )
-from pyro_vae.seeding import seeded
-from pyro_vae.vae import VAE
 
 #: Prior draws used to summarize a non-Gaussian prior's marginals.
 NUM_PRIOR_SAMPLES = 20_000

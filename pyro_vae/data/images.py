@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torchvision import datasets
 
-from pyro_vae.errors import ConfigError, ConfigTypeError, DatasetUnavailableError
-from pyro_vae.files import atomic_write
+from pyro_vae.core.errors import ConfigError, ConfigTypeError, DatasetUnavailableError
+from pyro_vae.core.files import atomic_write
 
 #: Seed of the one-off binarization of validation and test images.
 EVAL_BINARIZATION_SEED = 0

@@ -11,7 +11,7 @@ example is ``loss / batch_size``):
   :math:`\sum_i \log \frac1K \sum_k w_{ik}`, per example. (Pyro's
   ``RenyiELBO(alpha=0)`` applies the log-mean-exp to the whole batch's summed
   weights instead, a much looser bound, so it is not used.) Auxiliary sites
-  (training-only terms, see :mod:`pyro_vae.evaluation`) are added outside the
+  (training-only terms, see :mod:`pyro_vae.inference.estimators`) are added outside the
   log-mean-exp, as the ELBOs add them.
 """
 
@@ -24,7 +24,7 @@ from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
-from pyro_vae.evaluation import log_densities
+from pyro_vae.inference.estimators import log_densities
 
 Objective = Callable[..., torch.Tensor]
 

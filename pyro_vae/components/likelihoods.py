@@ -27,10 +27,10 @@ from pyro.distributions.util import broadcast_shape
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.distributions import Independent, independent
-from pyro_vae.errors import ConfigError
-from pyro_vae.networks import AutoregressiveLogits
-from pyro_vae.registry import check_options, lookup
+from pyro_vae.components.distributions import Independent, independent
+from pyro_vae.components.networks import AutoregressiveLogits
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.registry import check_options, lookup
 
 #: Learned scales of location-scale likelihoods: the two modes, besides a fixed number.
 SCALE_MODES = ("per-pixel", "global")
@@ -430,7 +430,7 @@ class AutoregressiveBernoulli(dist.TorchDistribution):
               \qquad \ell_i = c_i + a_i(x_{<i}),
 
     with :math:`c` the ``logits`` (batch shape ``logits.shape[:-1]``) and :math:`a`
-    an :class:`~pyro_vae.networks.AutoregressiveLogits` network ``net``.
+    an :class:`~pyro_vae.components.networks.AutoregressiveLogits` network ``net``.
     ``log_prob`` is one pass of the network, once per image even when ``logits``
     hold many particles per image (``(K, B, D)`` against data ``(B, D)``);
     ``sample`` draws one pixel at a time. The mean has no closed form (figures use
@@ -472,7 +472,7 @@ class AutoregressiveBernoulliLikelihood(Likelihood):
 
     :math:`p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \sigma(c_i(z) + a_i(x_{<i})))`:
     the decoder's logits :math:`c(z)` say what the image is, an
-    :class:`~pyro_vae.networks.AutoregressiveLogits` network :math:`a` (one hidden
+    :class:`~pyro_vae.components.networks.AutoregressiveLogits` network :math:`a` (one hidden
     layer of 500 units by default) what neighbouring pixels say about each other,
     which a factorized decoder cannot express (PixelVAE-style models, Gulrajani et
     al. 2017, with a MADE for the PixelCNN). The two add in logit space, so

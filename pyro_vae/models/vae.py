@@ -15,7 +15,7 @@ Conditioning: ``model(x, *conditions)`` and ``guide(x, *conditions)`` pass extra
 tensors ``c`` (first dimension indexing examples, like ``x``) to the prior, the
 decoder and the encoder, which makes the same pair a conditional VAE
 :math:`p(z|c)\,p(x|z,c)`, :math:`q(z|x,c)`; the plain VAE has no conditions.
-The conditional models of :mod:`pyro_vae.conditional` are subclasses that
+The conditional models of :mod:`pyro_vae.models.conditional` are subclasses that
 choose the networks and say, in :meth:`VAE.batch_inputs`, what ``x`` and ``c``
 are for a batch of images.
 """
@@ -32,13 +32,13 @@ from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
 from torch import nn
 
-from pyro_vae.data import ImageData
-from pyro_vae.distributions import diagonal_normal
-from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.networks import ARCHITECTURES, Architecture
-from pyro_vae.priors import Prior, build_prior
-from pyro_vae.registry import lookup
+from pyro_vae.components.distributions import diagonal_normal
+from pyro_vae.components.likelihoods import Likelihood, build_likelihood
+from pyro_vae.components.networks import ARCHITECTURES, Architecture
+from pyro_vae.components.priors import Prior, build_prior
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.registry import lookup
+from pyro_vae.data.images import ImageData
 
 _instance_numbers = itertools.count()
 
@@ -86,7 +86,7 @@ def image_shape_and_arch(
     data_dim: int, image_shape: Sequence[int] | None, arch: Architecture | str
 ) -> tuple[tuple[int, ...], Architecture]:
     """``image_shape`` (default ``(data_dim,)``), checked to hold ``data_dim`` values, and
-    the :class:`~pyro_vae.networks.Architecture` that ``arch`` is or names."""
+    the :class:`~pyro_vae.components.networks.Architecture` that ``arch`` is or names."""
     shape = tuple(image_shape) if image_shape is not None else (data_dim,)
     if math.prod(shape) != data_dim:
         raise ConfigError(
@@ -106,17 +106,18 @@ class VAE(PyroModule):
     :param image_shape: shape of one example, e.g. ``(1, 28, 28)``, for architectures
         that need it (``arch="conv"``); default ``(data_dim,)``.
     :param arch: the family of the default encoder and decoder: an
-        :class:`~pyro_vae.networks.Architecture` or its name in
-        :data:`~pyro_vae.networks.ARCHITECTURES`; default ``"mlp"``
-        (:class:`~pyro_vae.networks.MLPEncoder`, :class:`~pyro_vae.networks.MLPDecoder`).
+        :class:`~pyro_vae.components.networks.Architecture` or its name in
+        :data:`~pyro_vae.components.networks.ARCHITECTURES`; default ``"mlp"``
+        (:class:`~pyro_vae.components.networks.MLPEncoder`,
+        :class:`~pyro_vae.components.networks.MLPDecoder`).
     :param encoder: ``x -> (loc, scale)``; default: built by ``arch``.
     :param decoder: ``z -> likelihood params``; default: built by ``arch``.
-    :param prior: a :class:`Prior`, or the name of one in :data:`~pyro_vae.priors.PRIORS`
+    :param prior: a :class:`Prior`, or the name of one in :data:`~pyro_vae.components.priors.PRIORS`
         (built with this VAE's encoder, so ``prior="vamp"`` is all a VampPrior takes);
         default ``"normal"``, N(0, I). Conditional subclasses pass a module whose
         ``forward(*conditions)`` gives p(z|c).
     :param likelihood: a :class:`Likelihood`, or the name of one in
-        :data:`~pyro_vae.likelihoods.LIKELIHOODS`; default ``"bernoulli"`` (logits).
+        :data:`~pyro_vae.components.likelihoods.LIKELIHOODS`; default ``"bernoulli"`` (logits).
     :param prior_options: options of a prior given by name, e.g. ``{"components": 50}``.
     :param likelihood_options: options of a likelihood given by name, e.g. ``{"scale": "global"}``.
 

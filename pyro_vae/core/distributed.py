@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

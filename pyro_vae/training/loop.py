@@ -1,18 +1,18 @@
 """The training loop behind ``pyro-vae train``.
 
 One step is the differentiable ELBO of the model/guide pair (by default
-:class:`~pyro_vae.objectives.ReparamTrace_ELBO`: Trace_ELBO's value and gradient
+:class:`~pyro_vae.inference.objectives.ReparamTrace_ELBO`: Trace_ELBO's value and gradient
 without its host reads) followed by a plain, fused ``torch.optim.Adam`` step over the
 VAE's parameters: the same objective as ``SVI(model, guide, pyro.optim.Adam,
 Trace_ELBO())`` without SVI's per-parameter optimizers. Data stays on the device as
 one tensor; batches are index slices of a fresh permutation each epoch. The loss is
 read on the host once per step, for the running loss and the finiteness check. On
 one GPU each full-batch step (objective, backward, clipping, update) is recorded
-once as a CUDA graph and replayed (:mod:`pyro_vae.graphs`): Pyro's Python then
+once as a CUDA graph and replayed (:mod:`pyro_vae.training.graphs`): Pyro's Python then
 runs at capture only, and the step costs about what a hand-written one does.
 
 After every epoch the validation ELBO (single sample, fixed seed) steps the
-learning-rate schedule (:mod:`pyro_vae.schedules`), and the model of the best
+learning-rate schedule (:mod:`pyro_vae.inference.schedules`), and the model of the best
 epoch so far is written to ``best.pt``; with ``patience`` training stops once
 the validation ELBO has not improved for that many epochs (early stopping), and
 ``load_run``/``evaluate`` then use ``best.pt``. A run trained on the IWAE bound
@@ -25,9 +25,9 @@ Nothing trained is lost:
   epoch and every ``checkpoint_every`` steps, so SIGKILL at any moment leaves
   one to resume from;
 * SIGINT/SIGTERM stop after the current step, save, and raise
-  :class:`~pyro_vae.errors.TrainingInterrupted`;
+  :class:`~pyro_vae.core.errors.TrainingInterrupted`;
 * a non-finite loss or gradient is caught and named with its step (see
-  :func:`nonfinite_update`); training stops with :class:`~pyro_vae.errors.NumericalError`
+  :func:`nonfinite_update`); training stops with :class:`~pyro_vae.core.errors.NumericalError`
   or, with ``on_nan="rollback"``, restores the last checkpoint and halves the
   learning rate;
 * resuming is exact, also from the middle of an epoch: a mid-epoch checkpoint
@@ -36,7 +36,7 @@ Nothing trained is lost:
   step is restored. On CPU a resumed run ends with the same parameters and
   metrics as an uninterrupted one.
 
-Under ``torchrun`` (:mod:`pyro_vae.distributed`) every rank draws the same
+Under ``torchrun`` (:mod:`pyro_vae.core.distributed`) every rank draws the same
 epoch images and permutation from the global RNG, takes rows ``rank::world_size``
 of each global batch, and sums its gradients with the other ranks' before the
 non-finite check; its latent noise comes from a per-(step, rank) seed inside
@@ -58,23 +58,24 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae import distributed, runs
+from pyro_vae import runs
 from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
-from pyro_vae.data import ImageData
-from pyro_vae.errors import (
+from pyro_vae.core import distributed
+from pyro_vae.core.errors import (
     CheckpointError,
     ConfigError,
     ConfigTypeError,
     NumericalError,
     TrainingInterrupted,
 )
-from pyro_vae.evaluation import bound_per_example
-from pyro_vae.files import remove_stale_temporaries
-from pyro_vae.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
-from pyro_vae.objectives import OBJECTIVES
-from pyro_vae.schedules import LR_SCHEDULES
-from pyro_vae.seeding import derived_seed, seeded
-from pyro_vae.vae import VAE, without_param_statements
+from pyro_vae.core.files import remove_stale_temporaries
+from pyro_vae.core.seeding import derived_seed, seeded
+from pyro_vae.data.images import ImageData
+from pyro_vae.inference.estimators import bound_per_example
+from pyro_vae.inference.objectives import OBJECTIVES
+from pyro_vae.inference.schedules import LR_SCHEDULES
+from pyro_vae.models.vae import VAE, without_param_statements
+from pyro_vae.training.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
 
 #: Seed of the validation ELBO's latent samples, so epochs and runs compare fairly.
 EVAL_SEED = 12345
@@ -119,7 +120,7 @@ def nonfinite_update(parameters: Sequence[torch.Tensor]) -> bool:
 
 
 def uses_cuda_graphs(config: TrainConfig, device: torch.device, world: distributed.World) -> bool:
-    """Whether the training steps are replayed from a CUDA graph (:mod:`pyro_vae.graphs`):
+    """Whether the training steps are replayed from a CUDA graph (:mod:`pyro_vae.training.graphs`):
     on one GPU, unless ``config.cuda_graph`` is off."""
     return config.cuda_graph and device.type == "cuda" and world.size == 1
 
@@ -135,7 +136,7 @@ def training_steps(vae: VAE) -> Iterator[None]:
     site matching, NaN scans) cost time on every step; :func:`check_model_and_guide`
     runs them once before training instead. The parameters are optimized by a
     torch optimizer, so Pyro's param statements are skipped too
-    (:func:`~pyro_vae.vae.without_param_statements`).
+    (:func:`~pyro_vae.models.vae.without_param_statements`).
     """
     with pyro.validation_enabled(False), without_param_statements(vae), warnings.catch_warnings():
         # Pyro's ELBOs (analytic-kl's TraceMeanField_ELBO) check the loss for NaN even
@@ -255,7 +256,7 @@ def train(
     :param resume: continue the run in ``out`` from its last checkpoint, also one
         taken mid-epoch (with RNG state restored, so the result is identical to an
         uninterrupted run on CPU). A missing, damaged or mismatched checkpoint is
-        a :class:`~pyro_vae.errors.CheckpointError`, never a silent fresh start.
+        a :class:`~pyro_vae.core.errors.CheckpointError`, never a silent fresh start.
     :param data: images to use instead of loading ``config.dataset``.
     :param progress: show a progress bar per epoch.
     :param log: receives the one-line summary of each epoch, and of each rollback.
@@ -264,7 +265,7 @@ def train(
     :raises TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
 
     Launched by ``torchrun`` with several processes, this trains one model
-    data-parallel (see :mod:`pyro_vae.distributed`); every rank gets the model.
+    data-parallel (see :mod:`pyro_vae.core.distributed`); every rank gets the model.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -701,7 +702,7 @@ class _Trainer:
 
         The graph updates the parameters before the host sees the loss, so a non-finite
         loss skips the update on the device
-        (:func:`~pyro_vae.graphs.skip_update_unless_finite`): the parameters stay those of
+        (:func:`~pyro_vae.training.graphs.skip_update_unless_finite`): the parameters stay those of
         the last good step, as when an eager step stops before its update.
         """
         if self.captured is None or self.captured_lr != self.lr:

@@ -6,7 +6,7 @@ their own (e.g. residual) networks:
 * encoder: ``x -> (loc, scale)``, both of shape ``batch + (latent_dim,)``, ``scale > 0``;
 * decoder: ``z -> params``, the raw parameters that the likelihood turns into p(x|z).
 
-Conditional models (:mod:`pyro_vae.conditional`) use the same signatures with
+Conditional models (:mod:`pyro_vae.models.conditional`) use the same signatures with
 several inputs, e.g. ``(x, y) -> (loc, scale)`` and ``(z, y) -> params``.
 
 The built-in families, fully connected (with ReLU or gated hidden layers, see
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from pyro.nn.auto_reg_nn import MaskedLinear, create_mask
 from torch import nn
 
-from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import DEFAULT_MAX_BATCH
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,7 @@ class Architecture:
     where the architecture allows) come as flat vectors. ``hidden_dims`` are the
     widths of the fully connected hidden layers in encoder order; decoders mirror
     them. ``extra_dims`` are the sizes of further vector inputs, such as an upper
-    latent layer (:mod:`pyro_vae.hierarchical`): the networks then take
+    latent layer (:mod:`pyro_vae.models.hierarchical`): the networks then take
     ``(x, *extras)`` and ``(z, *extras)``. To add one, subclass this and add an
     instance to :data:`ARCHITECTURES`.
     """

@@ -5,13 +5,13 @@ keyword options it accepts. By convention option ``o`` of a ``kind`` is the
 command-line flag ``--kind-o`` and the config field ``kind_o``
 (``--prior-components`` reaches a prior as ``components``). These checks turn
 a wrong name, or an option that does not apply, into a
-:class:`~pyro_vae.errors.ConfigError` that names the fix.
+:class:`~pyro_vae.core.errors.ConfigError` that names the fix.
 """
 
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.core.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -35,8 +35,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
-from pyro_vae.distributed import SINGLE, World
-from pyro_vae.seeding import derived_seed, seeded
+from pyro_vae.core.distributed import SINGLE, World
+from pyro_vae.core.seeding import derived_seed, seeded
 
 #: Default bound on particles x examples evaluated in one pass (bounds peak memory).
 DEFAULT_MAX_BATCH = 20_000
@@ -248,7 +248,7 @@ def estimate_log_likelihood(
         chunk of examples evaluated together is seeded by ``(seed, its first
         index)``, so an example's estimate does not depend on how the examples
         are split over ranks.
-    :param world: with several ranks (:mod:`pyro_vae.distributed`), rank ``r``
+    :param world: with several ranks (:mod:`pyro_vae.core.distributed`), rank ``r``
         evaluates chunks ``r, r + size, ...`` and the estimates are gathered, in
         order, on every rank: the same as one process with the same seed.
     :param done: results of chunks evaluated before, by the index of their first

@@ -24,9 +24,9 @@ from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.distributions import diagonal_normal
-from pyro_vae.errors import ConfigError
-from pyro_vae.registry import check_options, lookup
+from pyro_vae.components.distributions import diagonal_normal
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.registry import check_options, lookup
 
 #: Floor added to learned scales, so log-densities stay finite.
 MIN_SCALE = 1e-4

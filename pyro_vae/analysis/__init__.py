@@ -1,0 +1,1 @@
+"""What a trained run tells: comparisons of runs and latent codes of images."""

@@ -1,0 +1,1 @@
+"""Figures of runs: reconstructions, samples, latent maps, curves and comparisons."""

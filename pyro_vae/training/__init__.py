@@ -1,0 +1,1 @@
+"""Fitting a model and writing its run: the loop, its step execution and CUDA graphs."""
