@@ -27,6 +27,7 @@ from pyro_vae.config import (
     MODELS,
     ON_NAN_CHOICES,
     TrainConfig,
+    resolve_device,
 )
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import PyroVAEError
@@ -55,7 +56,7 @@ from pyro_vae.runs import (
     read_config,
     read_options,
 )
-from pyro_vae.training.loop import resolve_device, train
+from pyro_vae.training.fit import train
 
 DEFAULTS = TrainConfig()
 

@@ -3,7 +3,7 @@
 Times ``--steps`` training steps of the default 784-400-50 VAE (batch 128) with and
 without the per-step check (the loss read on the host and tested for NaN),
 interleaved in rounds so that load from other processes hits both alike; the
-parameter scan :func:`pyro_vae.training.loop.nonfinite_update` that runs before every
+parameter scan :func:`pyro_vae.training.guards.nonfinite_update` that runs before every
 checkpoint and after every epoch (and on the rare non-finite loss); and
 ``runs.save_checkpoint`` of the model with its Adam state.
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pyro_vae import TrainConfig, runs  # noqa: E402
 from pyro_vae.inference.objectives import OBJECTIVES  # noqa: E402
-from pyro_vae.training.loop import nonfinite_update  # noqa: E402
+from pyro_vae.training.guards import nonfinite_update  # noqa: E402
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ to run. This isolates the step: in one process, the same 784-400-50 MLP and the
 same randomly ordered batches, blocks of ``--steps`` steps alternate between
 
 * ``pyro-vae-eager``: pyro-vae's step run eagerly, as `pyro-vae train` runs it on a CPU,
-  inside :func:`pyro_vae.training.loop.training_steps`: the ``elbo`` objective
+  inside :func:`pyro_vae.training.guards.training_steps`: the ``elbo`` objective
   (ReparamTrace_ELBO) of the model/guide, backward, the loss read on the host and
   checked, fused Adam;
 * ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
@@ -33,7 +33,7 @@ from pyro_vae import VAE, TrainConfig
 from pyro_vae.config import resolve_device
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
-from pyro_vae.training.loop import training_steps
+from pyro_vae.training.guards import training_steps
 
 
 def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:

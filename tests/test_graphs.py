@@ -12,9 +12,9 @@ from pyro_vae.cli import build_parser
 from pyro_vae.core.distributed import SINGLE, World
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import graphs as graphs_module
-from pyro_vae.training import loop as training_module
+from pyro_vae.training import steps as steps_module
 from pyro_vae.training.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
-from pyro_vae.training.loop import uses_cuda_graphs
+from pyro_vae.training.steps import uses_cuda_graphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -76,8 +76,8 @@ class _UncapturedStep:
 @pytest.fixture
 def graph_branch_on_cpu(monkeypatch):
     """Train as on one GPU, with the step function called directly instead of replayed."""
-    monkeypatch.setattr(training_module, "uses_cuda_graphs", lambda *args: True)
-    monkeypatch.setattr(training_module, "CapturedStep", _UncapturedStep)
+    monkeypatch.setattr(steps_module, "uses_cuda_graphs", lambda *args: True)
+    monkeypatch.setattr(steps_module, "CapturedStep", _UncapturedStep)
     return _UncapturedStep
 
 
@@ -86,7 +86,7 @@ def test_the_graph_step_trains_as_the_eager_step_does(tmp_path, tiny_data, graph
     config = tiny_config(epochs=2, clip_grad_norm=5.0)
     quiet_train(config, tmp_path / "graph", data=tiny_data)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training_module, "uses_cuda_graphs", lambda *args: False)
+        patch.setattr(steps_module, "uses_cuda_graphs", lambda *args: False)
         quiet_train(config, tmp_path / "eager", data=tiny_data)
     assert_same_run(tmp_path / "graph", tmp_path / "eager")
     assert load_checkpoint(tmp_path / "graph")["optimizer"]["param_groups"][0]["capturable"]
@@ -108,7 +108,7 @@ def test_a_rollback_captures_the_step_again_at_the_halved_learning_rate(
 ):
     """The restored optimizer state and the new learning rate are not the captured ones."""
     captures: list[tuple[object, float]] = []  # (step, learning rate at its capture)
-    captured_step = training_module._Trainer._captured_step
+    captured_step = steps_module.StepRunner._captured_step
 
     def recorded(self):
         step = captured_step(self)
@@ -116,7 +116,7 @@ def test_a_rollback_captures_the_step_again_at_the_halved_learning_rate(
             captures.append((step, self.lr))
         return step
 
-    monkeypatch.setattr(training_module._Trainer, "_captured_step", recorded)
+    monkeypatch.setattr(steps_module.StepRunner, "_captured_step", recorded)
     faulty_objective(lambda call, loss: loss * float("nan") if call == 11 else None)
     lines: list[str] = []
     train(

@@ -15,7 +15,7 @@ from pyro_vae.components.priors import PRIORS
 from pyro_vae.inference.objectives import OBJECTIVES, ReparamTrace_ELBO
 from pyro_vae.models.conditional import CompletionCVAE, LabelCVAE
 from pyro_vae.models.hierarchical import HierarchicalVAE
-from pyro_vae.training.loop import training_steps
+from pyro_vae.training.guards import training_steps
 
 X = torch.bernoulli(torch.full((6, 16), 0.4), generator=torch.Generator().manual_seed(3))
 LABELS = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()

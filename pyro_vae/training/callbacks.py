@@ -1,0 +1,209 @@
+"""Callbacks: what happens around the training loop, attached to it through four hooks.
+
+The loop (:class:`~pyro_vae.training.loop.Trainer`) only runs steps and computes each
+epoch's metrics row; checkpoints, the best model, early stopping, the learning-rate
+schedule, the metrics file and the log line are callbacks, and so is anything a user
+adds through ``train(..., callbacks=[...])``. Callbacks run in order: those of
+:func:`~pyro_vae.train` first (in the order of :func:`default_callbacks`), then the
+user's, which therefore see the epoch's files already written.
+
+A callback that keeps state across a resume names it with ``state_key``: its
+:meth:`Callback.state_dict` is saved in every checkpoint under that key and handed back
+to :meth:`Callback.load_state_dict` when the run resumes or rolls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pyro_vae import runs
+from pyro_vae.inference.schedules import EpochScheduler
+
+if TYPE_CHECKING:
+    from pyro_vae.training.loop import Trainer
+
+
+class Callback:
+    """Base class of training callbacks; override the hooks you need.
+
+    Every hook receives the :class:`~pyro_vae.training.loop.Trainer`, whose attributes
+    ``config``, ``out`` (the run directory), ``vae``, ``optimizer``, ``data``,
+    ``metrics`` (the rows so far), ``world`` (``world.is_main`` on the rank that writes
+    files) and ``log`` are there to read; setting ``trainer.should_stop = True`` ends
+    training after the current epoch.
+    """
+
+    #: Key of this callback's state in checkpoints; None: it keeps no state.
+    state_key: str | None = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Training starts, or starts again from a checkpoint (resume, rollback); the
+        trainer's ``metrics`` are those of the epochs already done."""
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        """Optimizer step ``step`` (counted from 1 over the whole run) is done. Runs on
+        every step: keep it cheap, and read nothing from the device."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """An epoch ended; ``row`` is its metrics row, already in ``trainer.metrics``."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """Training ended normally (all epochs, or stopped early)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What to save in a checkpoint (see ``state_key``)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` saved."""
+
+
+class LRSchedule(Callback):
+    """Steps a learning-rate schedule (:mod:`pyro_vae.inference.schedules`) with each
+    epoch's validation score (:func:`~pyro_vae.runs.validation_score`)."""
+
+    state_key = "scheduler"
+
+    def __init__(self, scheduler: EpochScheduler):
+        self.scheduler = scheduler
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        self.scheduler.step(runs.validation_score(row))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+class BestModel(Callback):
+    """Writes the model of the best epoch so far to ``best.pt``: the one ``load_run`` and
+    ``evaluate`` use for a run with early stopping. It is written before the epoch's
+    checkpoint, so a crash in between retrains that epoch, identically."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        best = runs.best_epoch(trainer.metrics[:-1])
+        score = runs.validation_score(row)
+        if trainer.world.is_main and (best is None or score > runs.validation_score(best)):
+            state = {
+                "model": trainer.vae.state_dict(),
+                "epoch": row["epoch"],
+                "val_elbo": row["val_elbo"],
+                "config": trainer.config.to_dict(),
+            }
+            runs.save_checkpoint(trainer.out, state, file=runs.BEST_FILE)
+
+
+class Checkpointing(Callback):
+    """Writes the checkpoint at the end of every epoch and, with ``every``, every that
+    many optimizer steps within an epoch."""
+
+    def __init__(self, every: int = 0):
+        self.every = every
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        if self.every and step % self.every == 0 and not trainer.progress.finished:
+            trainer.save_checkpoint()
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        trainer.save_checkpoint()
+
+
+class MetricsFile(Callback):
+    """Keeps ``metrics.jsonl`` in the run directory: one line per epoch, rewritten from
+    the checkpoint's rows when training starts again from one."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if trainer.world.is_main:
+            runs.write_metrics(trainer.out, trainer.metrics)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if trainer.world.is_main:
+            runs.append_metrics(trainer.out, row)
+
+
+class EpochLog(Callback):
+    """Logs one line per epoch: losses, beta and time."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        spe = trainer.steps_per_epoch
+        trainer.log(
+            f"epoch {row['epoch']}/{trainer.config.epochs}  train_loss {row['train_loss']:.2f}  "
+            f"val_elbo {row['val_elbo']:.2f}"
+            + (f"  val_iwae {row['val_iwae']:.2f}" if "val_iwae" in row else "")
+            + f"  beta {row['beta']:.3g}  {row['seconds']:.1f}s"
+            + (f"  clipped {row['clipped_steps']}/{spe}" if "clipped_steps" in row else "")
+        )
+
+
+class EarlyStopping(Callback):
+    """Stops training once the validation score has not improved for ``patience`` epochs
+    (0: never). The best epoch's model is in ``best.pt`` (:class:`BestModel`)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self._check(trainer)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: Trainer) -> None:
+        metrics = trainer.metrics
+        if not metrics or metrics[-1]["epoch"] >= trainer.config.epochs:
+            return  # nothing left to stop
+        if runs.stopped_early(metrics, self.patience):
+            best = runs.best_epoch(metrics)
+            trainer.log(
+                f"early stopping after epoch {metrics[-1]['epoch']}: no better validation "
+                f"{runs.validation_name(best)} for {runs.epochs_without_improvement(metrics)} "
+                f"epochs; best {runs.validation_score(best):.2f} at epoch {best['epoch']} "
+                f"(in {trainer.out / runs.BEST_FILE})"
+            )
+            trainer.should_stop = True
+
+
+def default_callbacks(scheduler: EpochScheduler, checkpoint_every: int, patience: int) -> list:
+    """The callbacks every training run has, in the order they run."""
+    return [
+        LRSchedule(scheduler),
+        BestModel(),
+        Checkpointing(checkpoint_every),
+        MetricsFile(),
+        EpochLog(),
+        EarlyStopping(patience),
+    ]
+
+
+class CallbackList:
+    """Calls a hook on every callback in order; ``on_step_end`` only on those that
+    define it, since it runs on every step."""
+
+    def __init__(self, callbacks: Sequence[Callback]):
+        self.callbacks = list(callbacks)
+        self.stepping = [
+            c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end
+        ]
+
+    def call(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
+
+    def on_step_end(self, trainer: Trainer, step: int) -> None:
+        for callback in self.stepping:
+            callback.on_step_end(trainer, step)
+
+    def states(self) -> dict[str, Any]:
+        """Every stateful callback's state, by its ``state_key``."""
+        return {c.state_key: c.state_dict() for c in self.callbacks if c.state_key}
+
+    def load_states(self, checkpoint: dict[str, Any]) -> None:
+        for callback in self.callbacks:
+            if callback.state_key and checkpoint.get(callback.state_key):
+                callback.load_state_dict(checkpoint[callback.state_key])
+
+    def keys(self) -> list[str]:
+        return [c.state_key for c in self.callbacks if c.state_key]

@@ -1,0 +1,174 @@
+"""How one optimizer step runs: eagerly, or replayed from a CUDA graph on one GPU.
+
+A step is the loss of the model/guide pair on a batch, its gradient (summed over ranks
+under ``torchrun``), optional clipping, and the optimizer's update. Eager steps stop
+before the update so that the loop can check the loss on the host first; a graph's step
+has updated by then and skips the update on the device when the loss is not finite
+(:func:`~pyro_vae.training.graphs.skip_update_unless_finite`).
+"""
+
+import math
+import signal
+from collections.abc import Callable
+
+import torch
+
+from pyro_vae.config import TrainConfig
+from pyro_vae.core import distributed
+from pyro_vae.core.seeding import derived_seed, seeded
+from pyro_vae.models.vae import VAE
+from pyro_vae.training.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
+from pyro_vae.training.guards import StopSignals
+
+
+def uses_cuda_graphs(config: TrainConfig, device: torch.device, world: distributed.World) -> bool:
+    """Whether the training steps are replayed from a CUDA graph (:mod:`pyro_vae.training.graphs`):
+    on one GPU, unless ``config.cuda_graph`` is off."""
+    return config.cuda_graph and device.type == "cuda" and world.size == 1
+
+
+class StepRunner:
+    """Runs the training steps of ``vae`` with ``optimizer`` on ``loss_fn``.
+
+    :param log: told once when steps cannot be captured and run eagerly from then on.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        vae: VAE,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[..., torch.Tensor],
+        world: distributed.World,
+        device: torch.device,
+        log: Callable[[str], None],
+    ):
+        self.config, self.vae, self.optimizer, self.loss_fn = config, vae, optimizer, loss_fn
+        self.world, self.device, self.log = world, device, log
+        self.parameters = [p for p in vae.parameters() if p.requires_grad]
+        self.captures = uses_cuda_graphs(config, device, world)
+        self.reset()
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def reset(self) -> None:
+        """Forget the captured step: the optimizer's state tensors were replaced (a restore)."""
+        for group in self.optimizer.param_groups:  # Adam may be captured exactly when graphs are
+            group["capturable"] = self.captures
+        self.captured: CapturedStep | None = None
+        self.captured_lr = math.nan
+
+    def begin(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        beta: float,
+        batch_size: int,
+        global_step: int,
+        stop: StopSignals,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """Start a step: its loss, whether it was clipped, and whether :meth:`finish` must
+        still apply the update (an eager step) or the update is done (a replayed one)."""
+        replayed = self._replayed_step(inputs, beta, batch_size)
+        if replayed is None:
+            return self.gradient(inputs, beta, global_step, stop), None, True
+        return (*replayed, False)
+
+    def finish(self, batch_size: int) -> torch.Tensor | None:
+        """Clip the gradient (if configured) and take the optimizer step; return whether it
+        was clipped, as a device tensor (None without clipping)."""
+        clipped = self._clip(batch_size) if self.config.clip_grad_norm is not None else None
+        self.optimizer.step()
+        return clipped
+
+    def gradient(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        beta: float | torch.Tensor,
+        global_step: int,
+        stop: StopSignals | None,
+    ) -> torch.Tensor:
+        """The loss of the global batch (detached), its gradient in the parameters (summed
+        over ranks)."""
+        loss = self._loss(inputs, beta, global_step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return self._sum_over_ranks(loss.detach(), stop)
+
+    def _replayed_step(
+        self, inputs: tuple[torch.Tensor, ...], beta: float, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The step replayed from a CUDA graph: its loss and whether it was clipped (device
+        tensors); None where the step runs eagerly instead.
+
+        Graphs are used on a single GPU (``config.cuda_graph``) for full batches; a short
+        last batch runs eagerly, as does everything once a step cannot be captured (an
+        objective that reads values on the host, such as ``analytic-kl``'s NaN warning):
+        that is logged, and training goes on without graphs.
+        """
+        if not (self.captures and batch_size == self.config.batch_size):
+            return None
+        try:
+            return self._captured_step()(*inputs, torch.full((), beta, device=self.device))
+        except GraphCaptureError as error:
+            self.captures = False
+            self.log(f"training without CUDA graphs: the step could not be captured ({error})")
+            return None
+
+    def _captured_step(self) -> CapturedStep:
+        """The graph of a full-batch step at the current learning rate, which the fused Adam
+        update holds as a constant: a new one after the schedule changes it or a restore
+        replaces the optimizer's state tensors (:meth:`reset` drops the old one)."""
+        if self.captured is None or self.captured_lr != self.lr:
+            batch_size = self.config.batch_size
+
+            def step(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+                loss = self.gradient(tensors[:-1], tensors[-1], 0, None)
+                with skip_update_unless_finite(self.optimizer, loss):
+                    return loss, self.finish(batch_size)
+
+            self.captured, self.captured_lr = CapturedStep(step), self.lr
+        return self.captured
+
+    def _loss(
+        self, inputs: tuple[torch.Tensor, ...], beta: float | torch.Tensor, global_step: int
+    ) -> torch.Tensor:
+        """The objective summed over a batch (``inputs``: this rank's share of the global batch).
+
+        With several ranks the latent noise comes from a forked RNG seeded by (seed,
+        step, rank): the ranks draw different noise but consume the global RNG (the
+        epoch's images and order) identically. A rank whose share of a last, short
+        batch is empty contributes zero.
+        """
+        if self.world.size == 1:
+            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+        if inputs[0].shape[0] == 0:
+            return torch.zeros((), device=self.device, requires_grad=True)
+        seed = derived_seed(self.config.seed, global_step, self.world.rank)
+        with seeded(seed, self.device):
+            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+
+    def _clip(self, batch_size: int) -> torch.Tensor:
+        """Scale the gradient down to norm ``clip_grad_norm * batch_size`` when it is
+        larger: the loss is summed over the batch, so this bounds the gradient of the
+        per-example loss. Returns whether it was clipped, as a device tensor."""
+        limit = self.config.clip_grad_norm * batch_size
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, limit)
+        return norm > limit
+
+    def _sum_over_ranks(self, loss: torch.Tensor, stop: StopSignals | None) -> torch.Tensor:
+        """With several ranks: sum the loss, the gradients and the stop requests over ranks
+        (one all-reduce), so every rank takes the same step, sees the same non-finite check
+        and stops at the same step; return the global batch's loss."""
+        if self.world.size == 1:
+            return loss
+        for p in self.parameters:  # an empty last shard leaves gradients unset
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flags = torch.tensor([float(stop.received is not None)], device=loss.device)
+        total = loss.detach().reshape(1)
+        self.world.sum_([total, flags, *(p.grad for p in self.parameters)])
+        if flags.item() and stop.signum is None:
+            stop.signum = stop.received or signal.SIGTERM
+        return total[0]
