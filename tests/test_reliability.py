@@ -29,7 +29,7 @@ from pyro_vae import (
 from pyro_vae.cli import main
 from pyro_vae.core.errors import TrainingInterrupted
 from pyro_vae.runs import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from pyro_vae.training import loop as training_module
+from pyro_vae.training import callbacks as callbacks_module
 
 REPO = Path(__file__).parents[1]
 
@@ -180,7 +180,7 @@ def test_rollback_restores_the_checkpoint_and_halves_the_learning_rate(
     assert load_checkpoint(tmp_path / "run")["optimizer"]["param_groups"][0]["lr"] == 0.0015
     assert metrics[2]["train_loss"] < metrics[0]["train_loss"]
 
-    monkeypatch.setattr(training_module, "MAX_ROLLBACKS", 2)
+    monkeypatch.setattr(callbacks_module, "MAX_ROLLBACKS", 2)
     faulty_objective(lambda call, loss: loss * float("nan") if call >= 11 else None)
     with pytest.raises(NumericalError, match="gave up after 2 rollbacks"):
         quiet_train(config, tmp_path / "hopeless", data=tiny_data)

@@ -18,10 +18,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyro_vae import runs
+from pyro_vae.core.errors import ConfigError, NumericalError
 from pyro_vae.inference.schedules import EpochScheduler
 
 if TYPE_CHECKING:
     from pyro_vae.training.loop import Trainer
+
+#: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
+MAX_ROLLBACKS = 10
 
 
 class Callback:
@@ -50,6 +54,11 @@ class Callback:
 
     def on_train_end(self, trainer: Trainer) -> None:
         """Training ended normally (all epochs, or stopped early)."""
+
+    def on_fault(self, trainer: Trainer, fault: NumericalError) -> dict[str, Any] | None:
+        """A step was not finite and training stopped; return a checkpoint that the
+        callback restored (``trainer.restore``) to go on from, or None to let it end."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """What to save in a checkpoint (see ``state_key``)."""
@@ -166,7 +175,38 @@ class EarlyStopping(Callback):
             trainer.should_stop = True
 
 
-def default_callbacks(scheduler: EpochScheduler, checkpoint_every: int, patience: int) -> list:
+class Rollback(Callback):
+    """On a numerical fault that a smaller step may avoid, restores the last checkpoint
+    with half its learning rate and goes on; gives up after ``MAX_ROLLBACKS``."""
+
+    def __init__(self):
+        self.rollbacks, self.limit = 0, MAX_ROLLBACKS
+
+    def on_fault(self, trainer: Trainer, fault: NumericalError) -> dict[str, Any] | None:
+        if not fault.recoverable:
+            return None
+        if self.rollbacks == self.limit:
+            raise NumericalError(
+                f"{fault} (gave up after {self.limit} rollbacks, each halving the "
+                "learning rate; check the data and the model)",
+                recoverable=False,
+            ) from fault
+        self.rollbacks += 1
+        trainer.world.barrier()  # rank 0 has finished writing the checkpoint
+        checkpoint = runs.load_checkpoint(trainer.out, keys=runs.CHECKPOINT_KEYS)
+        for group in checkpoint["optimizer"]["param_groups"]:
+            group["lr"] /= 2
+        start = trainer.restore(checkpoint)
+        trainer.log(
+            f"{str(fault).partition(';')[0]}: rolled back to the checkpoint "
+            f"{trainer.saved_at} and halved the learning rate to {trainer.lr:.3g}"
+        )
+        return start
+
+
+def default_callbacks(
+    scheduler: EpochScheduler, checkpoint_every: int, patience: int, on_nan: str
+) -> list[Callback]:
     """The callbacks every training run has, in the order they run."""
     return [
         LRSchedule(scheduler),
@@ -175,6 +215,7 @@ def default_callbacks(scheduler: EpochScheduler, checkpoint_every: int, patience
         MetricsFile(),
         EpochLog(),
         EarlyStopping(patience),
+        *([Rollback()] if on_nan == "rollback" else []),
     ]
 
 
@@ -184,6 +225,9 @@ class CallbackList:
 
     def __init__(self, callbacks: Sequence[Callback]):
         self.callbacks = list(callbacks)
+        taken = set(self.keys()) & {*runs.CHECKPOINT_KEYS, *runs.MID_EPOCH_KEYS}
+        if taken:
+            raise ConfigError(f"callback state_key {sorted(taken)} is a checkpoint entry")
         self.stepping = [
             c for c in self.callbacks if type(c).on_step_end is not Callback.on_step_end
         ]
@@ -195,6 +239,15 @@ class CallbackList:
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         for callback in self.stepping:
             callback.on_step_end(trainer, step)
+
+    def recover(self, trainer: Trainer, fault: NumericalError) -> dict[str, Any]:
+        """The checkpoint the first callback that handles ``fault`` restored; ``fault``
+        itself when none does."""
+        for callback in self.callbacks:
+            start = callback.on_fault(trainer, fault)
+            if start is not None:
+                return start
+        raise fault
 
     def states(self) -> dict[str, Any]:
         """Every stateful callback's state, by its ``state_key``."""

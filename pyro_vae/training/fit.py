@@ -66,9 +66,8 @@ def train(
     :raises TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
 
     ``config`` is not changed: the run's configuration is a copy that also records the
-    data's image shape and number of classes. Launched by ``torchrun`` with several
-    processes, this trains one model data-parallel (see :mod:`pyro_vae.core.distributed`);
-    every rank gets the model.
+    data's image shape and number of classes. Under ``torchrun`` this trains one model
+    data-parallel (:mod:`pyro_vae.core.distributed`); every rank gets the model.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -76,16 +75,14 @@ def train(
     world, device = distributed.init(resolve_device(config.device))
     checkpoint = prepare_run_dir(out, config, resume)
     world.barrier()  # every rank has checked ``out`` before rank 0 writes to it
-    if world.is_main:
+    if world.is_main:  # left by a process killed while writing
         remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
     progress, rank_log = progress and world.is_main, world.main_only(log)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     data = training_data(config, data, device)
     config = with_data_facts(config, data, checkpoint, out)
-    vae = config.build_vae().to(device)
-    for name, images in (("training", data.train), ("validation", data.val)):
-        vae.likelihood.validate(images, f"the {name} images")
+    vae = _model(config, data, device)
     if checkpoint is None and config.init_from is not None:
         rank_log(f"initialized from {runs.initialize_from(vae, config)}")
     trainer = _trainer(config, out, vae, data, progress, rank_log, world, callbacks)
@@ -123,6 +120,14 @@ def with_data_facts(
     )
 
 
+def _model(config: TrainConfig, data: ImageData, device: torch.device) -> VAE:
+    """A new model of ``config`` on ``device``, its likelihood checked against the data."""
+    vae = config.build_vae().to(device)
+    for name, images in (("training", data.train), ("validation", data.val)):
+        vae.likelihood.validate(images, f"the {name} images")
+    return vae
+
+
 def _trainer(
     config: TrainConfig,
     out: Path,
@@ -144,7 +149,7 @@ def _trainer(
         decoupled_weight_decay=True,  # AdamW's decay
     )
     scheduler = LR_SCHEDULES[config.lr_schedule](optimizer, config.lr_decay, config.lr_patience)
-    built_in = default_callbacks(scheduler, config.checkpoint_every, config.patience)
+    built_in = default_callbacks(scheduler, config.checkpoint_every, config.patience, config.on_nan)
     return Trainer(config, out, vae, optimizer, data, progress, log, world, [*built_in, *callbacks])
 
 

@@ -13,6 +13,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -20,7 +21,7 @@ import torch
 
 from pyro_vae import runs
 from pyro_vae.core import distributed
-from pyro_vae.core.errors import ConfigError, NumericalError
+from pyro_vae.core.errors import ConfigError, NumericalError, TrainingInterrupted
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData
 from pyro_vae.models.vae import VAE, without_param_statements
@@ -126,7 +127,7 @@ def numerical_fault(
     where: str,
     loss: float,
     kept: str,
-    advice: str,
+    lr: float | None,
     batch: torch.Tensor | None = None,
     world: distributed.World = distributed.SINGLE,
 ) -> NumericalError:
@@ -135,7 +136,8 @@ def numerical_fault(
     is the data's fault, and no rollback can fix it.
 
     :param kept: where the last good checkpoint is, for the message.
-    :param advice: what to try, appended to the message of a fault the data did not cause.
+    :param lr: the learning rate, to advise a lower one; None: no advice (a rollback
+        lowers it).
     """
     bad_data = torch.zeros(1, device=batch.device if batch is not None else "cpu")
     if batch is not None:  # did any rank's share of the batch hold NaN? (every rank is here)
@@ -147,6 +149,21 @@ def numerical_fault(
             f"values; {kept}. Fix the data, then continue with --resume",
             recoverable=False,
         )
+    advice = (
+        f". Continue with --resume and a lower --lr (now {lr:g}), or with "
+        "--on-nan rollback to halve it automatically"
+        if lr is not None
+        else ""
+    )
     return NumericalError(
         f"non-finite {what} (loss {loss:g}) at {where}; training stopped and {kept}{advice}"
+    )
+
+
+def interrupted(signum: int, saved_at: str, path: Path) -> TrainingInterrupted:
+    """The error that ends a run stopped by ``signum`` after saving its checkpoint."""
+    return TrainingInterrupted(
+        f"stopped by {signal.Signals(signum).name} {saved_at}; the checkpoint is saved "
+        f"in {path}; continue with the same command plus --resume",
+        signum,
     )

@@ -47,7 +47,6 @@ every rank. Only rank 0 writes files, logs and shows progress.
 """
 
 import math
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,15 +59,17 @@ from tqdm.auto import tqdm
 from pyro_vae import runs
 from pyro_vae.config import TrainConfig
 from pyro_vae.core import distributed
-from pyro_vae.core.errors import CheckpointError, ConfigError, NumericalError, TrainingInterrupted
+from pyro_vae.core.errors import NumericalError
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData
 from pyro_vae.inference.estimators import bound_per_example
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.callbacks import Callback, CallbackList
+from pyro_vae.training.checkpointing import checkpoint_state, position, restore_state, set_rng
 from pyro_vae.training.guards import (
     StopSignals,
+    interrupted,
     nonfinite_update,
     numerical_fault,
     training_steps,
@@ -79,8 +80,6 @@ from pyro_vae.training.steps import StepRunner
 EVAL_SEED = 12345
 #: Progress-bar refresh interval in steps (each refresh reads the loss from the device).
 PROGRESS_EVERY = 20
-#: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
-MAX_ROLLBACKS = 10
 
 
 def kl_weight(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -124,6 +123,20 @@ class EpochProgress:
     steps_started: float = math.nan
     ended: bool = False  # its metrics row is computed
 
+    @classmethod
+    def resumed(cls, checkpoint: dict[str, Any], steps: int) -> "EpochProgress":
+        """The epoch in progress of a mid-epoch ``checkpoint``."""
+        return cls(
+            epoch=checkpoint["epoch"] + 1,
+            steps=steps,
+            epoch_rng=checkpoint["epoch_rng"],
+            step=checkpoint["step"],
+            loss_sum=float(checkpoint["loss_sum"]),
+            seconds=checkpoint["seconds"],
+            train_seconds=checkpoint.get("train_seconds", 0.0),
+            clipped=checkpoint.get("clipped_steps", 0),
+        )
+
     @property
     def finished(self) -> bool:
         """Whether all of the epoch's steps are done."""
@@ -141,31 +154,46 @@ class EpochProgress:
         }
 
 
-def check_position(checkpoint: dict[str, Any], path: Path, steps_per_epoch: int) -> None:
-    """Raise :class:`CheckpointError` if ``checkpoint``'s position cannot be resumed."""
-    done, step = checkpoint["epoch"], checkpoint["step"]
-    if not (
-        isinstance(done, int)
-        and isinstance(step, int)
-        and done >= 0
-        and 0 <= step <= steps_per_epoch
-    ):
-        raise CheckpointError(f"{path} holds an impossible position: epoch {done}, step {step}")
-    if step and not isinstance(checkpoint["loss_sum"], torch.Tensor):
-        raise CheckpointError(f"{path} holds no running loss for its epoch in progress")
-    bad = runs.nonfinite_entries({"model": checkpoint["model"]})
-    if bad:
-        raise CheckpointError(f"{path} holds non-finite parameters ({', '.join(bad[:3])})")
+def metrics_row(trainer: "Trainer") -> dict[str, Any]:
+    """The metrics row of the trainer's epoch, whose steps are done: the training loss,
+    the validation bounds (with the IWAE bound that selects models trained on it), beta,
+    the learning rate and the time."""
+    p, config, spe = trainer.progress, trainer.config, trainer.steps_per_epoch
+    vae, data = trainer.vae, trainer.data
+    val_inputs = vae.batch_inputs(data.val, data.val_labels)
+    row = {
+        "epoch": p.epoch,
+        "train_loss": p.loss_sum / trainer.num_train,
+        "val_elbo": validation_bound(vae, *val_inputs),
+        "beta": kl_weight(config, p.epoch * spe - 1, spe),
+        "lr": trainer.lr,
+        "seconds": p.seconds + time.perf_counter() - p.started,
+        # the training steps alone (no validation, no checkpoint): throughput
+        "train_seconds": p.train_seconds,
+    }
+    if config.objective == "iwae":
+        row["val_iwae"] = validation_bound(vae, *val_inputs, num_particles=config.particles)
+    if config.clip_grad_norm is not None:
+        row["clipped_steps"] = int(p.clipped)
+    return row
+
+
+def progress_bar(progress: EpochProgress, epochs: int, show: bool) -> tqdm:
+    """The progress bar of an epoch's steps (silent unless ``show``)."""
+    return tqdm(
+        total=progress.steps,
+        initial=progress.step,
+        desc=f"epoch {progress.epoch}/{epochs}",
+        leave=False,
+        disable=not show,
+        unit="step",
+    )
 
 
 class Trainer:
     """The loop over epochs and steps, and the checkpoints that let it stop and resume.
-
-    Everything around the loop is a :class:`~pyro_vae.training.callbacks.Callback`;
-    the trainer calls them and holds what they read: ``config``, ``out``, ``vae``,
-    ``optimizer``, ``data``, ``metrics``, ``world``, ``log`` and ``progress`` (the epoch
-    in progress, an :class:`EpochProgress`).
-    """
+    Everything around the loop is a :class:`~pyro_vae.training.callbacks.Callback`, which
+    reads the trainer's attributes (``progress``: the :class:`EpochProgress`)."""
 
     def __init__(
         self,
@@ -191,9 +219,6 @@ class Trainer:
         self.should_stop = False
         self.saved_at = ""  # where the checkpoint on disk stands, for messages
         self.callbacks = CallbackList(callbacks)
-        taken = set(self.callbacks.keys()) & {*runs.CHECKPOINT_KEYS, *runs.MID_EPOCH_KEYS}
-        if taken:
-            raise ConfigError(f"callback state_key {sorted(taken)} is a checkpoint entry")
 
     @property
     def checkpoint_path(self) -> Path:
@@ -204,9 +229,9 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def run(self, start: dict[str, Any]) -> None:
-        """Train from ``start`` (see :meth:`start`, :meth:`restore`) to ``config.epochs``;
-        with ``on_nan="rollback"``, a numerical fault restarts from the last checkpoint."""
-        rollbacks = 0
+        """Train from ``start`` (see :meth:`start`, :meth:`restore`) to ``config.epochs``.
+        A numerical fault goes to the callbacks' ``on_fault``; one of them may restore a
+        checkpoint to go on from (:class:`~pyro_vae.training.callbacks.Rollback`)."""
         while True:
             try:
                 with StopSignals(synced=self.world.size > 1) as stop, training_steps(self.vae):
@@ -214,29 +239,7 @@ class Trainer:
                 self.callbacks.call("on_train_end", self)
                 return
             except NumericalError as fault:
-                if self.config.on_nan != "rollback" or not fault.recoverable:
-                    raise
-                if rollbacks == MAX_ROLLBACKS:
-                    raise NumericalError(
-                        f"{fault} (gave up after {MAX_ROLLBACKS} rollbacks, each halving the "
-                        "learning rate; check the data and the model)",
-                        recoverable=False,
-                    ) from fault
-                rollbacks += 1
-                start = self._roll_back(fault)
-
-    def _roll_back(self, fault: NumericalError) -> dict[str, Any]:
-        """Restore the last checkpoint with half its learning rate; return it as the start."""
-        self.world.barrier()  # rank 0 has finished writing the checkpoint
-        checkpoint = runs.load_checkpoint(self.out, keys=runs.CHECKPOINT_KEYS)
-        for group in checkpoint["optimizer"]["param_groups"]:
-            group["lr"] /= 2
-        start = self.restore(checkpoint)
-        self.log(
-            f"{str(fault).partition(';')[0]}: rolled back to the checkpoint "
-            f"{self.saved_at} and halved the learning rate to {self.lr:.3g}"
-        )
-        return start
+                start = self.callbacks.recover(self, fault)
 
     def start(self) -> dict[str, Any]:
         """Save the untrained state, so that there is a checkpoint from the very first step."""
@@ -247,25 +250,9 @@ class Trainer:
     def restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """Load a checkpoint's model, optimizer, RNG, metrics and callback states; return it
         as the start."""
-        path, done, step = self.checkpoint_path, checkpoint["epoch"], checkpoint["step"]
-        if checkpoint["num_train"] != self.num_train:
-            raise CheckpointError(
-                f"cannot resume {self.out}: it was trained on {checkpoint['num_train']} images "
-                f"per epoch, the data has {self.num_train}; use the same data"
-            )
-        check_position(checkpoint, path, self.steps_per_epoch)
-        if step:  # checked here, used by _epoch: fail before anything is written
-            self._set_rng(checkpoint["epoch_rng"])
-        runs.restore(self.vae, checkpoint["model"], path)
-        runs.restore(self.optimizer, checkpoint["optimizer"], path)
-        self.steps.reset()  # the optimizer's state tensors are new, perhaps on another device
-        self.callbacks.load_states(checkpoint)
-        if self.config.lr != checkpoint["config"]["lr"]:  # --lr on resume replaces the saved
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.config.lr
-        self._set_rng(checkpoint["rng"])
+        restore_state(self, checkpoint)
         self.metrics, self.progress = list(checkpoint["metrics"]), None
-        self.saved_at = self._position(done, step)
+        self.saved_at = position(checkpoint["epoch"], checkpoint["step"], self.steps_per_epoch)
         return checkpoint
 
     def save_checkpoint(self) -> None:
@@ -278,41 +265,10 @@ class Trainer:
             self._check_update(p.epoch, p.step, p.last_loss)
             self._save(p.epoch - 1, p.step, **p.in_progress())
 
-    def _save(self, done: int, step: int, **epoch_in_progress: Any) -> None:
-        if not self.world.is_main:  # the other ranks' state is the same
-            self.saved_at = self._position(done, step)
-            return
-        state = {
-            "format": runs.CHECKPOINT_FORMAT,
-            "model": self.vae.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            **self.callbacks.states(),
-            "epoch": done,
-            "step": step,
-            "rng": runs.rng_state(),
-            "config": self.config.to_dict(),
-            "metrics": self.metrics,
-            "num_train": self.num_train,
-            **epoch_in_progress,
-        }
-        runs.save_checkpoint(self.out, state)
-        self.saved_at = self._position(done, step)
-
-    def _position(self, done: int, step: int) -> str:
-        if step:
-            return f"at epoch {done + 1}, step {step} of {self.steps_per_epoch}"
-        return f"after epoch {done}" if done else "at the start of training"
-
-    def _set_rng(self, state: dict[str, Any]) -> None:
-        """Restore an RNG state from a checkpoint (rank 0's).
-
-        Under ``torchrun`` on GPUs, rank 0 drew from ``cuda:0`` and this rank draws
-        from its own GPU: rank 0's CUDA state goes to this rank's device, so all
-        ranks draw the same epoch images and order again.
-        """
-        runs.set_rng_state(state)
-        if self.world.size > 1 and self.device.type == "cuda" and "cuda" in state:
-            torch.cuda.set_rng_state(state["cuda"][0], self.device)
+    def _save(self, done: int, step: int, **in_progress: Any) -> None:
+        if self.world.is_main:  # the other ranks' state is the same
+            runs.save_checkpoint(self.out, checkpoint_state(self, done, step, in_progress))
+        self.saved_at = position(done, step, self.steps_per_epoch)
 
     def _epochs(self, start: dict[str, Any], stop: StopSignals) -> None:
         self.should_stop = False
@@ -330,126 +286,88 @@ class Trainer:
         self.vae.train()
         # The epoch's images and order come from the RNG state at its start, so that a
         # mid-epoch resume draws them again identically instead of storing them.
-        p = EpochProgress(epoch, self.steps_per_epoch, runs.rng_state())
+        p = (
+            EpochProgress.resumed(partial, self.steps_per_epoch)
+            if partial
+            else EpochProgress(epoch, self.steps_per_epoch, runs.rng_state())
+        )
         if partial:
-            p.epoch_rng, p.step, p.seconds = (
-                partial["epoch_rng"],
-                partial["step"],
-                partial["seconds"],
-            )
-            p.train_seconds = partial.get("train_seconds", 0.0)
-            p.loss_sum, p.clipped = float(partial["loss_sum"]), partial.get("clipped_steps", 0)
-            self._set_rng(p.epoch_rng)
+            set_rng(self.world, self.device, p.epoch_rng)
         self.progress = p
         images = self.data.training_images()
         order = torch.randperm(self.num_train, device=self.device)
         if partial:
-            self._set_rng(partial["rng"])
+            set_rng(self.world, self.device, partial["rng"])
         p.clipped = torch.as_tensor(p.clipped, dtype=torch.int64, device=self.device).clone()
         self._steps(images, order, stop)
-        row = self._metrics_row()
+        self._check_update(p.epoch, p.steps, p.last_loss)
+        row = metrics_row(self)
+        self.metrics.append(row)
+        p.ended = True
         self.callbacks.call("on_epoch_end", self, row)
         if stop.signum:
-            raise self._interrupted(stop.signum)
+            raise interrupted(stop.signum, self.saved_at, self.checkpoint_path)
 
     def _steps(self, images: torch.Tensor, order: torch.Tensor, stop: StopSignals) -> None:
         """The epoch's remaining optimizer steps."""
-        p, config = self.progress, self.config
-        bar = tqdm(
-            total=p.steps,
-            initial=p.step,
-            desc=f"epoch {p.epoch}/{config.epochs}",
-            leave=False,
-            disable=not self.show_progress,
-            unit="step",
-        )
+        p, first = self.progress, self.progress.step
         p.steps_started = time.perf_counter()
-        first = p.step
-        with bar:
+        with progress_bar(p, self.config.epochs, self.show_progress) as bar:
             for i in range(first, p.steps):
-                global_step = (p.epoch - 1) * p.steps + i
-                index = order[i * config.batch_size : (i + 1) * config.batch_size]
-                batch_size = index.shape[0]  # the global batch's
-                index = index[self.world.rank :: self.world.size]  # this rank's share
-                batch = images[index]
-                inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
-                beta = kl_weight(config, global_step, p.steps)
-                loss, clipped, pending = self.steps.begin(
-                    inputs, beta, batch_size, global_step, stop
+                self._step(
+                    images,
+                    order[i * self.config.batch_size :][: self.config.batch_size],
+                    stop,
+                    first,
                 )
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    if i > first:  # was it the previous step's update?
-                        self._check_update(p.epoch, i, p.last_loss)
-                    raise self._fault("loss", p.epoch, i + 1, loss_value, batch)
-                if pending:
-                    clipped = self.steps.finish(batch_size)
-                if clipped is not None:
-                    p.clipped += clipped
-                p.step, p.loss_sum, p.last_loss = i + 1, p.loss_sum + loss_value, loss_value
                 if self.show_progress and p.step % PROGRESS_EVERY == 0:
-                    seen = min(self.num_train, p.step * config.batch_size)
+                    seen = min(self.num_train, p.step * self.config.batch_size)
                     bar.set_postfix(loss=f"{p.loss_sum / seen:.2f}")
                 bar.update()
                 if stop.signum:
                     self.save_checkpoint()
-                    raise self._interrupted(stop.signum)
-                self.callbacks.on_step_end(self, global_step + 1)
+                    raise interrupted(stop.signum, self.saved_at, self.checkpoint_path)
+                self.callbacks.on_step_end(self, (p.epoch - 1) * p.steps + p.step)
         p.train_seconds += time.perf_counter() - p.steps_started
 
-    def _metrics_row(self) -> dict[str, Any]:
-        """The ended epoch's metrics row, appended to ``metrics``."""
-        p, config, spe = self.progress, self.config, self.steps_per_epoch
-        self._check_update(p.epoch, spe, p.last_loss)
-        val_inputs = self.vae.batch_inputs(self.data.val, self.data.val_labels)
-        row = {
-            "epoch": p.epoch,
-            "train_loss": p.loss_sum / self.num_train,
-            "val_elbo": validation_bound(self.vae, *val_inputs),
-            "beta": kl_weight(config, p.epoch * spe - 1, spe),
-            "lr": self.lr,
-            "seconds": p.seconds + time.perf_counter() - p.started,
-            # the training steps alone (no validation, no checkpoint): throughput
-            "train_seconds": p.train_seconds,
-        }
-        if config.objective == "iwae":  # select models by the bound they are trained on
-            row["val_iwae"] = validation_bound(
-                self.vae, *val_inputs, num_particles=config.particles
-            )
-        if config.clip_grad_norm is not None:
-            row["clipped_steps"] = int(p.clipped)
-        self.metrics.append(row)
-        p.ended = True
-        return row
+    def _step(
+        self, images: torch.Tensor, index: torch.Tensor, stop: StopSignals, first: int
+    ) -> None:
+        """One optimizer step on the global batch ``images[index]``."""
+        p, i = self.progress, self.progress.step
+        global_step = (p.epoch - 1) * p.steps + i
+        batch_size = index.shape[0]  # the global batch's
+        index = index[self.world.rank :: self.world.size]  # this rank's share
+        batch = images[index]
+        inputs = self.vae.batch_inputs(batch, self.data.train_labels[index])
+        beta = kl_weight(self.config, global_step, p.steps)
+        loss, clipped, pending = self.steps.begin(inputs, beta, batch_size, global_step, stop)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            if i > first:  # was it the previous step's update?
+                self._check_update(p.epoch, i, p.last_loss)
+            raise self._fault("loss", p.epoch, i + 1, loss_value, batch)
+        if pending:
+            clipped = self.steps.finish(batch_size)
+        if clipped is not None:
+            p.clipped += clipped
+        p.step, p.loss_sum, p.last_loss = i + 1, p.loss_sum + loss_value, loss_value
 
     def _check_update(self, epoch: int, step: int, loss: float) -> None:
-        """Raise the fault of ``step`` (whose loss was ``loss``) when its update left
-        non-finite parameters (:func:`~pyro_vae.training.guards.nonfinite_update`)."""
+        """Raise the fault of ``step`` (loss ``loss``) if its update left non-finite
+        parameters."""
         if nonfinite_update(self.steps.parameters):
             raise self._fault("gradient", epoch, step, loss)
 
     def _fault(
         self, what: str, epoch: int, step: int, loss: float, batch: torch.Tensor | None = None
     ) -> NumericalError:
-        advice = (
-            f". Continue with --resume and a lower --lr (now {self.lr:g}), or with "
-            "--on-nan rollback to halve it automatically"
-            if self.config.on_nan == "stop"
-            else ""
-        )
         return numerical_fault(
             what,
             f"epoch {epoch}, step {step} of {self.steps_per_epoch}",
             loss,
             f"the last good checkpoint ({self.saved_at}) is unchanged in {self.checkpoint_path}",
-            advice,
+            self.lr if self.config.on_nan == "stop" else None,
             batch,
             self.world,
-        )
-
-    def _interrupted(self, signum: int) -> TrainingInterrupted:
-        return TrainingInterrupted(
-            f"stopped by {signal.Signals(signum).name} {self.saved_at}; the checkpoint is saved "
-            f"in {self.checkpoint_path}; continue with the same command plus --resume",
-            signum,
         )
