@@ -57,6 +57,7 @@ from pyro_vae.runs import (
     read_options,
 )
 from pyro_vae.training.fit import train
+from pyro_vae.training.loggers import LOGGERS
 
 DEFAULTS = TrainConfig()
 
@@ -311,6 +312,15 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
+        "--logger",
+        choices=list(LOGGERS),
+        nargs="+",
+        default=[],
+        help="also log each epoch's scalars and image grids with these tools; "
+        "tensorboard: event files in OUT/tensorboard, for `tensorboard --logdir OUT` "
+        "(needs pip install 'pyro-vae[tensorboard]')",
+    )
+    run.add_argument(
         "--checkpoint-every",
         type=int,
         default=DEFAULTS.checkpoint_every,
@@ -367,7 +377,9 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    train(_train_config(args), args.out, resume=args.resume, progress=not args.no_progress)
+    config = _train_config(args)
+    loggers = [LOGGERS[name]() for name in args.logger]
+    train(config, args.out, resume=args.resume, progress=not args.no_progress, callbacks=loggers)
     if not distributed.is_main_process():  # under torchrun, rank 0 reports and draws
         return
     print(f"run written to {args.out}")

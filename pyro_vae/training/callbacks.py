@@ -2,10 +2,11 @@
 
 The loop (:class:`~pyro_vae.training.loop.Trainer`) only runs steps and computes each
 epoch's metrics row; checkpoints, the best model, early stopping, the learning-rate
-schedule, the metrics file and the log line are callbacks, and so is anything a user
-adds through ``train(..., callbacks=[...])``. Callbacks run in order: those of
-:func:`~pyro_vae.train` first (in the order of :func:`default_callbacks`), then the
-user's, which therefore see the epoch's files already written.
+schedule, the metrics file, the log line and the rollback after a numerical fault are
+callbacks, and so is anything a user adds through ``train(..., callbacks=[...])``.
+Callbacks run in the order of :func:`ordered_callbacks`: a user's run after the
+schedule has stepped and ``best.pt`` is written, and before the epoch's checkpoint,
+which so holds their state after the epoch.
 
 A callback that keeps state across a resume names it with ``state_key``: its
 :meth:`Callback.state_dict` is saved in every checkpoint under that key and handed back
@@ -204,13 +205,21 @@ class Rollback(Callback):
         return start
 
 
-def default_callbacks(
-    scheduler: EpochScheduler, checkpoint_every: int, patience: int, on_nan: str
+def ordered_callbacks(
+    scheduler: EpochScheduler,
+    checkpoint_every: int,
+    patience: int,
+    on_nan: str,
+    user: Sequence[Callback] = (),
 ) -> list[Callback]:
-    """The callbacks every training run has, in the order they run."""
+    """Every callback of a training run, in the order they run: the learning-rate
+    schedule and the best model, then the ``user``'s, then the checkpoint (which saves
+    every callback's state after its epoch), the metrics file, the log line, early
+    stopping and, with ``on_nan="rollback"``, the rollback."""
     return [
         LRSchedule(scheduler),
         BestModel(),
+        *user,
         Checkpointing(checkpoint_every),
         MetricsFile(),
         EpochLog(),

@@ -21,7 +21,7 @@ from pyro_vae.core.files import remove_stale_temporaries
 from pyro_vae.data.images import ImageData
 from pyro_vae.inference.schedules import LR_SCHEDULES
 from pyro_vae.models.vae import VAE
-from pyro_vae.training.callbacks import Callback, default_callbacks
+from pyro_vae.training.callbacks import Callback, ordered_callbacks
 from pyro_vae.training.guards import check_model_and_guide
 from pyro_vae.training.loop import Trainer
 
@@ -58,9 +58,9 @@ def train(
     :param data: images to use instead of loading ``config.dataset``.
     :param progress: show a progress bar per epoch.
     :param log: receives the one-line summary of each epoch, and of each rollback.
-    :param callbacks: :class:`~pyro_vae.training.callbacks.Callback` objects called after
-        the built-in ones (checkpoints, best model, schedule, metrics file, log, early
-        stopping), e.g. :class:`~pyro_vae.training.tensorboard.TensorBoardLogger`.
+    :param callbacks: :class:`~pyro_vae.training.callbacks.Callback` objects, run with the
+        built-in ones (:func:`~pyro_vae.training.callbacks.ordered_callbacks` says in which
+        order), e.g. :class:`~pyro_vae.training.loggers.TensorBoardLogger`.
     :raises NumericalError: on a non-finite loss or gradient (the checkpoint on disk
         is the last good one).
     :raises TrainingInterrupted: on SIGINT/SIGTERM, after saving a checkpoint.
@@ -138,7 +138,7 @@ def _trainer(
     world: distributed.World,
     callbacks: Sequence[Callback],
 ) -> Trainer:
-    """The loop with its optimizer and callbacks: the built-in ones, then ``callbacks``."""
+    """The loop with its optimizer and callbacks: the built-in ones and ``callbacks``."""
     # fused: one kernel for all parameters instead of ~5 per parameter, most of the
     # difference to a hand-written PyTorch loop on a small CPU
     optimizer = torch.optim.Adam(
@@ -149,8 +149,10 @@ def _trainer(
         decoupled_weight_decay=True,  # AdamW's decay
     )
     scheduler = LR_SCHEDULES[config.lr_schedule](optimizer, config.lr_decay, config.lr_patience)
-    built_in = default_callbacks(scheduler, config.checkpoint_every, config.patience, config.on_nan)
-    return Trainer(config, out, vae, optimizer, data, progress, log, world, [*built_in, *callbacks])
+    ordered = ordered_callbacks(
+        scheduler, config.checkpoint_every, config.patience, config.on_nan, callbacks
+    )
+    return Trainer(config, out, vae, optimizer, data, progress, log, world, ordered)
 
 
 def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
