@@ -8,7 +8,7 @@ traceback. An interrupted run (Ctrl-C, SIGTERM) exits with ``128 + signal``.
 import argparse
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import NoReturn
@@ -18,7 +18,7 @@ from pyro_vae.analysis.compare import comparison_table, summarize_runs
 from pyro_vae.analysis.encoding import encode_run
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.networks import ARCHITECTURES
-from pyro_vae.components.priors import PRIORS, FlowPrior, MixturePrior, VampPrior
+from pyro_vae.components.priors import PRIORS
 from pyro_vae.config import (
     BINARIZE_CHOICES,
     DATA_FIELDS,
@@ -31,6 +31,7 @@ from pyro_vae.config import (
 )
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import PyroVAEError
+from pyro_vae.core.registry import registry_options
 from pyro_vae.data.images import DATASETS, DEFAULT_DATA_ROOT, SPLITS
 from pyro_vae.figures.plots import (
     check_png_path,
@@ -74,6 +75,39 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         return action.help if action.default is None else super()._get_help_string(action)
+
+
+def _registry_help(registry: Mapping[str, type]) -> str:
+    """The choices of a registry and what each is, from the classes' ``help``."""
+    return "; ".join(f"{name} ({cls.help})" if cls.help else name for name, cls in registry.items())
+
+
+def _add_registry_options(
+    group: argparse._ArgumentGroup, kind: str, registry: Mapping[str, type]
+) -> None:
+    """A ``--KIND-OPTION`` flag for every option the registry's classes declare."""
+    for option, helps in registry_options(registry):
+        group.add_argument(
+            f"--{kind}-{option.name}",
+            dest=f"{kind}_{option.name}",
+            default=None,
+            metavar=option.metavar,
+            help="; ".join(
+                f"{', '.join(n for n, t in helps.items() if t == text)}: {text}"
+                for text in dict.fromkeys(helps.values())
+            ),
+        )
+
+
+def _registry_option_values(args: argparse.Namespace, given: set[str]) -> None:
+    """Gather the values of the ``--KIND-OPTION`` flags into ``args.KIND_options``, and
+    count ``KIND_options`` as given where one of its flags is."""
+    for kind, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS)):
+        dests = {option.name: f"{kind}_{option.name}" for option, _ in registry_options(registry)}
+        values = {name: getattr(args, dest) for name, dest in dests.items()}
+        setattr(args, f"{kind}_options", {k: v for k, v in values.items() if v is not None})
+        if given.intersection(dests.values()):
+            given.add(f"{kind}_options")
 
 
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -163,49 +197,16 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "--prior",
         choices=list(PRIORS),
         default=DEFAULTS.prior,
-        help="prior p(z): normal N(0, I); learned-normal (learned mean and scale); mog "
-        "(mixture of Gaussians); vamp (VampPrior: encoder posteriors at learned pseudo-inputs); "
-        "flow (masked autoregressive flow over N(0, I))",
+        help=f"prior p(z): {_registry_help(PRIORS)}",
     )
-    model.add_argument(
-        "--prior-components",
-        type=int,
-        default=None,
-        metavar="K",
-        help=f"mixture components of the mog prior (default {MixturePrior.default_components}) "
-        f"or pseudo-inputs of the vamp prior (default {VampPrior.default_components})",
-    )
-    model.add_argument(
-        "--prior-layers",
-        type=int,
-        default=None,
-        metavar="L",
-        help=f"autoregressive layers of the flow prior (default {FlowPrior.default_layers})",
-    )
+    _add_registry_options(model, "prior", PRIORS)
     model.add_argument(
         "--likelihood",
         choices=list(LIKELIHOODS),
         default=DEFAULTS.likelihood,
-        help="likelihood p(x|z): bernoulli (binary data); continuous-bernoulli (normalized on "
-        "[0, 1]); gaussian, laplace (real data); beta (data in (0, 1)); discretized-logistic "
-        "(8-bit grey levels, use --binarize none; also reported in bits/dim); "
-        "autoregressive-bernoulli (binary data, each pixel also given the pixels before it)",
+        help=f"likelihood p(x|z): {_registry_help(LIKELIHOODS)}",
     )
-    model.add_argument(
-        "--likelihood-scale",
-        default=None,
-        metavar="S",
-        help="scale of the gaussian/laplace likelihood: per-pixel (learned, one per pixel; the "
-        "default), global (one learned scale) or a positive number (fixed)",
-    )
-    model.add_argument(
-        "--likelihood-squeeze",
-        type=float,
-        default=None,
-        metavar="EPS",
-        help="beta likelihood: model eps + (1 - 2 eps) x (Jacobian included), so that pixels "
-        "at exactly 0 or 1, as in Fashion-MNIST grey levels, get a finite density; e.g. 1e-3",
-    )
+    _add_registry_options(model, "likelihood", LIKELIHOODS)
     opt = p.add_argument_group("objective and optimization")
     opt.add_argument(
         "--objective",
@@ -361,11 +362,13 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     when resuming, its model's when fine-tuning from it; then the defaults."""
     # Every option of TrainConfig is a train option of the same name (dest); the rest of
     # its fields are set from the data.
+    given = _options_given(args)
+    _registry_option_values(args, given)
     options = {
         f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in DATA_FIELDS
     }
     chosen = read_options(args.config) if args.config else {}
-    chosen |= {name: options[name] for name in _options_given(args) if name in options}
+    chosen |= {name: options[name] for name in given if name in options}
     if args.resume and (Path(args.out) / CONFIG_FILE).is_file():
         source, inherited = read_config(args.out), set(options)
     elif chosen.get("init_from") is not None:

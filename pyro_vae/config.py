@@ -4,18 +4,18 @@ import math
 import numbers
 import os
 import typing
-from collections.abc import Callable
-from dataclasses import Field, asdict, dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyro_vae.components.likelihoods import LIKELIHOODS, parse_scale, parse_squeeze
+from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.core.errors import ConfigError, ConfigTypeError
-from pyro_vae.core.registry import check_options
+from pyro_vae.core.registry import parse_options
 from pyro_vae.data.images import DATASETS, IMAGE_FILE_SUFFIX, ImageData, is_image_file, load_images
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.inference.schedules import LR_SCHEDULES
@@ -46,11 +46,9 @@ MODEL_FIELDS = (
     "hidden_dims",
     "arch",
     "prior",
-    "prior_components",
-    "prior_layers",
+    "prior_options",
     "likelihood",
-    "likelihood_scale",
-    "likelihood_squeeze",
+    "likelihood_options",
     *DATA_FIELDS,
 )
 
@@ -144,14 +142,12 @@ class TrainConfig:
     #: Encoder/decoder family, a name in pyro_vae.components.networks.ARCHITECTURES (vae and hvae).
     arch: str = "mlp"
     prior: str = "normal"
-    #: Prior and likelihood options: field ``kind_option`` is ``--kind-option`` on the
-    #: command line and reaches the class as keyword ``option``; None: the class's default.
-    prior_components: int | None = None
-    prior_layers: int | None = None
+    #: Options of the prior, by name, as its class declares them (``Prior.options``);
+    #: the option ``components`` is ``--prior-components`` on the command line.
+    prior_options: dict[str, Any] = field(default_factory=dict)
     likelihood: str = "bernoulli"
-    #: ``per-pixel``, ``global`` or a fixed scale written as text, e.g. ``"0.05"``.
-    likelihood_scale: str | None = None
-    likelihood_squeeze: float | None = None
+    #: Options of the likelihood, as its class declares them (``Likelihood.options``).
+    likelihood_options: dict[str, Any] = field(default_factory=dict)
     objective: str = "elbo"
     particles: int = 1
     beta: float = 1.0
@@ -195,15 +191,13 @@ class TrainConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            setattr(self, field.name, _coerce(field, getattr(self, field.name)))
+        for declared in fields(self):
+            setattr(self, declared.name, _coerce(declared, getattr(self, declared.name)))
         for name in (
             "latent_dim",
             "epochs",
             "batch_size",
             "particles",
-            "prior_components",
-            "prior_layers",
         ):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(
@@ -270,12 +264,10 @@ class TrainConfig:
                     f"choose one of: {', '.join(choices)}"
                 )
 
-        if self.likelihood_scale is not None:
-            parse_scale(self.likelihood_scale)  # kept as text; the likelihood parses it again
-        if self.likelihood_squeeze is not None:
-            parse_squeeze(self.likelihood_squeeze)
-        check_options(PRIORS, "prior", self.prior, self.options("prior"))
-        check_options(LIKELIHOODS, "likelihood", self.likelihood, self.options("likelihood"))
+        self.prior_options = parse_options(PRIORS, "prior", self.prior, self.prior_options)
+        self.likelihood_options = parse_options(
+            LIKELIHOODS, "likelihood", self.likelihood, self.likelihood_options
+        )
 
         if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
             raise ConfigError(
@@ -310,12 +302,7 @@ class TrainConfig:
 
     def options(self, kind: str) -> dict[str, Any]:
         """The options given for the prior or the likelihood (``kind``), by option name."""
-        prefix = f"{kind}_"
-        return {
-            f.name.removeprefix(prefix): getattr(self, f.name)
-            for f in fields(self)
-            if f.name.startswith(prefix) and getattr(self, f.name) is not None
-        }
+        return dict(getattr(self, f"{kind}_options"))
 
     def build_vae(self) -> VAE:
         """A freshly initialized model (``MODELS[self.model]``) of this configuration."""
@@ -366,6 +353,13 @@ def _coerce(field: Field, value: Any) -> Any:
         if value is None:
             return None
         (kind,) = (arg for arg in args if arg is not type(None))
+    if typing.get_origin(kind) is dict:
+        if not (isinstance(value, Mapping) and all(isinstance(key, str) for key in value)):
+            raise ConfigTypeError(
+                f"{name} must be a dict of option names to values such as "
+                f"{{'components': 10}}, got {value!r}"
+            )
+        return dict(value)
     if typing.get_origin(kind) is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)):
             raise ConfigTypeError(

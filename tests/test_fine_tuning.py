@@ -187,8 +187,8 @@ def test_the_cli_takes_the_model_options_left_out_from_the_source_run(
         config.hidden_dims,
         config.latent_dim,
         config.prior,
-        config.prior_components,
-    ) == ("hvae", "gated", (16,), 3, "mog", 4)
+        config.prior_options,
+    ) == ("hvae", "gated", (16,), 3, "mog", {"components": 4})
     assert (config.objective, config.epochs) == ("iwae", 1)  # training options: this run's
     assert read_metrics(tuned)[0]["val_elbo"] == pytest.approx(best_val_elbo(source), abs=1e-3)
     # model options that are given must still be the source's

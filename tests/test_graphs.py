@@ -289,7 +289,7 @@ def test_the_hierarchical_conv_vampprior_vae_is_captured(tmp_path, monkeypatch):
         model="hvae",
         arch="conv",
         prior="vamp",
-        prior_components=20,
+        prior_options={"components": 20},
         hidden_dims=(64, 64),
         latent_dim=8,
         batch_size=50,

@@ -40,7 +40,7 @@ def tiny_config(**overrides) -> TrainConfig:
 def trained(tmp_path_factory) -> tuple[HierarchicalVAE, Path]:
     """An HVAE with a VampPrior on p(z2), trained for 8 epochs on the tiny data."""
     out = tmp_path_factory.mktemp("hvae") / "run"
-    config = tiny_config(epochs=8, prior="vamp", prior_components=10)
+    config = tiny_config(epochs=8, prior="vamp", prior_options={"components": 10})
     return train(config, out, data=make_tiny_data(), progress=False, log=lambda line: None), out
 
 

@@ -299,7 +299,7 @@ def test_gated_vae_and_hvae_with_vamp_prior_train_and_estimate(model, tmp_path, 
         epochs=3,
         device="cpu",
         prior="vamp",
-        prior_components=10,
+        prior_options={"components": 10},
     )
     trained = train(config, tmp_path, data=tiny_data, progress=False, log=lambda line: None)
     losses = [row["train_loss"] for row in read_metrics(tmp_path)]
@@ -385,7 +385,7 @@ def conv_config(**overrides) -> TrainConfig:
         epochs=2,
         device="cpu",
         prior="vamp",
-        prior_components=10,
+        prior_options={"components": 10},
     )
     options.update(overrides)
     return TrainConfig(**options)

@@ -11,6 +11,7 @@ from pyro_vae import VAE, ConfigError, TrainConfig, load_run, read_metrics, trai
 from pyro_vae.cli import main
 from pyro_vae.components.likelihoods import GaussianLikelihood
 from pyro_vae.components.priors import PRIORS, MixturePrior
+from pyro_vae.core.registry import declared_options
 from pyro_vae.inference.estimators import log_importance_weights
 from pyro_vae.inference.objectives import OBJECTIVES
 
@@ -24,7 +25,8 @@ def tiny_config(**overrides) -> TrainConfig:
 @pytest.mark.parametrize("likelihood", ["bernoulli", "continuous-bernoulli", "gaussian"])
 @pytest.mark.parametrize("prior", list(PRIORS))
 def test_every_prior_trains_evaluates_and_samples(tmp_path, tiny_data, prior, likelihood):
-    components = {"prior_components": 20} if "components" in PRIORS[prior].options else {}
+    takes_components = "components" in declared_options(PRIORS[prior])
+    components = {"prior_options": {"components": 20}} if takes_components else {}
     config = tiny_config(prior=prior, likelihood=likelihood, **components)
     vae = train(config, tmp_path / "run", data=tiny_data, progress=False)
     losses = [row["train_loss"] for row in read_metrics(tmp_path / "run")]
@@ -42,11 +44,16 @@ def test_every_prior_trains_evaluates_and_samples(tmp_path, tiny_data, prior, li
 
 def test_options_reach_the_classes_and_survive_the_run_directory(tmp_path, tiny_data):
     config = tiny_config(
-        epochs=1, prior="mog", prior_components=3, likelihood="gaussian", likelihood_scale="global"
+        epochs=1,
+        prior="mog",
+        prior_options={"components": 3},
+        likelihood="gaussian",
+        likelihood_options={"scale": "global"},
     )
     train(config, tmp_path / "run", data=tiny_data, progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["prior_components"] == 3 and saved["likelihood_scale"] == "global"
+    assert saved["prior_options"] == {"components": 3}
+    assert saved["likelihood_options"] == {"scale": "global"}
     vae = load_run(tmp_path / "run")
     assert isinstance(vae.prior, MixturePrior) and vae.prior.loc.shape == (3, 4)
     assert isinstance(vae.likelihood, GaussianLikelihood)
@@ -56,7 +63,7 @@ def test_options_reach_the_classes_and_survive_the_run_directory(tmp_path, tiny_
 
 def test_vamp_prior_checkpoint_holds_one_encoder(tmp_path, tiny_data):
     train(
-        tiny_config(epochs=1, prior="vamp", prior_components=7),
+        tiny_config(epochs=1, prior="vamp", prior_options={"components": 7}),
         tmp_path / "run",
         data=tiny_data,
         progress=False,
@@ -70,7 +77,9 @@ def test_vamp_prior_checkpoint_holds_one_encoder(tmp_path, tiny_data):
 
 
 def test_two_parameter_likelihoods_widen_the_decoder(tmp_path, tiny_data):
-    config = tiny_config(epochs=1, likelihood="beta", likelihood_squeeze=1e-3, binarize="none")
+    config = tiny_config(
+        epochs=1, likelihood="beta", likelihood_options={"squeeze": 1e-3}, binarize="none"
+    )
     vae = train(config, tmp_path / "run", data=tiny_data, progress=False)
     assert vae.decoder.net[-1].out_features == 2 * 64
     assert vae.decode(torch.zeros(2, 4)).shape == (2, 64)
@@ -79,16 +88,19 @@ def test_two_parameter_likelihoods_widen_the_decoder(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"prior_components": 0}, "prior-components must be positive"),
-        ({"prior": "flow", "prior_layers": -1}, "prior-layers must be positive"),
+        ({"prior": "mog", "prior_options": {"components": 0}}, "prior-components must be positive"),
+        ({"prior": "flow", "prior_options": {"layers": -1}}, "prior-layers must be positive"),
         (
-            {"prior_components": 5},
+            {"prior_options": {"components": 5}},
             r"the 'normal' prior takes no option 'components' "
             r"\(--prior-components\); it applies to: mog, vamp",
         ),
-        ({"likelihood_scale": "0.1"}, "takes no option 'scale'"),
-        ({"likelihood": "gaussian", "likelihood_scale": "wide"}, "per-pixel or global"),
-        ({"likelihood": "beta", "likelihood_squeeze": 0.7}, r"must be in \[0, 0.5\)"),
+        ({"likelihood_options": {"scale": "0.1"}}, "takes no option 'scale'"),
+        (
+            {"likelihood": "gaussian", "likelihood_options": {"scale": "wide"}},
+            "per-pixel or global",
+        ),
+        ({"likelihood": "beta", "likelihood_options": {"squeeze": 0.7}}, r"must be in \[0, 0.5\)"),
         ({"likelihood": "poisson"}, "unknown likelihood 'poisson'; choose one of: bernoulli, "),
     ],
 )
@@ -98,7 +110,7 @@ def test_invalid_options_are_rejected_when_the_config_is_made(options, message):
 
 
 def test_fixed_scale_given_as_text_round_trips():
-    config = TrainConfig(likelihood="laplace", likelihood_scale="0.25")
+    config = TrainConfig(likelihood="laplace", likelihood_options={"scale": "0.25"})
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert float(config.build_vae().likelihood.scale()) == 0.25
 
@@ -135,7 +147,7 @@ def test_cli_options_and_their_errors(tmp_path, fake_fashion_dir, capsys):
     )
     assert code == 0
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["prior"], saved["prior_layers"]) == ("flow", 1)
+    assert (saved["prior"], saved["prior_options"]) == ("flow", {"layers": 1})
     assert len(load_run(out).prior.layers) == 1
     capsys.readouterr()
 
@@ -196,9 +208,9 @@ def test_conditional_models_take_priors_and_likelihoods_by_name(tiny_data):
     cvae = tiny_config(
         model="cvae",
         prior="mog",
-        prior_components=3,
+        prior_options={"components": 3},
         likelihood="gaussian",
-        likelihood_scale="global",
+        likelihood_options={"scale": "global"},
         num_classes=4,
         image_shape=(1, 8, 8),
     )

@@ -119,6 +119,11 @@ def differing_options(configs: Sequence[TrainConfig]) -> list[str]:
 
 
 def _option(name: str, value: Any) -> str:
+    if isinstance(value, dict):  # a component's options: prior_options, likelihood_options
+        return (
+            ", ".join(f"{name.removesuffix('options')}{key}={item}" for key, item in value.items())
+            or f"{name}={{}}"
+        )
     shown = " ".join(map(str, value)) if isinstance(value, tuple | list) else value
     return f"{name}={shown}"
 

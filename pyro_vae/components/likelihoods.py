@@ -30,7 +30,7 @@ from torch import nn
 from pyro_vae.components.distributions import Independent, independent
 from pyro_vae.components.networks import AutoregressiveLogits
 from pyro_vae.core.errors import ConfigError
-from pyro_vae.core.registry import check_options, lookup
+from pyro_vae.core.registry import Option, check_option_names, lookup
 
 #: Learned scales of location-scale likelihoods: the two modes, besides a fixed number.
 SCALE_MODES = ("per-pixel", "global")
@@ -41,14 +41,16 @@ class Likelihood(PyroModule):
 
     ``params_per_dim``: how many decoder outputs each data dimension needs
     (the decoder's output width is ``params_per_dim * data_dim``).
-    ``options``: the keyword options a subclass accepts from the command line
-    (``scale`` is ``--likelihood-scale``, ``squeeze`` is ``--likelihood-squeeze``).
+    ``help``: what the likelihood is for, in a line. ``options``: the keyword options a
+    subclass accepts (:class:`~pyro_vae.core.registry.Option`; option ``scale`` is the
+    flag ``--likelihood-scale``).
     ``is_discrete``: log p(x|z) is the log-probability of discrete values, so
     ``-log p(x) / (D ln 2)`` is a code length in bits per dimension.
     """
 
     params_per_dim: int = 1
-    options: tuple[str, ...] = ()
+    help: str = ""
+    options: tuple[Option, ...] = ()
     is_discrete: bool = False
     #: Human-readable description of the accepted data, used in error messages.
     domain: str = "real numbers"
@@ -137,6 +139,8 @@ class BernoulliLikelihood(Likelihood):
     the continuous Bernoulli for that).
     """
 
+    help = "binary data"
+
     domain = "values in [0, 1]"
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
@@ -159,6 +163,8 @@ class ContinuousBernoulliLikelihood(Likelihood):
     :math:`\lambda` but
     :math:`\frac{\lambda}{2\lambda - 1} + \frac{1}{2\operatorname{artanh}(1-2\lambda)}`.
     """
+
+    help = "normalized on [0, 1]"
 
     domain = "values in [0, 1]"
 
@@ -185,11 +191,16 @@ def parse_scale(value: str | float) -> str | float:
     return number
 
 
-def parse_squeeze(value: float) -> float:
-    """A Beta squeeze in [0, 0.5) (0: none), else :class:`ConfigError`."""
-    if not 0 <= value < 0.5:
+def parse_squeeze(value: float | str) -> float:
+    """A Beta squeeze in [0, 0.5) (0: none), from a number or its text, else
+    :class:`ConfigError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0 <= number < 0.5:
         raise ConfigError(f"likelihood-squeeze must be in [0, 0.5) (0: none), got {value}")
-    return float(value)
+    return number
 
 
 class LocationScaleLikelihood(Likelihood):
@@ -207,7 +218,15 @@ class LocationScaleLikelihood(Likelihood):
     :param min_scale: :math:`\sigma_{\min}`.
     """
 
-    options = ("scale",)
+    options = (
+        Option(
+            "scale",
+            parse_scale,
+            "per-pixel (learned, one per pixel; the default), global (one learned scale) or "
+            "a positive number (fixed)",
+            "S",
+        ),
+    )
     domain = "finite real numbers"
     init_scale = 0.1
     #: The location-scale family, called as ``family(loc, scale)``.
@@ -246,6 +265,8 @@ class GaussianLikelihood(LocationScaleLikelihood):
     See :class:`LocationScaleLikelihood` for the scale.
     """
 
+    help = "real data"
+
     family = dist.Normal
 
 
@@ -254,6 +275,8 @@ class LaplaceLikelihood(LocationScaleLikelihood):
 
     See :class:`LocationScaleLikelihood` for the scale :math:`b`.
     """
+
+    help = "real data, heavier tails"
 
     family = dist.Laplace
 
@@ -275,8 +298,18 @@ class BetaLikelihood(Likelihood):
     with exact 0s or 1s is rejected rather than given a meaningless density.
     """
 
+    help = "data in (0, 1)"
+
     params_per_dim = 2
-    options = ("squeeze",)
+    options = (
+        Option(
+            "squeeze",
+            parse_squeeze,
+            "model eps + (1 - 2 eps) x (Jacobian included), so that pixels at exactly 0 or 1, "
+            "as in Fashion-MNIST grey levels, get a finite density; e.g. 1e-3",
+            "EPS",
+        ),
+    )
     min_concentration = 1e-3
 
     def __init__(self, squeeze: float = 0.0):
@@ -402,6 +435,8 @@ class DiscretizedLogisticLikelihood(Likelihood):
     so :math:`\log p(x)` is also reported in bits per dimension.
     """
 
+    help = "8-bit grey levels, use --binarize none; also reported in bits/dim"
+
     params_per_dim = 2
     is_discrete = True
     num_levels = 256
@@ -484,6 +519,8 @@ class AutoregressiveBernoulliLikelihood(Likelihood):
     probabilities along one ancestral draw (a smooth picture of one sample).
     """
 
+    help = "binary data, each pixel also given the pixels before it"
+
     domain = "values in [0, 1]"
 
     def __init__(self, data_dim: int, hidden_dims: Sequence[int] = (500,)):
@@ -527,7 +564,7 @@ def build_likelihood(
             )
         return likelihood
     cls = lookup(LIKELIHOODS, "likelihood", likelihood)
-    check_options(LIKELIHOODS, "likelihood", likelihood, options or {})
+    check_option_names(LIKELIHOODS, "likelihood", likelihood, options or {})
     return cls.build(data_dim=data_dim, **(options or {}))
 
 

@@ -8,8 +8,9 @@ parameters as module parameters, so SVI and ``torch.optim`` both train them.
 Every prior is built the same way, by :func:`build_prior` from a registry name:
 :meth:`Prior.build` receives the VAE's pieces (``latent_dim``, ``data_dim``,
 ``encoder``) and the options the user gave, which must be among the class's
-:attr:`Prior.options`. To add a prior, write the class and add one line to
-:data:`PRIORS` (see ``docs/extending.md``).
+:attr:`Prior.options` (:class:`~pyro_vae.core.registry.Option` objects, which the
+command line's ``--prior-*`` flags are generated from). To add a prior, write the
+class and add one line to :data:`PRIORS` (see ``docs/extending.md``).
 """
 
 import math
@@ -26,7 +27,7 @@ from torch import nn
 
 from pyro_vae.components.distributions import diagonal_normal
 from pyro_vae.core.errors import ConfigError
-from pyro_vae.core.registry import check_options, lookup
+from pyro_vae.core.registry import Option, check_option_names, lookup, positive_int
 
 #: Floor added to learned scales, so log-densities stay finite.
 MIN_SCALE = 1e-4
@@ -35,11 +36,12 @@ MIN_SCALE = 1e-4
 class Prior(PyroModule):
     """Base class: ``forward() -> Distribution`` over ``R^latent_dim``.
 
-    ``options`` names the keyword options a subclass accepts from the command
-    line (``components`` is ``--prior-components``, ``layers`` is ``--prior-layers``).
+    ``help`` says in a line what the prior is; ``options`` declares the keyword options
+    a subclass accepts (option ``components`` is the flag ``--prior-components``).
     """
 
-    options: tuple[str, ...] = ()
+    help: str = ""
+    options: tuple[Option, ...] = ()
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -141,6 +143,8 @@ class NormalMixture(dist.TorchDistribution):
 class StandardNormal(Prior):
     r""":math:`p(z) = \mathcal N(0, I)`."""
 
+    help = "N(0, I)"
+
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)
         self.register_buffer("loc", torch.zeros(latent_dim))
@@ -155,6 +159,8 @@ class LearnedNormal(Prior):
 
     :math:`\sigma = \mathrm{softplus}(\rho) + \sigma_{\min}`, initialized to N(0, I).
     """
+
+    help = "learned mean and scale"
 
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)
@@ -173,8 +179,13 @@ class MixturePrior(Prior):
     scales at 1.
     """
 
-    options = ("components",)
+    help = "mixture of Gaussians"
     default_components = 10
+    options = (
+        Option(
+            "components", positive_int, f"mixture components (default {default_components})", "K"
+        ),
+    )
 
     def __init__(self, latent_dim: int, components: int = default_components):
         super().__init__(latent_dim)
@@ -204,8 +215,11 @@ class VampPrior(Prior):
     :param components: K, the number of pseudo-inputs.
     """
 
-    options = ("components",)
+    help = "VampPrior: encoder posteriors at learned pseudo-inputs"
     default_components = 500
+    options = (
+        Option("components", positive_int, f"pseudo-inputs (default {default_components})", "K"),
+    )
 
     def __init__(
         self,
@@ -260,8 +274,11 @@ class FlowPrior(Prior):
     :param hidden_dims: hidden widths of each MADE (default ``[4 * latent_dim]``).
     """
 
-    options = ("layers",)
+    help = "masked autoregressive flow over N(0, I)"
     default_layers = 2
+    options = (
+        Option("layers", positive_int, f"autoregressive layers (default {default_layers})", "L"),
+    )
 
     def __init__(
         self, latent_dim: int, layers: int = default_layers, hidden_dims: list[int] | None = None
@@ -313,5 +330,5 @@ def build_prior(
             raise ConfigError("prior options apply to a prior given by name, not to a prior object")
         return prior
     cls = lookup(PRIORS, "prior", prior)
-    check_options(PRIORS, "prior", prior, options or {})
+    check_option_names(PRIORS, "prior", prior, options or {})
     return cls.build(latent_dim=latent_dim, data_dim=data_dim, encoder=encoder, **(options or {}))
