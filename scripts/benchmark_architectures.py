@@ -1,4 +1,4 @@
-"""Training time of each network architecture, to plan the Fashion-MNIST runs (issue 8).
+"""Training time of each network architecture, to plan the Fashion-MNIST runs.
 
     python scripts/benchmark_architectures.py      # conv, gated-conv, gated-fullres-conv
     python scripts/benchmark_architectures.py --device cuda --arch gated-conv gated-fullres-conv
@@ -22,7 +22,7 @@ from reproduce_fashion_mnist import machine  # scripts/ is on sys.path
 
 from pyro_vae import ImageData, TrainConfig, read_metrics, train
 
-#: The protocol's training set and validation set sizes (docs/benchmarks.md, issue 8).
+#: The protocol's training set and validation set sizes (docs/benchmarks.md).
 TRAIN_IMAGES, VAL_IMAGES = 50_000, 10_000
 
 

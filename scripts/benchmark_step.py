@@ -1,4 +1,4 @@
-"""One training step: pyro-vae's against the hand-written PyTorch step (issue 7).
+"""One training step: pyro-vae's against the hand-written PyTorch step.
 
     python scripts/benchmark_step.py --batch-size 64 [--blocks 12] [--steps 100] [--device cuda]
 

@@ -1,4 +1,4 @@
-"""Reproduce the Fashion-MNIST test log-likelihoods of Exemplar VAE's Table 1 (issue 8).
+"""Reproduce the Fashion-MNIST test log-likelihoods of Exemplar VAE's Table 1.
 
 Protocol (Norouzi et al. 2020, after Tomczak & Welling 2018): 50k train / 10k
 validation, dynamic binarization, test set binarized once with a fixed seed, KL
@@ -425,7 +425,7 @@ def report(runs_dir: Path) -> None:
     # the 30 nats below the best run's best epoch: where the runs are compared (a run
     # just started stays below until it gets there)
     draw_validation_curves(axis, learning, first_epochs, window=32)
-    axis.set_title("Fashion-MNIST, issue 8")
+    axis.set_title("Fashion-MNIST")
     _plot_results(results, compared)
     CURVES.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(CURVES, dpi=120, bbox_inches="tight")
@@ -434,7 +434,7 @@ def report(runs_dir: Path) -> None:
         head, rest = text.split(BEGIN, 1)
         text = head + "\n".join(lines) + rest.split(END, 1)[1]
     else:
-        text += "\n## Reproducing the published Fashion-MNIST log-likelihoods (issue 8)\n\n"
+        text += "\n## Reproducing the published Fashion-MNIST log-likelihoods\n\n"
         text += "\n".join(lines) + "\n"
     BENCHMARKS.write_text(text)
     print(f"table written to {BENCHMARKS}")

@@ -90,7 +90,7 @@ def fake_fashion_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same fake data, made once per session, for tests that only read it."""
+    """The same fake data, made once per test run, for tests that only read it."""
     return write_fake_fashion(tmp_path_factory.mktemp("shared") / "fashion-mnist")
 
 

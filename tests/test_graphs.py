@@ -1,4 +1,4 @@
-"""Training steps replayed from CUDA graphs (issue 7): the same training, without Pyro's
+"""Training steps replayed from CUDA graphs: the same training, without Pyro's
 per-step Python. The graph tests need a GPU and are skipped without one; the guard they
 rely on and the choice of when to use graphs are checked everywhere."""
 
@@ -269,7 +269,7 @@ def test_a_nan_batch_stops_a_graph_replaying_run_with_its_checkpoint_intact(tmp_
 
 @cuda
 def test_the_hierarchical_conv_vampprior_vae_is_captured(tmp_path, monkeypatch):
-    """The configuration that issue 8's best published row needs a GPU for."""
+    """The configuration of the best published Fashion-MNIST row, which needs a GPU."""
     captures = _count_captures(monkeypatch)
     images, labels = prototype_images(300, side=28)
     val = torch.bernoulli(images[200:250], generator=torch.Generator().manual_seed(1))

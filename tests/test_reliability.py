@@ -1,4 +1,4 @@
-"""Nothing trained is lost to a crash, a signal, a NaN or a damaged checkpoint (issue 10)."""
+"""Nothing trained is lost to a crash, a signal, a NaN or a damaged checkpoint."""
 
 import contextlib
 import os

@@ -1,5 +1,5 @@
 """Bad input gets a message that says what to fix: ValueError/TypeError in Python,
-one line on stderr with exit status 2 from the CLI (issue 10)."""
+one line on stderr with exit status 2 from the CLI."""
 
 import gzip
 import re
