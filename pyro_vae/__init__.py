@@ -55,7 +55,7 @@ from pyro_vae.models.conditional import (  # noqa: E402
 )
 from pyro_vae.models.hierarchical import HierarchicalVAE  # noqa: E402
 from pyro_vae.models.vae import VAE  # noqa: E402
-from pyro_vae.runs import load_run, read_config, read_metrics  # noqa: E402
+from pyro_vae.runs import Run, load_run, read_config, read_metrics  # noqa: E402
 from pyro_vae.training.fit import train  # noqa: E402
 
 __all__ = [
@@ -98,6 +98,7 @@ __all__ = [
     "NumericalError",
     "Prior",
     "PyroVAEError",
+    "Run",
     "StandardNormal",
     "TrainConfig",
     "TrainingInterrupted",

@@ -20,6 +20,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -346,28 +347,60 @@ def stopped_early(rows: Sequence[dict[str, Any]], patience: int) -> bool:
     return patience > 0 and epochs_without_improvement(rows) >= patience
 
 
-def load_run(
-    run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | None = None
-) -> VAE:
-    """The trained model of a run directory (its ``config.model`` class), in eval mode.
+class Run:
+    """A run directory, read once: its configuration, its model, its data, its metrics and
+    its evaluations. The model and the data are loaded when first asked for.
 
+    :param run_dir: the directory ``pyro-vae train`` wrote.
+    :param device: where the model and the data go (``"auto"``: CUDA when available).
     :param checkpoint: ``"last"`` (the end of training), ``"best"`` (the epoch with the
         best validation ELBO, ``best.pt``), or None: ``best`` when the run was trained
         with early stopping (``patience``), else ``last``.
     """
-    return _load_run(run_dir, device, checkpoint)[0]
+
+    def __init__(
+        self, run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | None = None
+    ):
+        self.dir = Path(run_dir)
+        self.config = read_config(self.dir)
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.checkpoint = resolve_checkpoint(self.config, checkpoint)
+
+    @cached_property
+    def state(self) -> dict[str, Any]:
+        """The checkpoint the model comes from (``model``, ``epoch``, ``config``, ...)."""
+        return load_checkpoint(
+            self.dir, map_location=self.device, file=CHECKPOINTS[self.checkpoint]
+        )
+
+    @cached_property
+    def model(self) -> VAE:
+        """The trained model (its ``config.model`` class), in eval mode."""
+        vae = self.config.build_vae()
+        restore(vae, self.state["model"], self.dir / CHECKPOINTS[self.checkpoint])
+        return vae.to(self.device).eval()
+
+    @cached_property
+    def data(self) -> ImageData:
+        """The dataset the run was trained on, on the run's device."""
+        return self.config.load_data(self.device)
+
+    @cached_property
+    def metrics(self) -> list[dict[str, Any]]:
+        """One row per trained epoch (``metrics.jsonl``)."""
+        return read_metrics(self.dir)
+
+    def evaluation(self, split: str = "test", dataset: str | None = None) -> dict[str, Any] | None:
+        """What ``pyro-vae evaluate`` wrote for those images; None if they were not evaluated."""
+        return read_evaluation(self.dir, split, dataset)
 
 
-def _load_run(
-    run_dir: str | Path, device: str | torch.device, checkpoint: str | None
-) -> tuple[VAE, dict[str, Any]]:
-    """:func:`load_run`'s model and the checkpoint it came from."""
-    config = read_config(run_dir)
-    file = CHECKPOINTS[resolve_checkpoint(config, checkpoint)]
-    state = load_checkpoint(run_dir, map_location=device, file=file)
-    vae = config.build_vae()
-    restore(vae, state["model"], Path(run_dir) / file)
-    return vae.to(device).eval(), state
+def load_run(
+    run_dir: str | Path, device: str | torch.device = "cpu", checkpoint: str | None = None
+) -> VAE:
+    """The trained model of a run directory (:attr:`Run.model`); the arguments are
+    :class:`Run`'s."""
+    return Run(run_dir, device, checkpoint).model
 
 
 def fine_tuning_source(init_from: str | Path) -> tuple[Path, dict[str, Any], TrainConfig]:
@@ -725,10 +758,10 @@ def evaluate_run(
     world, torch_device = distributed.init(resolve_device(device))
     if max_batch is None:
         max_batch = default_max_batch(config, torch_device)
-    checkpoint = resolve_checkpoint(config, checkpoint)
-    vae, state = _load_run(run_dir, torch_device, checkpoint)
+    run = Run(run_dir, torch_device, checkpoint)
+    checkpoint, vae, state = run.checkpoint, run.model, run.state
     if dataset is None:
-        data = config.load_data(torch_device)
+        data = run.data
     else:
         data = _other_images(config, vae, dataset, data_root, torch_device)
     images, labels = (tensor[:subset] for tensor in data.evaluation_images(split))

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyro_vae.config import resolve_device
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.files import atomic_write
 from pyro_vae.data.images import SPLITS, ImageData
-from pyro_vae.runs import load_run, read_config
+from pyro_vae.runs import Run
 
 
 def encode_run(
@@ -45,10 +44,9 @@ def encode_run(
     path = Path(path)
     if path.suffix != ".npz":
         raise ConfigError(f"cannot write latent codes as {path.name!r}; use a .npz file name")
-    config = read_config(run_dir)
-    torch_device = resolve_device(device)
-    vae = load_run(run_dir, torch_device, checkpoint)
-    data = config.load_data(torch_device) if data is None else data.to(torch_device)
+    run = Run(run_dir, device, checkpoint)
+    vae = run.model
+    data = run.data if data is None else data.to(run.device)
     images, labels = getattr(data, split), getattr(data, f"{split}_labels")
     batches = zip(images.split(batch_size), labels.split(batch_size), strict=True)
     locs, scales = zip(*(vae.encode(*vae.batch_inputs(x, y)) for x, y in batches), strict=True)

@@ -51,9 +51,9 @@ from pyro_vae.data.images import ImageData, load_images
 from pyro_vae.inference.estimators import auroc
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import (
+    Run,
     examples_path,
     foreign_dataset,
-    load_run,
     read_config,
     read_evaluation,
     read_examples,
@@ -647,8 +647,8 @@ def plot_run(
     :param checkpoint: which saved model, as in :func:`~pyro_vae.load_run`.
     :return: the paths written.
     """
-    config = read_config(run_dir)
-    vae = load_run(run_dir, device, checkpoint)
+    run = Run(run_dir, device, checkpoint)
+    config, vae = run.config, run.model
     if data is None:  # grey levels (see the module doc); only the test split is drawn
         root = data_root if data_root is not None else config.data_root
         data = load_images(config.dataset, root, binarize=False, subset=1)

@@ -12,11 +12,10 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from pyro_vae.config import resolve_device
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData
-from pyro_vae.runs import load_run, read_config
+from pyro_vae.runs import Run
 
 
 def save_grid(
@@ -55,10 +54,8 @@ def sample_run(
     """
     if num <= 0:
         raise ConfigError(f"num must be positive, got {num}")
-    config = read_config(run_dir)
-    torch_device = resolve_device(device)
-    model = load_run(run_dir, torch_device, checkpoint)
-    data = config.load_data(torch_device) if data is None else data.to(torch_device)
-    with seeded(seed, torch_device):
-        images, nrow = model.sample_grid(num, label, data)
-    return save_grid(images, config.image_shape, path, nrow)
+    run = Run(run_dir, device, checkpoint)
+    data = run.data if data is None else data.to(run.device)
+    with seeded(seed, run.device):
+        images, nrow = run.model.sample_grid(num, label, data)
+    return save_grid(images, run.config.image_shape, path, nrow)
