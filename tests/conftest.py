@@ -2,6 +2,7 @@ import gzip
 import struct
 from pathlib import Path
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -54,6 +55,19 @@ def make_tiny_data() -> ImageData:
         image_shape=(1, 8, 8),
         class_names=("a", "b", "c", "d"),
         binarize=True,
+    )
+
+
+def write_tiny_image_file(path: Path) -> None:
+    """640 training and 128 test images of ``prototype_images`` as an image file (.npz)."""
+    images, labels = prototype_images(768)
+    pixels = (images.reshape(-1, 8, 8) * 255).to(torch.uint8).numpy()
+    np.savez(
+        path,
+        train=pixels[:640],
+        test=pixels[640:],
+        train_labels=labels[:640].numpy(),
+        test_labels=labels[640:].numpy(),
     )
 
 

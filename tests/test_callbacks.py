@@ -1,10 +1,8 @@
 """Training callbacks: a user's own, their saved state across a resume, and the TensorBoard
 logger, read back from its event files."""
 
-import numpy as np
 import pytest
-import torch
-from conftest import prototype_images
+from conftest import write_tiny_image_file
 from test_reliability import quiet_train
 from test_training import tiny_config
 
@@ -100,15 +98,7 @@ def _event_file(log_dir):
 
 
 def test_tensorboard_logger_writes_each_epoch_scalars_and_images(tmp_path):
-    images, labels = prototype_images(768)
-    pixels = (images.reshape(-1, 8, 8) * 255).to(torch.uint8).numpy()
-    np.savez(
-        tmp_path / "tiny.npz",
-        train=pixels[:640],
-        test=pixels[640:],
-        train_labels=labels[:640].numpy(),
-        test_labels=labels[640:].numpy(),
-    )
+    write_tiny_image_file(tmp_path / "tiny.npz")
     run = tmp_path / "run"
     main(
         f"train --dataset {tmp_path / 'tiny.npz'} --epochs 3 --latent-dim 2 --hidden-dim 16 "

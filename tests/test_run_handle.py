@@ -1,9 +1,8 @@
 """The Run handle: a run directory's configuration, model, data, metrics and evaluations."""
 
-import numpy as np
 import pytest
 import torch
-from conftest import prototype_images
+from conftest import write_tiny_image_file
 from test_reliability import quiet_train
 from test_training import tiny_config
 
@@ -13,15 +12,7 @@ from pyro_vae.runs import evaluate_run
 
 @pytest.fixture
 def run_dir(tmp_path):
-    images, labels = prototype_images(768)
-    pixels = (images.reshape(-1, 8, 8) * 255).to(torch.uint8).numpy()
-    np.savez(
-        tmp_path / "tiny.npz",
-        train=pixels[:640],
-        test=pixels[640:],
-        train_labels=labels[:640].numpy(),
-        test_labels=labels[640:].numpy(),
-    )
+    write_tiny_image_file(tmp_path / "tiny.npz")
     quiet_train(
         tiny_config(dataset=str(tmp_path / "tiny.npz"), epochs=3, patience=5), tmp_path / "run"
     )
