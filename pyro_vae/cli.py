@@ -6,33 +6,27 @@ traceback. An interrupted run (Ctrl-C, SIGTERM) exits with ``128 + signal``.
 """
 
 import argparse
+import ast
+import re
 import signal
 import sys
+import types
+import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import NoReturn
 
 from pyro_vae import __version__
 from pyro_vae.analysis.compare import comparison_table, summarize_runs
 from pyro_vae.analysis.encoding import encode_run
-from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.networks import ARCHITECTURES
-from pyro_vae.components.priors import PRIORS
-from pyro_vae.config import (
-    BINARIZE_CHOICES,
-    DATA_FIELDS,
-    DEVICE_CHOICES,
-    MODEL_FIELDS,
-    MODELS,
-    ON_NAN_CHOICES,
-    TrainConfig,
-    resolve_device,
-)
+from pyro_vae.config import DEVICE_CHOICES, MODEL_FIELDS, TrainConfig, resolve_device
+from pyro_vae.config.fields import DATA, MODEL, OPTIMIZATION, RUN, default_of, is_option
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import PyroVAEError
-from pyro_vae.core.registry import registry_options
-from pyro_vae.data.images import DATASETS, DEFAULT_DATA_ROOT, SPLITS
+from pyro_vae.core.registry import registry_help, registry_options
+from pyro_vae.data.images import SPLITS
 from pyro_vae.figures.plots import (
     check_png_path,
     comparison_figure,
@@ -42,9 +36,6 @@ from pyro_vae.figures.plots import (
 )
 from pyro_vae.figures.samples import sample_run
 from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
-from pyro_vae.inference.objectives import OBJECTIVES
-from pyro_vae.inference.schedules import LR_SCHEDULES
-from pyro_vae.models.conditional import OBSERVED_QUADRANT_CHOICES
 from pyro_vae.runs import (
     CHECKPOINTS,
     CONFIG_FILE,
@@ -60,8 +51,6 @@ from pyro_vae.runs import (
 from pyro_vae.training.fit import train
 from pyro_vae.training.loggers import LOGGERS
 
-DEFAULTS = TrainConfig()
-
 
 class _Parser(argparse.ArgumentParser):
     """Argument errors as one line (no usage block), like every other error of the CLI."""
@@ -71,15 +60,52 @@ class _Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, except None: the help says what happens then."""
+    """Shows each option's default, except None (the help says what happens then) and
+    those of on/off flags."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None else super()._get_help_string(action)
+        if action.default is None or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
 
 
-def _registry_help(registry: Mapping[str, type]) -> str:
-    """The choices of a registry and what each is, from the classes' ``help``."""
-    return "; ".join(f"{name} ({cls.help})" if cls.help else name for name, cls in registry.items())
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """A flag for every option of :class:`TrainConfig`, from its field's declaration."""
+    groups = {title: parser.add_argument_group(title) for title in (DATA, MODEL, OPTIMIZATION)}
+    groups[RUN] = parser.add_argument_group(RUN)
+    for declared in fields(TrainConfig):
+        if is_option(declared):
+            _add_field_flag(groups[declared.metadata["group"]], declared)
+
+
+def _add_field_flag(group: argparse._ArgumentGroup, declared: Field) -> None:
+    meta = declared.metadata
+    if meta["options_of"] is not None:
+        _add_registry_options(group, declared.name.removesuffix("_options"), meta["options_of"])
+        return
+    help, choices, default = meta["help"], meta["choices"], default_of(declared)
+    if isinstance(choices, Mapping):
+        help = f"{help}: {registry_help(choices)}"
+    flag = "--" + (meta["flag"] or declared.name.replace("_", "-"))
+    if declared.type is bool:
+        action = "store_false" if default else "store_true"
+        help = f"turn off: {help}" if default else help
+        group.add_argument(flag, dest=declared.name, action=action, help=help)
+        return
+    kind = declared.type
+    if isinstance(kind, types.UnionType):  # ``X | None``
+        (kind,) = (t for t in typing.get_args(kind) if t is not type(None))
+    many = typing.get_origin(kind) is tuple
+    group.add_argument(
+        flag,
+        dest=declared.name,
+        type=int if many else kind,
+        nargs="+" if many else None,
+        default=list(default) if many else default,
+        choices=None if choices is None else list(choices),
+        metavar=meta["metavar"],
+        help=help,
+    )
 
 
 def _add_registry_options(
@@ -102,12 +128,53 @@ def _add_registry_options(
 def _registry_option_values(args: argparse.Namespace, given: set[str]) -> None:
     """Gather the values of the ``--KIND-OPTION`` flags into ``args.KIND_options``, and
     count ``KIND_options`` as given where one of its flags is."""
-    for kind, registry in (("prior", PRIORS), ("likelihood", LIKELIHOODS)):
+    for declared in fields(TrainConfig):
+        registry = declared.metadata.get("options_of")
+        if registry is None:
+            continue
+        kind = declared.name.removesuffix("_options")
         dests = {option.name: f"{kind}_{option.name}" for option, _ in registry_options(registry)}
         values = {name: getattr(args, dest) for name, dest in dests.items()}
-        setattr(args, f"{kind}_options", {k: v for k, v in values.items() if v is not None})
+        setattr(args, declared.name, {k: v for k, v in values.items() if v is not None})
         if given.intersection(dests.values()):
-            given.add(f"{kind}_options")
+            given.add(declared.name)
+
+
+#: A parameter named in a library message: `name`, `name=value` or `kind_options[key]`.
+_PARAMETER = re.compile(r"`(\w+)(?:\[([\w-]+)\])?(?:=([^`]*))?`")
+
+
+def as_flags(text: str, *parsers: argparse.ArgumentParser) -> str:
+    """``text`` with each parameter it names in backticks (see :mod:`pyro_vae.core.errors`)
+    written as the flag of the first of ``parsers`` that has it; a parameter without a
+    flag keeps its Python spelling."""
+    actions = {
+        action.dest: action
+        for parser in reversed(parsers)
+        for action in parser._actions
+        if action.option_strings
+    }
+
+    def flag(match: re.Match) -> str:
+        name, key, value = match.groups()
+        action = actions.get(f"{name.removesuffix('_options')}_{key}" if key else name)
+        if action is None:
+            return match.group(0).strip("`")
+        if value is None or action.nargs == 0:
+            return action.option_strings[0]
+        return f"{action.option_strings[0]} {_flag_value(value)}"
+
+    return _PARAMETER.sub(flag, text)
+
+
+def _flag_value(text: str) -> str:
+    """A Python literal as the command line writes it: ``'iwae'`` as iwae, ``(300, 300)``
+    as 300 300."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -118,175 +185,8 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "to --out, one checkpoint and one metrics line per epoch.",
         formatter_class=HelpFormatter,
     )
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--dataset",
-        default=DEFAULTS.dataset,
-        metavar="NAME|FILE.npz",
-        help=f"image dataset: {', '.join(DATASETS)} (50k train / last 10k of train as "
-        "validation / 10k test), or a .npz file of your images: arrays train and test, "
-        "(N, H, W) or (N, C, H, W), uint8 or floats in [0, 1], optional train_labels, "
-        "test_labels, class_names (the last sixth of train is the validation set)",
-    )
-    data.add_argument(
-        "--data-root",
-        default=None,
-        help=f"where to look for (and download) the data; default {DEFAULT_DATA_ROOT} "
-        "(or $PYRO_VAE_DATA), then the system copy",
-    )
-    data.add_argument(
-        "--binarize",
-        choices=BINARIZE_CHOICES,
-        default=DEFAULTS.binarize,
-        help="dynamic: resample binary training images every epoch, binarize "
-        "val/test once with a fixed seed; none: keep grey levels in [0, 1]",
-    )
-    data.add_argument(
-        "--subset",
-        type=int,
-        default=None,
-        metavar="N",
-        help="train on the first N training images only (quick runs)",
-    )
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "--model",
-        choices=list(MODELS),
-        default=DEFAULTS.model,
-        help="vae: p(x); hvae: two-level hierarchical VAE p(z2) p(z1|z2) p(x|z1,z2) "
-        "(Tomczak & Welling 2018; --prior is p(z2)); cvae: label-conditional p(x|y); "
-        "completion: structured-output CVAE generating the missing quadrants of an image from "
-        "the observed ones",
-    )
-    model.add_argument(
-        "--observed-quadrants",
-        type=int,
-        choices=OBSERVED_QUADRANT_CHOICES,
-        default=DEFAULTS.observed_quadrants,
-        help="completion: observed quadrants (1 bottom-left, 2 +top-left, 3 +top-right)",
-    )
-    model.add_argument(
-        "--conditional-prior",
-        action="store_true",
-        help="cvae: learn a Gaussian p(z|y) per class instead of using --prior",
-    )
-    model.add_argument("--latent-dim", type=int, default=DEFAULTS.latent_dim, help="size of z")
-    model.add_argument(
-        "--hidden-dim",
-        type=int,
-        nargs="+",
-        default=list(DEFAULTS.hidden_dims),
-        dest="hidden_dims",
-        metavar="H",
-        help="widths of the encoder's fully connected hidden layers (the decoder mirrors "
-        "them); with --arch conv, those between the convolutions and the latent",
-    )
-    model.add_argument(
-        "--arch",
-        choices=list(ARCHITECTURES),
-        default=DEFAULTS.arch,
-        help="encoder/decoder networks (vae, hvae): mlp (fully connected, ReLU); conv (two "
-        "stride-2 convolutions with 32 and 64 channels, mirrored by transposed convolutions); "
-        "gated (fully connected with gated dense layers (W1 u + b1) * sigmoid(W2 u + b2), as in "
-        "the VampPrior paper with --hidden-dim 300 300); gated-conv (conv with every convolution "
-        "and hidden layer gated so); gated-fullres-conv (the VampPrior paper's gated "
-        "convolutions: five in the encoder, a decoder that refines a full-size map with four "
-        "3x3 convolutions of 64 channels)",
-    )
-    model.add_argument(
-        "--prior",
-        choices=list(PRIORS),
-        default=DEFAULTS.prior,
-        help=f"prior p(z): {_registry_help(PRIORS)}",
-    )
-    _add_registry_options(model, "prior", PRIORS)
-    model.add_argument(
-        "--likelihood",
-        choices=list(LIKELIHOODS),
-        default=DEFAULTS.likelihood,
-        help=f"likelihood p(x|z): {_registry_help(LIKELIHOODS)}",
-    )
-    _add_registry_options(model, "likelihood", LIKELIHOODS)
-    opt = p.add_argument_group("objective and optimization")
-    opt.add_argument(
-        "--objective",
-        choices=list(OBJECTIVES),
-        default=DEFAULTS.objective,
-        help="elbo: Trace_ELBO (without its host reads); analytic-kl: TraceMeanField_ELBO; "
-        "iwae: importance-weighted bound with --particles samples (the best epoch, early "
-        "stopping and the lr schedule then follow the validation IWAE bound)",
-    )
-    opt.add_argument(
-        "--particles",
-        type=int,
-        default=DEFAULTS.particles,
-        metavar="K",
-        help="samples of z per example in the objective",
-    )
-    opt.add_argument(
-        "--beta",
-        type=float,
-        default=DEFAULTS.beta,
-        help="weight of the KL term (beta-VAE); must be > 0",
-    )
-    opt.add_argument(
-        "--warmup-epochs",
-        type=int,
-        default=DEFAULTS.warmup_epochs,
-        help="raise beta linearly from ~0 to --beta over this many epochs (0: off)",
-    )
-    opt.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="number of epochs")
-    opt.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="batch size")
-    opt.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam learning rate")
-    opt.add_argument(
-        "--lr-schedule",
-        choices=list(LR_SCHEDULES),
-        default=DEFAULTS.lr_schedule,
-        help="constant, or plateau: multiply the lr by --lr-decay when the validation ELBO "
-        "has not improved for --lr-patience epochs",
-    )
-    opt.add_argument(
-        "--lr-decay", type=float, default=DEFAULTS.lr_decay, help="factor of --lr-schedule plateau"
-    )
-    opt.add_argument(
-        "--lr-patience",
-        type=int,
-        default=DEFAULTS.lr_patience,
-        metavar="EPOCHS",
-        help="epochs without improvement before --lr-schedule plateau lowers the lr",
-    )
-    opt.add_argument(
-        "--clip-grad-norm",
-        type=float,
-        default=DEFAULTS.clip_grad_norm,
-        metavar="NORM",
-        help="clip the gradient of the per-example loss to this norm before each step "
-        "(default: no clipping); the epoch log counts the clipped steps",
-    )
-    opt.add_argument(
-        "--weight-decay",
-        type=float,
-        default=DEFAULTS.weight_decay,
-        metavar="WD",
-        help="decoupled weight decay (AdamW): each step also shrinks the parameters by the "
-        "factor 1 - lr * WD, against overfitting (0: plain Adam)",
-    )
-    opt.add_argument(
-        "--patience",
-        type=int,
-        default=DEFAULTS.patience,
-        metavar="EPOCHS",
-        help="early stopping: stop when the validation ELBO has not improved for this many "
-        "epochs (0: off); evaluate, plot and sample then use the best epoch (OUT/best.pt)",
-    )
-    run = p.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=DEFAULTS.seed, help="random seed")
-    run.add_argument(
-        "--device",
-        choices=DEVICE_CHOICES,
-        default=DEFAULTS.device,
-        help="auto: CUDA when available, else CPU",
-    )
+    _add_config_options(p)
+    run = next(group for group in p._action_groups if group.title == RUN)
     run.add_argument("--out", default="runs/vae", help="run directory to write")
     run.add_argument(
         "--config",
@@ -302,15 +202,6 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "run's saved values, those given must match them except the likes of --epochs and "
         "--lr (an error names any that may not change)",
     )
-    run.add_argument(
-        "--init-from",
-        default=DEFAULTS.init_from,
-        metavar="RUN",
-        help="fine-tune: start from the model of another run (its directory, for its best.pt, "
-        "or a checkpoint file); model options left out are that run's, those given must "
-        "match them; optimizer and epochs start anew, e.g. to continue a trained VAE with "
-        "--objective iwae",
-    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument(
         "--logger",
@@ -322,30 +213,9 @@ def _add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         "(needs pip install 'pyro-vae[tensorboard]')",
     )
     run.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=DEFAULTS.checkpoint_every,
-        metavar="N",
-        help="also checkpoint every N steps (0: only at the end of each epoch, and on Ctrl-C)",
-    )
-    run.add_argument(
-        "--on-nan",
-        choices=ON_NAN_CHOICES,
-        default=DEFAULTS.on_nan,
-        help="on a non-finite loss or gradient: stop (the last checkpoint stays good), or "
-        "roll back to the last checkpoint and halve the learning rate",
-    )
-    run.add_argument(
-        "--no-cuda-graph",
-        dest="cuda_graph",
-        action="store_false",
-        help="on a GPU, run every training step eagerly instead of replaying it from a CUDA "
-        "graph (for debugging a model that a graph records wrongly)",
-    )
-    run.add_argument(
         "--plot", action="store_true", help="write the figures of `pyro-vae plot` to OUT/figures"
     )
-    p.set_defaults(handler=_run_train, parser=p)
+    p.set_defaults(handler=_run_train)
 
 
 def _options_given(args: argparse.Namespace) -> set[str]:
@@ -360,13 +230,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     """The run's options: those written on the command line, then those of ``--config``,
     then (for the options left out of both) the run being continued: all of its options
     when resuming, its model's when fine-tuning from it; then the defaults."""
-    # Every option of TrainConfig is a train option of the same name (dest); the rest of
-    # its fields are set from the data.
+    # Every option of TrainConfig is a train flag whose dest is the field's name.
     given = _options_given(args)
     _registry_option_values(args, given)
-    options = {
-        f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in DATA_FIELDS
-    }
+    options = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if is_option(f)}
     chosen = read_options(args.config) if args.config else {}
     chosen |= {name: options[name] for name in given if name in options}
     if args.resume and (Path(args.out) / CONFIG_FILE).is_file():
@@ -655,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample_parser(subparsers)
     _add_encode_parser(subparsers)
     _add_compare_parser(subparsers)
+    commands = subparsers.choices
+    for command in commands.values():  # messages may name how to train, e.g. `model='cvae'`
+        command.set_defaults(parser=command, train_parser=commands["train"])
+        for action in command._actions:
+            if action.help:
+                action.help = as_flags(action.help, command, commands["train"])
     return parser
 
 
@@ -665,10 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.handler(args)
     except PyroVAEError as error:
-        print(f"pyro-vae: error: {error}", file=sys.stderr)
+        message = as_flags(str(error), args.parser, args.train_parser)
+        print(f"pyro-vae: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # TrainingInterrupted says where it saved
-        print(f"pyro-vae: {str(interrupt) or 'interrupted'}", file=sys.stderr)
+        message = as_flags(str(interrupt), args.parser, args.train_parser)
+        print(f"pyro-vae: {message or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(interrupt, "signum", signal.SIGINT)
     finally:
         distributed.shutdown()  # under torchrun: leave the process group

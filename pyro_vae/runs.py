@@ -177,7 +177,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], file: str = CHECKPOINT
     except OSError as error:
         raise CheckpointError(
             f"could not write {path} ({error}); the previous checkpoint is unchanged. "
-            "Free disk space or fix permissions, then continue with --resume"
+            "Free disk space or fix permissions, then continue with `resume=True`"
         ) from error
 
 
@@ -198,11 +198,9 @@ def load_checkpoint(
         if file == BEST_FILE and (Path(run_dir) / CHECKPOINT_FILE).is_file():
             raise CheckpointError(
                 f"no {BEST_FILE} in {run_dir}: no epoch has finished yet, or an older pyro-vae "
-                "trained it; use the last checkpoint (--checkpoint last)"
+                "trained it; use the last checkpoint (`checkpoint='last'`)"
             )
-        raise CheckpointError(
-            f"no checkpoint at {path}; train first with `pyro-vae train --out {run_dir}`"
-        )
+        raise CheckpointError(f"no checkpoint at {path}; train a run in {run_dir} first")
     try:
         # weights_only=False: the checkpoint holds Python RNG state tuples; it is our own file.
         state = torch.load(path, map_location=map_location, weights_only=False)
@@ -299,7 +297,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as error:
             raise CheckpointError(
                 f"{path} line {number} is not valid JSON ({error}); the run was probably "
-                "killed while writing it: continue it with --resume, which rewrites the file"
+                "killed while writing it: continue it with `resume=True`, which rewrites the file"
             ) from error
     return rows
 
@@ -413,13 +411,13 @@ def fine_tuning_source(init_from: str | Path) -> tuple[Path, dict[str, Any], Tra
     source = Path(init_from)
     if not source.exists():
         raise CheckpointError(
-            f"--init-from {source} does not exist; pass a run directory or its "
+            f"`init_from` {source} does not exist; pass a run directory or its "
             f"{BEST_FILE} or {CHECKPOINT_FILE}"
         )
     run_dir, file = (source, BEST_FILE) if source.is_dir() else (source.parent, source.name)
     if source.is_dir() and not (source / BEST_FILE).is_file():
         raise CheckpointError(
-            f"--init-from {source}: the directory holds no {BEST_FILE} (no epoch of that run "
+            f"`init_from` {source}: the directory holds no {BEST_FILE} (no epoch of that run "
             f"has finished); pass a checkpoint file instead, such as {source / CHECKPOINT_FILE}"
         )
     state = load_checkpoint(run_dir, keys=("model", "config"), file=file)
@@ -683,7 +681,7 @@ def _other_images(
     if vae.conditions_on_labels:
         raise ConfigError(
             f"this run's model ({config.model}) is conditioned on its dataset's labels, which "
-            f"{dataset}'s labels do not fit; --dataset scores images with models of p(x)"
+            f"{dataset}'s labels do not fit; `dataset` scores images with models of p(x)"
         )
     data = load_images(
         dataset,
@@ -807,9 +805,9 @@ def evaluate_run(
         saved.save()
         raise ConfigError(
             f"{torch_device} ran out of memory evaluating {max_batch} (sample, image) pairs per "
-            f"pass; pass a smaller --max-batch, e.g. {max(1, max_batch // 4)} (the "
+            f"pass; pass a smaller `max_batch`, e.g. {max(1, max_batch // 4)} (the "
             f"{saved.examples_done} images done are saved in {saved.path}, to continue with "
-            f"this --max-batch once memory is free)"
+            f"this `max_batch` once memory is free)"
         ) from None
     result = {
         "split": split,

@@ -1,16 +1,24 @@
+import argparse
 import json
 import re
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from pyro_vae import TrainConfig, __version__, read_config
-from pyro_vae.cli import main
+from pyro_vae.cli import as_flags, build_parser, main
+from pyro_vae.config.fields import is_option
 from pyro_vae.data.images import DATASETS
 
 SYSTEM_COPY = DATASETS["fashion-mnist"].system_dirs[0]
+
+
+def train_parser() -> argparse.ArgumentParser:
+    (commands,) = (a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["train"]
 
 
 def test_help_describes_every_train_option(capsys):
@@ -188,3 +196,36 @@ def test_a_bad_options_file_is_named_before_anything_is_written(tmp_path, capsys
     (line,) = capsys.readouterr().err.splitlines()
     assert re.search(message, line), line
     assert not (tmp_path / "run").exists()
+
+
+def test_every_config_option_is_a_train_flag_with_its_declared_help():
+    actions = {action.dest: action for action in train_parser()._actions}
+    for declared in fields(TrainConfig):
+        if not is_option(declared) or declared.metadata["options_of"] is not None:
+            continue
+        action = actions[declared.name]
+        first_words = declared.metadata["help"].split("`")[0][:20]
+        assert first_words in action.help, declared.name
+        assert "`" not in action.help, declared.name  # parameters became flags
+    assert actions["cuda_graph"].option_strings == ["--no-cuda-graph"]
+    assert actions["hidden_dims"].option_strings == ["--hidden-dim"]
+    assert {"prior_components", "likelihood_scale"} <= set(actions)
+    assert set(actions).isdisjoint({"image_shape", "num_classes"})  # facts of the data
+
+
+@pytest.mark.parametrize(
+    ("python", "command_line"),
+    [
+        ("`latent_dim` must be positive", "--latent-dim must be positive"),
+        ("pass `resume=True` or `epochs=3`", "pass --resume or --epochs 3"),
+        ("use `objective='elbo'`", "use --objective elbo"),
+        ("as with `hidden_dims=(300, 300)`", "as with --hidden-dim 300 300"),
+        ("turn off `cuda_graph=False`", "turn off --no-cuda-graph"),
+        ("takes no `prior_options[layers]`", "takes no --prior-layers"),
+        ("`likelihood_options[squeeze]=EPS` then", "--likelihood-squeeze EPS then"),
+        ("no such flag: `max_batch`", "no such flag: max_batch"),
+        ("code such as `pyro-vae plot` stays", "code such as `pyro-vae plot` stays"),
+    ],
+)
+def test_library_messages_are_written_with_the_flags_of_the_command(python, command_line):
+    assert as_flags(python, train_parser()) == command_line

@@ -206,10 +206,13 @@ def test_iwae_objective_trains_the_baseline_too(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"model": "gan"}, "unknown model 'gan'; choose one of: vae, hvae, cvae, completion"),
-        ({"model": "completion", "observed_quadrants": 4}, "observed-quadrants must be one of"),
-        ({"conditional_prior": True}, "use --model cvae"),
-        ({"model": "completion", "prior": "other"}, "--prior other does not apply"),
+        ({"model": "gan"}, "unknown `model` 'gan'; choose one of: vae, hvae, cvae, completion"),
+        (
+            {"model": "completion", "observed_quadrants": 4},
+            "unknown `observed_quadrants` 4; choose one of: 1, 2, 3",
+        ),
+        ({"conditional_prior": True}, "use `model='cvae'`"),
+        ({"model": "completion", "prior": "other"}, "`prior='other'` does not apply"),
         ({"model": "cvae", "conditional_prior": True, "prior": "other"}, "does not apply"),
     ],
 )
@@ -235,7 +238,7 @@ def test_sample_grids(runs, tmp_path):
     assert size(path) == (11 * side + 2, 2 * side + 2)  # observed, guess, 8, truth; 2 rows
     path = sample_run(runs["vae"], tmp_path / "vae.png", num=4, data=data)
     assert size(path) == (2 * side + 2, 2 * side + 2)
-    with pytest.raises(ConfigError, match="--label 7 is not a class of this run"):
+    with pytest.raises(ConfigError, match="`label` 7 is not a class of this run"):
         sample_run(runs["cvae"], tmp_path / "x.png", label=7, data=data)
     with pytest.raises(ConfigError, match="needs a label-conditional run"):
         sample_run(runs["vae"], tmp_path / "x.png", label=1, data=data)

@@ -48,7 +48,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, no_system_copy):
         load_images("fashion-mnist", data_root=tmp_path / "empty", download=False)
     message = str(info.value)
     assert "fashion-mnist was not found" in message
-    assert "apt-get install dataset-fashion-mnist" in message and "--data-root" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "`data_root`" in message
 
 
 def test_failed_download_is_reported_clearly(tmp_path, monkeypatch, no_system_copy):

@@ -122,10 +122,10 @@ def test_resume_restores_the_schedule_exactly(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"patience": -1}, "patience must be 0 or more"),
-        ({"lr_patience": -2}, "lr-patience must be 0 or more"),
-        ({"lr_decay": 1.0}, "lr-decay must be between 0 and 1"),
-        ({"lr_schedule": "cosine"}, "unknown lr-schedule 'cosine'; choose one of: constant"),
+        ({"patience": -1}, "`patience` must be 0 or more"),
+        ({"lr_patience": -2}, "`lr_patience` must be 0 or more"),
+        ({"lr_decay": 1.0}, "`lr_decay` must be between 0 and 1"),
+        ({"lr_schedule": "cosine"}, "unknown `lr_schedule` 'cosine'; choose one of: constant"),
     ],
 )
 def test_invalid_schedule_options_are_rejected(options, message):
@@ -137,7 +137,7 @@ def test_missing_best_checkpoint_and_unknown_choice_are_clear_errors(tmp_path, t
     out = tmp_path / "run"
     train(tiny_config(epochs=1), out, data=tiny_data, progress=False)
     (out / "best.pt").unlink()  # as in a run made before best.pt existed
-    with pytest.raises(CheckpointError, match=r"no best.pt .*\(--checkpoint last\)"):
+    with pytest.raises(CheckpointError, match=r"no best.pt .*\(`checkpoint='last'`\)"):
         load_run(out, checkpoint="best")
     with pytest.raises(ConfigError, match="unknown checkpoint 'first'"):
         load_run(out, checkpoint="first")

@@ -184,7 +184,7 @@ def test_beta_squeeze_is_a_density_with_its_jacobian():
             "beta",
             None,
             torch.tensor([[0.0, 0.5]]),
-            r"strictly inside \(0, 1\).*--likelihood-squeeze",
+            r"strictly inside \(0, 1\).*`likelihood_options\[squeeze\]=EPS`",
         ),
         ("beta", {"squeeze": 1e-3}, torch.tensor([[0.5, 1.2]]), r"expects values in \[0, 1\]"),
         (
@@ -223,7 +223,7 @@ def test_scale_options():
             build_likelihood("gaussian", data_dim=D, options={"scale": bad})
     with pytest.raises(
         ConfigError,
-        match=r"takes no option 'scale' \(--likelihood-scale\); "
+        match=r"takes no option 'scale' \(`likelihood_options\[scale\]`\); "
         "it applies to: gaussian, laplace",
     ):
         build_likelihood("bernoulli", data_dim=D, options={"scale": 0.1})

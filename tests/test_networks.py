@@ -417,13 +417,16 @@ def test_conv_vae_with_vamp_prior_trains_resumes_and_loads(tmp_path, tiny_data):
     [
         (
             lambda: TrainConfig(model="cvae", arch="conv"),
-            "--arch conv is available for --model vae and hvae; the cvae model's networks are MLPs",
+            "`arch='conv'` is available for `model` vae and hvae; the cvae model's networks",
         ),
-        (lambda: TrainConfig(model="completion", arch="conv"), "available for --model vae and"),
-        (lambda: TrainConfig(arch="resnet"), "unknown arch 'resnet'; choose one of: mlp, conv, ga"),
+        (lambda: TrainConfig(model="completion", arch="conv"), "available for `model` vae and"),
+        (
+            lambda: TrainConfig(arch="resnet"),
+            "unknown `arch` 'resnet'; choose one of: mlp, conv, ga",
+        ),
         (
             lambda: TrainConfig(arch="conv", image_shape=(1, 30, 30)).build_vae(),
-            "divisible by 4, got 30x30; use --arch mlp",
+            "divisible by 4, got 30x30; use `arch='mlp'`",
         ),
         (lambda: VAE(64, 3, arch="conv"), r"needs the image shape \(channels, height, width\)"),
         (lambda: VAE(64, 3, image_shape=(1, 8, 9)), "holds 72 values, not data_dim=64"),

@@ -154,11 +154,11 @@ def test_vamp_prior_shares_the_encoder_and_trains_it_once_with_svi():
 
 def test_build_prior_rejects_unknown_names_and_options():
     encoder = MLPEncoder(3, (8,), 2)
-    with pytest.raises(ConfigError, match="unknown prior 'cauchy'; choose one of: normal, "):
+    with pytest.raises(ConfigError, match="unknown `prior` 'cauchy'; choose one of: normal, "):
         build_prior("cauchy", latent_dim=2, data_dim=3, encoder=encoder)
     with pytest.raises(
         ConfigError,
-        match=r"takes no option 'layers' \(--prior-layers\); "
+        match=r"takes no option 'layers' \(`prior_options\[layers\]`\); "
         "it applies to: flow",
     ):
         build_prior("mog", latent_dim=2, data_dim=3, encoder=encoder, options={"layers": 2})

@@ -132,7 +132,7 @@ def test_non_finite_loss_or_gradient_stops_at_the_step_it_happens(
         quiet_train(tiny_config(checkpoint_every=2), out, data=tiny_data)
     assert str(fault.value).startswith("non-finite loss (loss nan) at epoch 2, step 3 of 8; ")
     assert "(at epoch 2, step 2 of 8) is unchanged" in str(fault.value)
-    assert "lower --lr (now 0.003), or with --on-nan rollback" in str(fault.value)
+    assert "lower `lr` (now 0.003), or with `on_nan='rollback'`" in str(fault.value)
     assert (load_checkpoint(out)["epoch"], load_checkpoint(out)["step"]) == (1, 2)
 
 
@@ -221,7 +221,7 @@ def test_signal_saves_mid_epoch_and_resume_is_exact(
     assert f"stopped by {name} at epoch {position[0] + 1}, step {position[1]} of 8" in str(
         stopped.value
     )
-    assert "continue with the same command plus --resume" in str(stopped.value)
+    assert "continue with the same arguments plus `resume=True`" in str(stopped.value)
     checkpoint = load_checkpoint(out)
     assert (checkpoint["epoch"], checkpoint["step"]) == position
     assert signal.getsignal(signum) is handler  # the handler is restored
@@ -251,7 +251,7 @@ def test_crash_resumes_exactly_from_the_last_periodic_checkpoint(
     done_steps = checkpoint["epoch"] * 8 + checkpoint["step"]
     assert done_steps == (crash_at - 1) // 3 * 3  # the last multiple of 3 steps before the crash
     (out / "metrics.jsonl").write_text('{"epoch": 1, "train_lo')  # a torn metrics line
-    with pytest.raises(CheckpointError, match="line 1 is not valid JSON .* --resume"):
+    with pytest.raises(CheckpointError, match="line 1 is not valid JSON .* `resume=True`"):
         read_metrics(out)
     (out / f".{CHECKPOINT_FILE}.999999.tmp").write_bytes(b"left by a killed writer")
 
@@ -278,7 +278,7 @@ def test_resuming_a_finished_run_does_nothing_and_fewer_epochs_is_an_error(tmp_p
     assert lines[-1].endswith("has already trained all 1 epochs")
     assert (tmp_path / "run" / CHECKPOINT_FILE).read_bytes() == before
     quiet_train(tiny_config(epochs=2), tmp_path / "run", data=tiny_data, resume=True)
-    with pytest.raises(ConfigError, match="has already trained 2 epochs; pass --epochs 3 or more"):
+    with pytest.raises(ConfigError, match="has already trained 2 epochs; pass `epochs=3` or more"):
         quiet_train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, resume=True)
 
 

@@ -88,12 +88,18 @@ def test_two_parameter_likelihoods_widen_the_decoder(tmp_path, tiny_data):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"prior": "mog", "prior_options": {"components": 0}}, "prior-components must be positive"),
-        ({"prior": "flow", "prior_options": {"layers": -1}}, "prior-layers must be positive"),
+        (
+            {"prior": "mog", "prior_options": {"components": 0}},
+            r"`prior_options\[components\]` must be positive",
+        ),
+        (
+            {"prior": "flow", "prior_options": {"layers": -1}},
+            r"`prior_options\[layers\]` must be positive",
+        ),
         (
             {"prior_options": {"components": 5}},
             r"the 'normal' prior takes no option 'components' "
-            r"\(--prior-components\); it applies to: mog, vamp",
+            r"\(`prior_options\[components\]`\); it applies to: mog, vamp",
         ),
         ({"likelihood_options": {"scale": "0.1"}}, "takes no option 'scale'"),
         (
@@ -101,7 +107,7 @@ def test_two_parameter_likelihoods_widen_the_decoder(tmp_path, tiny_data):
             "per-pixel or global",
         ),
         ({"likelihood": "beta", "likelihood_options": {"squeeze": 0.7}}, r"must be in \[0, 0.5\)"),
-        ({"likelihood": "poisson"}, "unknown likelihood 'poisson'; choose one of: bernoulli, "),
+        ({"likelihood": "poisson"}, "unknown `likelihood` 'poisson'; choose one of: bernoulli, "),
     ],
 )
 def test_invalid_options_are_rejected_when_the_config_is_made(options, message):

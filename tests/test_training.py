@@ -1,4 +1,5 @@
 import json
+import math
 
 import pyro
 import pytest
@@ -132,13 +133,13 @@ def test_gradient_clipping_bounds_every_step_and_counts_the_clipped_ones(tmp_pat
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"latent_dim": 0}, "latent-dim must be positive"),
-        ({"clip_grad_norm": 0.0}, "clip-grad-norm must be a positive number"),
-        ({"clip_grad_norm": float("inf")}, "clip-grad-norm must be a positive number"),
-        ({"weight_decay": -0.1}, "weight-decay must be 0 or more"),
-        ({"weight_decay": float("nan")}, "weight-decay must be 0 or more"),
-        ({"beta": -1.0}, "beta must be a positive number"),
-        ({"prior": "cauchy"}, "unknown prior 'cauchy'; choose one of: normal"),
+        ({"latent_dim": 0}, "`latent_dim` must be positive"),
+        ({"clip_grad_norm": 0.0}, "`clip_grad_norm` must be a positive number"),
+        ({"clip_grad_norm": float("inf")}, "`clip_grad_norm` must be a positive number"),
+        ({"weight_decay": -0.1}, "`weight_decay` must be 0 or more"),
+        ({"weight_decay": float("nan")}, "`weight_decay` must be 0 or more"),
+        ({"beta": -1.0}, "`beta` must be a positive number"),
+        ({"prior": "cauchy"}, "unknown `prior` 'cauchy'; choose one of: normal"),
         ({"objective": "iwae", "beta": 2.0}, "no separate KL term"),
     ],
 )
@@ -160,7 +161,9 @@ def test_a_mismatched_guide_fails_before_training_with_pyros_message(tmp_path, t
                 pyro.sample("w", pyro.distributions.Normal(loc, scale).to_event(1))
 
     config = tiny_config()
-    MODELS["misnamed"] = lambda c: MisnamedGuide(c.data_dim, c.latent_dim, c.hidden_dims)
+    MODELS["misnamed"] = lambda c, shape, _: MisnamedGuide(
+        math.prod(shape), c.latent_dim, c.hidden_dims
+    )
     try:
         config.model = "misnamed"
         with pytest.raises(ConfigError, match="do not match .*Found vars in model but not guide"):

@@ -325,8 +325,8 @@ class BetaLikelihood(Likelihood):
         if self.squeeze:
             return Likelihood.domain_fix
         return (
-            "the Beta density is 0 or infinite at exactly 0 and 1: pass --likelihood-squeeze "
-            "EPS (Python: squeeze=EPS, e.g. 1e-3) to model eps + (1 - 2 eps) x, Jacobian "
+            "the Beta density is 0 or infinite at exactly 0 and 1: pass "
+            "`likelihood_options[squeeze]=EPS` (e.g. 1e-3) to model eps + (1 - 2 eps) x, Jacobian "
             "included, or use the continuous-bernoulli likelihood"
         )
 
@@ -435,7 +435,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     so :math:`\log p(x)` is also reported in bits per dimension.
     """
 
-    help = "8-bit grey levels, use --binarize none; also reported in bits/dim"
+    help = "8-bit grey levels, use `binarize='none'`; also reported in bits/dim"
 
     params_per_dim = 2
     is_discrete = True
@@ -443,7 +443,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     min_scale = 1e-3
     domain = "8-bit grey levels k/255 (k = 0, ..., 255)"
     domain_fix = (
-        "quantize the data to round(255 x) / 255 (the loader's grey levels, --binarize none, "
+        "quantize the data to round(255 x) / 255 (the loader's grey levels, `binarize='none'`, "
         "already are), or choose a continuous likelihood"
     )
 

@@ -367,7 +367,7 @@ class ConvEncoder(nn.Module):
             if min(height, width) < 1:
                 raise ConfigError(
                     f"the encoder's convolutions leave nothing of a {tuple(image_shape)} image "
-                    f"(at {conv}); use fewer or smaller-strided convolutions, or --arch mlp"
+                    f"(at {conv}); use fewer or smaller-strided convolutions, or `arch='mlp'`"
                 )
         self.image_shape = tuple(image_shape)
         self.convs = nn.Sequential(*layers, nn.Flatten())
@@ -452,7 +452,7 @@ class ConvDecoder(nn.Module):
         if height % scale or width % scale:
             raise ConfigError(
                 f"the convolutional decoder needs image height and width divisible by {scale}, "
-                f"got {height}x{width}; use --arch mlp"
+                f"got {height}x{width}; use `arch='mlp'`"
             )
         self.start_shape = (channels[0], height // scale, width // scale)
         self.head = MultiInputMLP(
@@ -484,6 +484,8 @@ class Architecture:
     instance to :data:`ARCHITECTURES`.
     """
 
+    #: What the architecture is, in one line (for ``--help``).
+    help: str = ""
     #: The kind of hidden layer of the fully connected networks over latents alone,
     #: such as :math:`p(z_1|z_2)` of the hierarchical VAE.
     layer: HiddenLayer = RELU
@@ -523,8 +525,9 @@ class MLPArchitecture(Architecture):
     to the parameters (the encoder's scale keeps the softplus parameterization of
     :func:`gaussian_params`)."""
 
-    def __init__(self, layer: HiddenLayer = RELU):
+    def __init__(self, layer: HiddenLayer = RELU, *, help: str = ""):
         self.layer = layer
+        self.help = help
 
     def encoder(
         self,
@@ -579,7 +582,9 @@ class ConvArchitecture(Architecture):
         *,
         decoder_channels: Sequence[int | Convolution] | None = None,
         output: Convolution = Convolution(0, 4, 2),
+        help: str = "",
     ):
+        self.help = help
         self.channels = tuple(channels)
         if decoder_channels is None and not all(isinstance(c, int) for c in self.channels):
             raise ConfigError(
@@ -650,13 +655,24 @@ GATED_FULL_RESOLUTION = ConvArchitecture(
     GATED,
     decoder_channels=(1, *[Convolution(64)] * 4),
     output=Convolution(0, 1),
+    help="the VampPrior paper's gated convolutions: five in the encoder, a decoder that "
+    "refines a full-size map with four 3x3 convolutions of 64 channels",
 )
 
 #: Registry of architectures by ``--arch`` name.
 ARCHITECTURES: dict[str, Architecture] = {
-    "mlp": MLPArchitecture(),
-    "conv": ConvArchitecture(),
-    "gated": MLPArchitecture(GATED),
-    "gated-conv": ConvArchitecture(layer=GATED),
+    "mlp": MLPArchitecture(help="fully connected, ReLU"),
+    "conv": ConvArchitecture(
+        help="two stride-2 convolutions with 32 and 64 channels, mirrored by transposed "
+        "convolutions"
+    ),
+    "gated": MLPArchitecture(
+        GATED,
+        help="fully connected with gated dense layers (W1 u + b1) * sigmoid(W2 u + b2), as "
+        "in the VampPrior paper with `hidden_dims=(300, 300)`",
+    ),
+    "gated-conv": ConvArchitecture(
+        layer=GATED, help="conv with every convolution and hidden layer gated so"
+    ),
     "gated-fullres-conv": GATED_FULL_RESOLUTION,
 }

@@ -248,7 +248,7 @@ class VampPrior(Prior):
         if encoder is None:
             raise ConfigError(
                 "the VampPrior is built on the VAE's encoder of x alone, and this model's encoder "
-                "takes more inputs (a label or the observed pixels); use another --prior"
+                "takes more inputs (a label or the observed pixels); use another `prior`"
             )
         return cls(latent_dim, encoder=encoder, data_dim=data_dim, **options)
 

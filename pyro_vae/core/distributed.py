@@ -120,7 +120,7 @@ def init(device: torch.device) -> tuple[World, torch.device]:
     elif dist.get_backend() != backend:
         raise ConfigError(
             f"the process group uses {dist.get_backend()}, but {device} needs {backend}; "
-            "use the same --device in every command of one launch"
+            "use the same `device` in every command of one launch"
         )
     return world, device
 

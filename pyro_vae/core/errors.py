@@ -3,6 +3,11 @@
 The CLI prints these as one line on stderr and exits with status 2; anything
 else is a bug and keeps its traceback. :class:`TrainingInterrupted` is not an
 error: the CLI prints it as one line and exits with status ``128 + signal``.
+
+Messages name parameters as Python spells them, in backticks: ```latent_dim```,
+```resume=True```, ```objective='iwae'```, ```prior_options[components]```. The CLI
+writes each as the flag of its command (``--latent-dim``, ``--resume``,
+``--objective iwae``, ``--prior-components``), so one message serves both.
 """
 
 import signal

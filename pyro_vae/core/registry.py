@@ -1,6 +1,8 @@
-"""Registries of swappable classes (priors, likelihoods, architectures) and their options.
+"""Registries of swappable parts (models, priors, likelihoods, architectures, objectives,
+schedules) and their options.
 
-A registry maps a name to a class. Each class says what it is in ``help`` (one line) and
+A registry maps a name to a class, an instance or a :class:`Factory`; each says what it
+is in ``help`` (one line), which the command line's ``--help`` lists. A class also
 declares the keyword options it accepts as :class:`Option` objects in ``options``:
 that declaration is the only one. The command line is generated from it (option ``o``
 of a ``kind`` is the flag ``--kind-o``), and :class:`~pyro_vae.config.TrainConfig`
@@ -12,7 +14,7 @@ turns a wrong name, an option that does not apply, or a bad value into a
 import numbers
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pyro_vae.core.errors import ConfigError
 
@@ -36,6 +38,29 @@ class Option:
     metavar: str = "VALUE"
 
 
+@dataclass(frozen=True)
+class Factory(Generic[T]):
+    """A registered function with its one-line ``help``; calling it calls the function.
+
+    :param make: the function, e.g. ``(num_particles) -> objective``.
+    :param help: what it makes, for ``--help``.
+    """
+
+    make: Callable[..., T]
+    help: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> T:
+        return self.make(*args, **kwargs)
+
+
+def registry_help(registry: Mapping[str, Any]) -> str:
+    """The names of a registry with what each is (its ``help``), for ``--help``."""
+    return "; ".join(
+        f"{name} ({entry.help})" if getattr(entry, "help", "") else name
+        for name, entry in registry.items()
+    )
+
+
 def positive_int(value: Any) -> int:
     """An integer above 0, from an integer or its text."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral | str):
@@ -52,7 +77,7 @@ def positive_int(value: Any) -> int:
 def lookup(registry: Mapping[str, T], kind: str, name: str) -> T:
     """The entry registered as ``name``, or a :class:`ConfigError` listing the choices."""
     if name not in registry:
-        raise ConfigError(f"unknown {kind} {name!r}; choose one of: {', '.join(registry)}")
+        raise ConfigError(f"unknown `{kind}` {name!r}; choose one of: {', '.join(registry)}")
     return registry[name]
 
 
@@ -78,14 +103,14 @@ def check_option_names(
     accepted = declared_options(lookup(registry, kind, name))
     for option in options:
         if option not in accepted:
-            flag = f"--{kind}-{option}"
+            parameter = f"`{kind}_options[{option}]`"
             users = [other for other, cls in registry.items() if option in declared_options(cls)]
             applies = (
                 f"it applies to: {', '.join(users)}" if users else "no registered one takes it"
             )
             raise ConfigError(
-                f"the {name!r} {kind} takes no option {option!r} ({flag}); {applies}. "
-                f"Drop {flag} or choose another --{kind}"
+                f"the {name!r} {kind} takes no option {option!r} ({parameter}); {applies}. "
+                f"Drop {parameter} or choose another `{kind}`"
             )
 
 
@@ -103,5 +128,5 @@ def parse_options(
         except ConfigError:
             raise
         except (TypeError, ValueError) as error:
-            raise ConfigError(f"{kind}-{option} {error}") from error
+            raise ConfigError(f"`{kind}_options[{option}]` {error}") from error
     return parsed

@@ -221,10 +221,10 @@ def _install_raw_files(source: Path, raw_folder: Path) -> None:
 def _check_data_root(root: Path) -> None:
     """A given data root may be missing (it is created for the download) but must be usable."""
     if root.exists() and not root.is_dir():
-        raise ConfigError(f"--data-root {root} is a file, not a directory; pass a directory")
+        raise ConfigError(f"`data_root` {root} is a file, not a directory; pass a directory")
     if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
         raise ConfigError(
-            f"--data-root {root} is not readable (permission denied); "
+            f"`data_root` {root} is not readable (permission denied); "
             "fix its permissions or pass another directory"
         )
 
@@ -254,7 +254,7 @@ def load_torchvision(
         except OSError as error:
             raise DatasetUnavailableError(
                 f"found {name} in {source} but could not copy it to {raw_folder}: {error}; "
-                "pass a writable --data-root"
+                "pass a writable `data_root`"
             ) from error
 
     if all((raw_folder / f).is_file() for f in _IDX_FILES):
@@ -274,7 +274,7 @@ def load_torchvision(
         how = "download is disabled" if not download else f"the download failed ({error})"
         raise DatasetUnavailableError(
             f"{name} was not found (looked in {searched}) and {how}. To fix: {spec.install_hint}, "
-            f"or put the IDX files in --data-root, or run once with internet access so "
+            f"or put the IDX files in `data_root`, or run once with internet access so "
             "torchvision can download it"
         ) from error
     return train, test
@@ -413,16 +413,16 @@ def load_images(
             "validation; give at least 6"
         )
     if subset is not None and not 0 < subset <= num_train:
-        raise ConfigError(f"--subset must be between 1 and {num_train}, got {subset}")
+        raise ConfigError(f"`subset` must be between 1 and {num_train}, got {subset}")
     train, val = images[: subset or num_train], images[num_train:]
     if binarize:
         for split, values in (("training", images), ("test", test)):
             if not bool(((values >= 0) & (values <= 1)).all()):
                 raise ConfigError(
-                    f"--binarize dynamic draws Bernoulli(pixel) images, which needs grey "
+                    f"binarized training draws Bernoulli(pixel) images, which needs grey "
                     f"levels in [0, 1], but the {split} images of {name} range over "
-                    f"[{values.min().item():g}, {values.max().item():g}]; rescale them or pass "
-                    "--binarize none"
+                    f"[{values.min().item():g}, {values.max().item():g}]; rescale them or "
+                    "keep grey levels (`binarize='none'`)"
                 )
         generator = torch.Generator().manual_seed(EVAL_BINARIZATION_SEED)
         val = torch.bernoulli(val, generator=generator)

@@ -24,6 +24,7 @@ from pyro import poutine
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
+from pyro_vae.core.registry import Factory
 from pyro_vae.inference.estimators import log_densities
 
 Objective = Callable[..., torch.Tensor]
@@ -113,8 +114,14 @@ def _elbo(elbo_class: type[pyro.infer.ELBO]) -> Callable[[int], Objective]:
 
 
 #: Registry: name -> factory taking the number of particles.
-OBJECTIVES: dict[str, Callable[[int], Objective]] = {
-    "elbo": _elbo(ReparamTrace_ELBO),
-    "analytic-kl": _elbo(pyro.infer.TraceMeanField_ELBO),
-    "iwae": iwae_objective,
+OBJECTIVES: dict[str, Factory[Objective]] = {
+    "elbo": Factory(_elbo(ReparamTrace_ELBO), "Trace_ELBO (without its host reads)"),
+    "analytic-kl": Factory(
+        _elbo(pyro.infer.TraceMeanField_ELBO), "TraceMeanField_ELBO, the KL term in closed form"
+    ),
+    "iwae": Factory(
+        iwae_objective,
+        "importance-weighted bound with `particles` samples; the best epoch, early stopping "
+        "and the lr schedule then follow the validation IWAE bound",
+    ),
 }

@@ -12,10 +12,11 @@ registry line; a scheduler has ``step(val_elbo)``, ``state_dict()`` and
 ``load_state_dict()`` (its state goes into the checkpoint).
 """
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
+
+from pyro_vae.core.registry import Factory
 
 
 class EpochScheduler(Protocol):
@@ -52,7 +53,11 @@ def _plateau(
 
 
 #: Registry: name -> factory ``(optimizer, decay, patience) -> scheduler``.
-LR_SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, float, int], EpochScheduler]] = {
-    "constant": _constant,
-    "plateau": _plateau,
+LR_SCHEDULES: dict[str, Factory[EpochScheduler]] = {
+    "constant": Factory(_constant, "the lr as given"),
+    "plateau": Factory(
+        _plateau,
+        "multiply the lr by `lr_decay` when the validation ELBO has not improved for "
+        "`lr_patience` epochs",
+    ),
 }

@@ -176,7 +176,7 @@ class LabelCVAE(VAE):
             return self.sample(per_class, y).transpose(0, 1).flatten(0, 1), per_class
         if not 0 <= label < self.num_classes:
             names = ", ".join(f"{i} {name}" for i, name in enumerate(data.class_names))
-            raise ConfigError(f"--label {label} is not a class of this run; choose one of: {names}")
+            raise ConfigError(f"`label` {label} is not a class of this run; choose one of: {names}")
         y = self.one_hot(torch.tensor([label], device=device))
         return self.sample(num, y).squeeze(1), math.ceil(math.sqrt(num))
 
@@ -185,7 +185,7 @@ def check_observed_quadrants(observed_quadrants: int) -> None:
     """Raise :class:`ConfigError` unless 1, 2 or 3 quadrants are observed."""
     if observed_quadrants not in OBSERVED_QUADRANT_CHOICES:
         raise ConfigError(
-            f"observed-quadrants must be one of {', '.join(map(str, OBSERVED_QUADRANT_CHOICES))}, "
+            f"`observed_quadrants` must be one of {', '.join(map(str, OBSERVED_QUADRANT_CHOICES))}, "
             f"got {observed_quadrants}"
         )
 
@@ -357,7 +357,7 @@ class CompletionCVAE(VAE):
         rows = max(1, math.ceil(num / COMPLETIONS_PER_ROW))
         truth, labels = data.test[chosen][:rows], data.test_labels[chosen][:rows]
         if truth.shape[0] == 0:
-            raise ConfigError(f"no test image has label {label}; choose another --label")
+            raise ConfigError(f"no test image has label {label}; choose another `label`")
         x_missing, x_observed = self.batch_inputs(truth, labels)
         columns = [
             self.assemble(torch.full_like(x_missing, MISSING_GREY), x_observed)[None],

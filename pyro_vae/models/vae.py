@@ -227,5 +227,7 @@ class VAE(PyroModule):
     def sample_grid(self, num: int, label: int | None, data: ImageData) -> tuple[torch.Tensor, int]:
         """Images for ``pyro-vae sample`` and images per row: ``num`` prior samples."""
         if label is not None:
-            raise ConfigError("--label needs a label-conditional run; train one with --model cvae")
+            raise ConfigError(
+                "`label` needs a label-conditional run; train one with `model='cvae'`"
+            )
         return self.sample(num), math.ceil(math.sqrt(num))

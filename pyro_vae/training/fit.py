@@ -112,8 +112,8 @@ def with_data_facts(
         )
     if data.train.shape[0] < config.batch_size:
         raise ConfigError(
-            f"batch-size {config.batch_size} is larger than the {data.train.shape[0]} training "
-            "images; lower --batch-size"
+            f"`batch_size` {config.batch_size} is larger than the {data.train.shape[0]} training "
+            "images; lower `batch_size`"
         )
     return dataclasses.replace(
         config, image_shape=data.image_shape, num_classes=len(data.class_names)
@@ -158,24 +158,24 @@ def _trainer(
 def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
     """Create ``out`` or check it for resuming; return the checkpoint to resume from."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory; choose another --out")
+        raise ConfigError(f"`out` {out} is a file, not a directory; choose another `out`")
     has_checkpoint = (out / runs.CHECKPOINT_FILE).exists()
     if not resume:
         if has_checkpoint:
             raise ConfigError(
-                f"{out} already holds a trained run; pass --resume to continue it, "
-                "or choose another --out"
+                f"{out} already holds a trained run; pass `resume=True` to continue it, "
+                "or choose another `out`"
             )
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(
-                f"cannot create the run directory {out} ({error}); choose another --out"
+                f"cannot create the run directory {out} ({error}); choose another `out`"
             ) from error
         return None
     if not has_checkpoint:
         raise CheckpointError(
-            f"--resume was given but {out} holds no checkpoint; drop --resume to start"
+            f"`resume=True` was given but {out} holds no checkpoint; drop `resume` to start"
         )
     checkpoint = runs.load_checkpoint(out, keys=runs.CHECKPOINT_KEYS)
     saved = runs.checkpoint_config(checkpoint, out)
@@ -185,13 +185,13 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None
         raise CheckpointError(
             f"cannot resume {out}: its configuration differs ({listed}); "
             "keep the saved values (on the command line, leave those options out) or choose "
-            "another --out"
+            "another `out`"
         )
     done, step = checkpoint["epoch"], checkpoint["step"]
     if done > config.epochs or (done == config.epochs and step):
         raise ConfigError(
             f"{out} has already trained {done} epochs{f' and {step} steps' if step else ''}; "
-            f"pass --epochs {done + 1} or more to continue it"
+            f"pass `epochs={done + 1}` or more to continue it"
         )
     return checkpoint
 

@@ -146,12 +146,12 @@ def numerical_fault(
     if bad_data.item():
         return NumericalError(
             f"non-finite {what} at {where}: the training batch holds NaN or infinite "
-            f"values; {kept}. Fix the data, then continue with --resume",
+            f"values; {kept}. Fix the data, then continue with `resume=True`",
             recoverable=False,
         )
     advice = (
-        f". Continue with --resume and a lower --lr (now {lr:g}), or with "
-        "--on-nan rollback to halve it automatically"
+        f". Continue with `resume=True` and a lower `lr` (now {lr:g}), or with "
+        "`on_nan='rollback'` to halve it automatically"
         if lr is not None
         else ""
     )
@@ -164,6 +164,6 @@ def interrupted(signum: int, saved_at: str, path: Path) -> TrainingInterrupted:
     """The error that ends a run stopped by ``signum`` after saving its checkpoint."""
     return TrainingInterrupted(
         f"stopped by {signal.Signals(signum).name} {saved_at}; the checkpoint is saved "
-        f"in {path}; continue with the same command plus --resume",
+        f"in {path}; continue with the same arguments plus `resume=True`",
         signum,
     )

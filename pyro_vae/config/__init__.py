@@ -1,0 +1,26 @@
+"""Configuration: :class:`ModelConfig` (what model) and :class:`TrainConfig` (what model,
+on what data, trained how), each option declared once on its field (:mod:`.fields`)."""
+
+from pyro_vae.config.model import ARCH_MODELS, MODELS, ModelConfig
+from pyro_vae.config.train import (
+    BINARIZE_CHOICES,
+    DATA_FIELDS,
+    DEVICE_CHOICES,
+    MODEL_FIELDS,
+    ON_NAN_CHOICES,
+    TrainConfig,
+    resolve_device,
+)
+
+__all__ = [
+    "ARCH_MODELS",
+    "BINARIZE_CHOICES",
+    "DATA_FIELDS",
+    "DEVICE_CHOICES",
+    "MODELS",
+    "MODEL_FIELDS",
+    "ModelConfig",
+    "ON_NAN_CHOICES",
+    "TrainConfig",
+    "resolve_device",
+]
