@@ -36,7 +36,7 @@ from pyro_vae.components.priors import (  # noqa: E402
     StandardNormal,
     VampPrior,
 )
-from pyro_vae.config import MODELS, TrainConfig  # noqa: E402
+from pyro_vae.config import MODELS, ModelConfig, TrainConfig  # noqa: E402
 from pyro_vae.core.errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -94,6 +94,7 @@ __all__ = [
     "MLPDecoder",
     "MLPEncoder",
     "MixturePrior",
+    "ModelConfig",
     "NormalMixture",
     "NumericalError",
     "Prior",

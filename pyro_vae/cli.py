@@ -20,6 +20,12 @@ from typing import NoReturn
 from pyro_vae import __version__
 from pyro_vae.analysis.compare import comparison_table, summarize_runs
 from pyro_vae.analysis.encoding import encode_run
+from pyro_vae.analysis.evaluation import (
+    detection_auroc,
+    evaluate_run,
+    foreign_dataset,
+    generalization_gap,
+)
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import DEVICE_CHOICES, MODEL_FIELDS, TrainConfig, resolve_device
 from pyro_vae.config.fields import DATA, MODEL, OPTIMIZATION, RUN, default_of, is_option
@@ -39,12 +45,8 @@ from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
 from pyro_vae.runs import (
     CHECKPOINTS,
     CONFIG_FILE,
-    detection_auroc,
-    evaluate_run,
     evaluation_path,
     fine_tuning_source,
-    foreign_dataset,
-    generalization_gap,
     read_config,
     read_options,
 )

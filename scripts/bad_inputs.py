@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pyro_vae import TrainConfig, load_images, load_run, train  # noqa: E402
+from pyro_vae.analysis.evaluation import evaluate_run  # noqa: E402
 from pyro_vae.cli import main as cli_main  # noqa: E402
 from pyro_vae.data.images import DATASETS  # noqa: E402
-from pyro_vae.runs import evaluate_run  # noqa: E402
 
 QUICK = ["--subset", "500", "--hidden-dim", "32", "--latent-dim", "4", "--no-progress"]
 

@@ -4,7 +4,7 @@
     python scripts/benchmark_evaluation.py --run runs/default --memory-only   # peak RSS vs K
     python scripts/benchmark_evaluation.py --run runs/conv --sweep 20000 5000 2500 1000
 
-The full run calls `pyro_vae.runs.evaluate_run` exactly as the CLI does. The memory
+The full run calls `pyro_vae.analysis.evaluation.evaluate_run` exactly as the CLI does. The memory
 check evaluates 2 images with growing K, each in a fresh process, and reports the
 peak resident memory above what loading the model and data takes: it stays flat in K
 because at most --max-batch (sample, image) pairs are evaluated at once. The sweep
@@ -123,7 +123,7 @@ def main() -> None:
         )
         return
     if not args.memory_only:
-        from pyro_vae.runs import evaluate_run
+        from pyro_vae.analysis.evaluation import evaluate_run
 
         result = evaluate_run(
             args.run,

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from pyro_vae import TrainConfig, load_run, train
+from pyro_vae.analysis.evaluation import evaluate_run
 from pyro_vae.cli import main as cli
 from pyro_vae.core import distributed
 from pyro_vae.inference.estimators import estimate_log_likelihood
 from pyro_vae.inference.objectives import OBJECTIVES
-from pyro_vae.runs import evaluate_run
 
 torch.set_num_threads(1)
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from pyro_vae import TrainConfig, load_run, read_metrics, train
+from pyro_vae.analysis.evaluation import evaluate_run
 from pyro_vae.inference.estimators import estimate_log_likelihood
-from pyro_vae.runs import evaluate_run, load_checkpoint
+from pyro_vae.runs import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

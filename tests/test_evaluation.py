@@ -14,13 +14,14 @@ from conftest import prototype_images
 from PIL import Image
 
 from pyro_vae import TrainConfig, load_run, train
+from pyro_vae.analysis.evaluation import detection_auroc, generalization_gap
 from pyro_vae.cli import main
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.images import DATASETS
 from pyro_vae.figures.plots import evaluation_figure
 from pyro_vae.inference.estimators import auroc, estimate_log_likelihood, log_importance_weights
 from pyro_vae.inference.objectives import OBJECTIVES
-from pyro_vae.runs import detection_auroc, evaluation_stem, generalization_gap
+from pyro_vae.runs import evaluation_stem
 
 torch.manual_seed(0)
 DATA_DIM, LATENT_DIM, NOISE = 5, 2, 0.5

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import pyro_vae.inference.estimators
-from pyro_vae import runs
+from pyro_vae.analysis import evaluation
+from pyro_vae.analysis.evaluation import default_max_batch
 from pyro_vae.cli import main
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import TrainConfig
 from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH, estimate_log_likelihood
-from pyro_vae.runs import default_max_batch
 
 # 50 test images, 2 per chunk (max-batch 40 // K 20): 25 chunks.
 EVALUATE = ["--num-samples", "20", "--max-batch", "40", "--no-progress"]
@@ -74,7 +74,7 @@ def run_copy(trained_run, tmp_path) -> Path:
 def interrupt_at(monkeypatch):
     """``interrupt_at(n)``: the n-th chunk evaluated from now on raises KeyboardInterrupt
     (as Ctrl-C would); returns the list whose length counts the chunks evaluated."""
-    monkeypatch.setattr(runs, "EVALUATION_SAVE_SECONDS", 0.0)  # save after every chunk
+    monkeypatch.setattr(evaluation, "EVALUATION_SAVE_SECONDS", 0.0)  # save after every chunk
     real = pyro_vae.inference.estimators.log_densities
     calls: list[None] = []
     stop = {"at": None}
@@ -119,7 +119,7 @@ def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(
 ):
     """A pass too large for the device is a one-line error naming --max-batch; the chunks
     done are saved, and the same command continues from them to the uninterrupted result."""
-    monkeypatch.setattr(runs, "EVALUATION_SAVE_SECONDS", 0.0)
+    monkeypatch.setattr(evaluation, "EVALUATION_SAVE_SECONDS", 0.0)
     real = pyro_vae.inference.estimators.log_densities
     calls: list[None] = []
     fail = {"at": 5}

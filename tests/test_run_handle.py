@@ -7,7 +7,7 @@ from test_reliability import quiet_train
 from test_training import tiny_config
 
 from pyro_vae import ConfigError, Run, load_run, read_config, read_metrics
-from pyro_vae.runs import evaluate_run
+from pyro_vae.analysis.evaluation import evaluate_run
 
 
 @pytest.fixture

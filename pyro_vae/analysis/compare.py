@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from pyro_vae.analysis.evaluation import generalization_gap
 from pyro_vae.config import DATA_FIELDS, TrainConfig
 from pyro_vae.runs import (
     best_epoch,
-    generalization_gap,
     read_config,
     read_evaluation,
     read_examples,
@@ -52,7 +52,7 @@ class RunSummary:
     :param per_image: its log-likelihood estimate of each test image, where ``evaluate``
         wrote them (:func:`~pyro_vae.runs.examples_path`) and they match ``evaluation``.
     :param overfitting: train minus test log-likelihood, where the training images were
-        evaluated too (:func:`~pyro_vae.runs.generalization_gap`).
+        evaluated too (:func:`~pyro_vae.analysis.evaluation.generalization_gap`).
     """
 
     name: str

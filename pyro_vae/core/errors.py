@@ -13,6 +13,13 @@ writes each as the flag of its command (``--latent-dim``, ``--resume``,
 import signal
 
 
+def brief(error: BaseException) -> str:
+    """An exception as a short one-line detail (torch's messages run to paragraphs)."""
+    text = " ".join(str(error).split())
+    first = text.split(". ")[0]
+    return f"{type(error).__name__}: {first[:200]}{'...' if len(first) > 200 else ''}"
+
+
 class PyroVAEError(Exception):
     """Base class of the errors that are the user's to fix."""
 

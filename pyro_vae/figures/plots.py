@@ -45,6 +45,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from torchvision.utils import make_grid
 
 from pyro_vae.analysis.compare import RunSummary, baseline, paired_text
+from pyro_vae.analysis.evaluation import foreign_dataset
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData, load_images
@@ -53,7 +54,6 @@ from pyro_vae.models.vae import VAE
 from pyro_vae.runs import (
     Run,
     examples_path,
-    foreign_dataset,
     read_config,
     read_evaluation,
     read_examples,

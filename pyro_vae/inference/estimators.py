@@ -25,8 +25,8 @@ import ctypes.util
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyro
@@ -166,6 +166,20 @@ class Estimates:
     num_samples: int
     seconds: float
 
+    @classmethod
+    def from_chunks(
+        cls, chunks: dict[str, list[torch.Tensor]], num_samples: int, seconds: float
+    ) -> "Estimates":
+        """The estimates of chunks in order (lists of :data:`ChunkResults` values by key)."""
+        return cls(
+            log_likelihood=torch.cat(chunks["ll"]),
+            elbo=torch.cat(chunks["elbo"]),
+            kl=torch.cat(chunks["kl"]),
+            posterior_mean=torch.cat(chunks["mean"]) if chunks["mean"] else None,
+            num_samples=num_samples,
+            seconds=seconds,
+        )
+
     @property
     def active_units(self) -> int | None:
         """Latent units with ``Cov_x(E_q[z_i]) > 0.01`` (Burda et al. 2016)."""
@@ -244,88 +258,102 @@ def estimate_log_likelihood(
         at once, whatever K is: peak memory is about ``max_batch`` times the
         per-sample activations (for the 784-400-50 MLP, ~10 KB each).
     :param seed: seeds the samples, leaving the caller's RNG as it was (``None``: draw
-        from the current RNG, which advances, so repeated calls are independent). Each
-        chunk of examples evaluated together is seeded by ``(seed, its first
-        index)``, so an example's estimate does not depend on how the examples
-        are split over ranks.
+        from the current RNG, which advances). Each chunk of examples evaluated together
+        is seeded by ``(seed, its first index)``, so an example's estimate does not
+        depend on how the examples are split over ranks.
     :param world: with several ranks (:mod:`pyro_vae.core.distributed`), rank ``r``
-        evaluates chunks ``r, r + size, ...`` and the estimates are gathered, in
-        order, on every rank: the same as one process with the same seed.
+        evaluates chunks ``r, r + size, ...``; every rank gets all estimates, in order.
     :param done: results of chunks evaluated before, by the index of their first
         example: what ``on_chunk`` received during an interrupted call with the same
-        data, ``num_samples``, ``max_batch`` and ``seed``. They are used as they are,
-        and since every chunk's samples come from its own seed, the estimates are
-        those of an uninterrupted call. Needs a ``seed``.
+        arguments and a ``seed``; the estimates are then those of an uninterrupted call.
     :param on_chunk: called with (first index, results) after each chunk this call
-        evaluates, e.g. to save progress (:func:`pyro_vae.runs.evaluate_run` does).
+        evaluates, e.g. to save progress (:func:`pyro_vae.analysis.evaluation.evaluate_run` does).
     """
     if done and seed is None:
         raise ValueError("results of earlier chunks (done) can only be reused with a seed")
     done = done or {}
     started = time.perf_counter()
     num_examples = data[0].shape[0]
-    particles_per_pass = min(num_samples, max_batch)
+    per_pass = min(num_samples, max_batch)  # particles
     examples_per_pass = max(1, max_batch // num_samples)
     starts = range(0, num_examples, examples_per_pass)[world.rank :: world.size]
     results: dict[str, list[torch.Tensor]] = {"ll": [], "elbo": [], "kl": [], "mean": []}
     sizes = {start: min(examples_per_pass, num_examples - start) for start in starts}
-    with tqdm(
+    estimate = partial(_estimate_chunk, model, guide, num_samples=num_samples, per_pass=per_pass)
+    with _progress_bar(sizes, done, num_samples, progress) as bar:
+        for start in starts:
+            chunk_results = done.get(start)
+            if chunk_results is None:
+                chunk = [tensor[start : start + sizes[start]] for tensor in data]
+                chunk_results = _seeded(estimate, chunk, seed, start, kwargs)
+                if on_chunk is not None:
+                    on_chunk(start, chunk_results)
+                release_freed_memory()
+                bar.update(sizes[start])
+            for key, value in chunk_results.items():
+                results[key].append(value)
+    ordered = _in_order(results, world, len(range(0, num_examples, examples_per_pass)))
+    return Estimates.from_chunks(ordered, num_samples, time.perf_counter() - started)
+
+
+def _progress_bar(
+    sizes: dict[int, int], done: Mapping[int, ChunkResults], num_samples: int, progress: bool
+) -> tqdm:
+    """A bar over the examples of the chunks ``sizes`` (by first index), those ``done``
+    counted already."""
+    initial = sum(size for start, size in sizes.items() if start in done)
+    return tqdm(
         total=sum(sizes.values()),
-        initial=sum(sizes[s] for s in sizes if s in done),
+        initial=initial,
         disable=not progress,
         unit="example",
         desc=f"IW K={num_samples}",
-    ) as bar:
-        for start in starts:
-            if start in done:
-                for key, value in done[start].items():
-                    results[key].append(value)
-                continue
-            chunk = [tensor[start : start + examples_per_pass] for tensor in data]
-            # a seeded chunk leaves the caller's RNG as it was; an unseeded one draws from it
-            chunk_seed = derived_seed(seed, start) if seed is not None else None
-            with seeded(chunk_seed, chunk[0].device) if chunk_seed is not None else nullcontext():
-                chunk_results = _estimate_chunk(
-                    model, guide, chunk, num_samples, particles_per_pass, kwargs
-                )
-            for key, value in chunk_results.items():
-                results[key].append(value)
-            if on_chunk is not None:
-                on_chunk(start, chunk_results)
-            release_freed_memory()
-            bar.update(chunk[0].shape[0])
-    # Rank r holds chunks r, r + size, ...: interleave the ranks' lists back into order.
+    )
+
+
+def _seeded(
+    estimate: Callable[..., ChunkResults],
+    chunk: list[torch.Tensor],
+    seed: int | None,
+    start: int,
+    kwargs: dict,
+) -> ChunkResults:
+    """``estimate(chunk, kwargs)`` with the samples seeded by ``(seed, start)``, which
+    leaves the caller's RNG as it was; with ``seed=None``, drawn from (and advancing) it."""
+    if seed is None:
+        return estimate(chunk, kwargs)
+    with seeded(derived_seed(seed, start), chunk[0].device):
+        return estimate(chunk, kwargs)
+
+
+def _in_order(
+    results: dict[str, list[torch.Tensor]], world: World, num_chunks: int
+) -> dict[str, list[torch.Tensor]]:
+    """Every rank's chunk results, gathered in the order of the examples: rank ``r`` holds
+    chunks ``r, r + size, ...``, so the ranks' lists are interleaved."""
     gathered = world.all_gather({key: [t.cpu() for t in chunks] for key, chunks in results.items()})
-    num_chunks = len(range(0, num_examples, examples_per_pass))
-    ordered = {
+    return {
         key: [gathered[i % world.size][key][i // world.size] for i in range(num_chunks)]
         if gathered[0][key]
         else []
         for key in results
     }
-    return Estimates(
-        log_likelihood=torch.cat(ordered["ll"]),
-        elbo=torch.cat(ordered["elbo"]),
-        kl=torch.cat(ordered["kl"]),
-        posterior_mean=torch.cat(ordered["mean"]) if ordered["mean"] else None,
-        num_samples=num_samples,
-        seconds=time.perf_counter() - started,
-    )
 
 
 def _estimate_chunk(
     model: Callable,
     guide: Callable,
     chunk: list[torch.Tensor],
-    num_samples: int,
-    particles_per_pass: int,
     kwargs: dict,
+    *,
+    num_samples: int,
+    per_pass: int,
 ) -> ChunkResults:
     """The estimates of one chunk of examples from ``num_samples`` importance samples,
-    drawn ``particles_per_pass`` at a time and combined with a running log-sum-exp."""
+    drawn ``per_pass`` at a time and combined with a running log-sum-exp."""
     log_sum_w, sum_log_w, sum_kl, mean = None, 0.0, 0.0, None
-    for drawn in range(0, num_samples, particles_per_pass):
-        k = min(particles_per_pass, num_samples - drawn)
+    for drawn in range(0, num_samples, per_pass):
+        k = min(per_pass, num_samples - drawn)
         dens = log_densities(model, guide, *chunk, num_particles=k, **kwargs)
         log_w = dens.log_weights
         part = torch.logsumexp(log_w, dim=0)

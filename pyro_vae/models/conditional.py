@@ -185,7 +185,8 @@ def check_observed_quadrants(observed_quadrants: int) -> None:
     """Raise :class:`ConfigError` unless 1, 2 or 3 quadrants are observed."""
     if observed_quadrants not in OBSERVED_QUADRANT_CHOICES:
         raise ConfigError(
-            f"`observed_quadrants` must be one of {', '.join(map(str, OBSERVED_QUADRANT_CHOICES))}, "
+            "`observed_quadrants` must be one of "
+            f"{', '.join(map(str, OBSERVED_QUADRANT_CHOICES))}, "
             f"got {observed_quadrants}"
         )
 

@@ -27,7 +27,10 @@ Nothing trained is lost:
   epoch and every ``checkpoint_every`` steps, so SIGKILL at any moment leaves
   one to resume from;
 * SIGINT/SIGTERM stop after the current step, save, and raise
-  :class:`~pyro_vae.core.errors.TrainingInterrupted`;
+  :class:`~pyro_vae.core.errors.TrainingInterrupted`. Signals are the one guard that
+  stays in the loop rather than in a callback: under ``torchrun`` the stop flag travels
+  in the step's all-reduce, so that every rank stops after the same step, and only the
+  loop owns that collective;
 * a non-finite loss or gradient is caught and named with its step (see
   :func:`~pyro_vae.training.guards.nonfinite_update`); training stops with
   :class:`~pyro_vae.core.errors.NumericalError` or, with ``on_nan="rollback"``,
