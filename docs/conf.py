@@ -14,6 +14,7 @@ import pyro_vae
 
 project = "pyro-vae"
 author = "the pyro-vae developers"
+copyright = author
 release = version = pyro_vae.__version__
 extensions = [
     "myst_parser",
@@ -32,6 +33,7 @@ autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "description"
 autosummary_generate = True
+templates_path = ["_templates"]  # class pages: own members only, not nn.Module's
 
 #: Where the offline MathJax comes from; ``PYRO_VAE_MATHJAX`` overrides it.
 MATHJAX = Path(os.environ.get("PYRO_VAE_MATHJAX", "/usr/share/javascript/mathjax"))

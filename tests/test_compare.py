@@ -210,11 +210,11 @@ def test_the_cli_compares_trained_and_evaluated_runs(tmp_path, shared_fashion_di
     assert f"is {tmp_path} a directory made by `pyro-vae train`?" in capsys.readouterr().err
 
 
-def test_the_readme_shows_what_compare_prints_for_the_kept_records(capsys):
+def test_the_evaluation_guide_shows_what_compare_prints_for_the_kept_records(capsys):
     repo = Path(__file__).parents[1]
     records = [
         repo / "docs" / "runs" / "fashion-mnist-first-1000" / name
         for name in ("hvae-conv", "hvae-vamp-conv")
     ]
     assert main(["compare", *map(str, records)]) == 0
-    assert capsys.readouterr().out in (repo / "README.md").read_text()
+    assert capsys.readouterr().out in (repo / "docs" / "guide" / "evaluation.md").read_text()

@@ -7,10 +7,20 @@ from pathlib import Path
 import pytest
 
 import pyro_vae
+from pyro_vae.data.images import DATASETS
 
 DOCS = Path(__file__).parents[1] / "docs"
-#: Pages whose examples this module runs.
-GUIDE_PAGES = ("quickstart.md",)
+#: Pages whose examples this module runs; the library page's train on Fashion-MNIST.
+GUIDE_PAGES = (
+    "quickstart.md",
+    pytest.param(
+        "guide/library.md",
+        marks=pytest.mark.skipif(
+            not DATASETS["fashion-mnist"].system_dirs[0].is_dir(),
+            reason="needs dataset-fashion-mnist",
+        ),
+    ),
+)
 
 
 def documented_names() -> set[str]:

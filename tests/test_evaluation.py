@@ -469,17 +469,12 @@ def test_scoring_another_dataset_tells_the_run_s_own_images_apart(tmp_path, caps
     assert "conditioned on its dataset's labels" in capsys.readouterr().err
 
 
-def test_the_readme_s_out_of_distribution_example_matches_its_record():
+def test_the_evaluation_guide_s_out_of_distribution_example_matches_its_record():
     repo = Path(__file__).parents[1]
+    guide = (repo / "docs" / "guide" / "evaluation.md").read_text()
     record = repo / "docs" / "runs" / "fashion-mnist-first-1000" / "hvae-vamp-conv"
     area = detection_auroc(record, "/tmp/fashion-flipped.npz")  # found by the file's name
-    assert (
-        f"`AUROC {area:.3f}: how often one of the run's own test images"
-        in (repo / "README.md").read_text()
-    )
+    assert f"`AUROC {area:.3f}: how often one of the run's own test images" in guide
     upright = np.load(record / "eval_examples.npz")["log_likelihood"]
     flipped = np.load(record / "eval-fashion-flipped_examples.npz")["log_likelihood"]
-    assert (
-        f"{(upright > flipped).mean():.1%} of the images score lower"
-        in (repo / "README.md").read_text()
-    )
+    assert f"{(upright > flipped).mean():.1%} of the images score lower" in guide

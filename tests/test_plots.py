@@ -326,18 +326,15 @@ def test_train_plot_and_plot_write_the_figures_of_a_fashion_mnist_run(tmp_path, 
         assert copy == (run / "figures" / f"{name}.png").read_bytes()
 
 
-def test_readme_figures_exist_and_are_pngs():
+def test_figures_shown_in_the_readme_and_the_figures_guide_exist_and_are_pngs():
     root = Path(__file__).parents[1]
-    linked = re.findall(
-        r"!\[[^\]]*\]\((docs/figures/[^)]+\.png)\)", (root / "README.md").read_text()
-    )
-    assert {
-        "docs/figures/samples.png",
-        "docs/figures/reconstructions.png",
-        "docs/figures/manifold.png",
-    } <= set(linked)
-    for path in linked:
-        check_png(root / path)
+    pattern = r"!\[[^\]]*\]\((?:docs/|\.\./)figures/([^)]+\.png)\)"
+    readme = re.findall(pattern, (root / "README.md").read_text())
+    guide = re.findall(pattern, (root / "docs" / "guide" / "figures.md").read_text())
+    assert "samples.png" in readme
+    assert {"samples.png", "reconstructions.png", "manifold.png"} <= set(guide)
+    for name in readme + guide:
+        check_png(root / "docs" / "figures" / name)
 
 
 def test_training_curves_of_an_iwae_run_show_the_bound_that_selects_its_best_epoch(tiny_data):
