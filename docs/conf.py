@@ -25,9 +25,11 @@ extensions = [
     "sphinxarg.ext",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "runs", "README.md"]
+exclude_patterns = ["_build", "runs", "README.md", "results/tables"]
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
+# MathJax 2 knows no processHtmlClass: MyST's page-wide ignore class would hide every formula
+myst_update_mathjax = False
 
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}

@@ -15,12 +15,11 @@ each is reported, with the per-epoch ratios of back-to-back epochs:
 
 After the epochs each model's validation ELBO (same estimator, same seed) is
 printed, to show that the speed costs no quality. With ``--write`` a row is
-added to docs/benchmarks.md.
+added to the results page's table (docs/results/tables/training-speed.md).
 """
 
 import argparse
 import dataclasses
-import platform
 import resource
 import statistics
 import subprocess
@@ -35,13 +34,14 @@ import pyro.optim
 import torch
 import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
+from results import TABLES, append_row, machine, today, versions  # scripts/ is on sys.path
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_vae import VAE, ImageData, TrainConfig, load_run, read_metrics, train
 from pyro_vae.config import resolve_device
 from pyro_vae.training.loop import validation_bound
 
-DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
+TABLE = TABLES / "training-speed.md"
 ROWS_MARKER = "<!-- scripts/benchmark.py appends rows above this line -->"
 
 #: Runs one epoch; returns its own timing, or None to be timed from outside.
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help="append a row to docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true", help=f"append a row to {TABLE.name}")
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -231,23 +231,15 @@ def main() -> None:
     )
 
     if args.write:
-        machine = (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else (f"{torch.get_num_threads()}-thread CPU ({platform.machine()})")
-        )
+        command = " ".join(["python scripts/benchmark.py", *sys.argv[1:]])
         row = (
-            f"| {machine} | {args.batch_size} | {num_images} | "
+            f"| {today()} | {machine(device)} | {args.batch_size} | {args.epochs} | "
             + " | ".join(f"{num_images / median[n]:,.0f}" for n in ways)
             + f" | {vs_torch:.3f} | {spread} | {vs_example:.2f} | "
             + " / ".join(f"{elbo[n]:.1f}" for n in ways)
-            + f" | torch {torch.__version__}, pyro {pyro.__version__} |"
+            + f" | {versions()} | `{command}` |"
         )
-        text = DOC.read_text()
-        if ROWS_MARKER not in text:
-            raise SystemExit(f"{DOC} has no line {ROWS_MARKER!r} to insert the row above")
-        DOC.write_text(text.replace(ROWS_MARKER, f"{row}\n{ROWS_MARKER}"))
-        print(f"row added to {DOC}")
+        append_row(TABLE, ROWS_MARKER, row)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
     python scripts/benchmark_architectures.py      # conv, gated-conv, gated-fullres-conv
     python scripts/benchmark_architectures.py --device cuda --arch gated-conv gated-fullres-conv
 
-Each architecture trains the issue's model (by default the two-level VAE with the
-VampPrior, 300-300 hidden layers, 40 latents, batch 100) for two epochs of ``--images``
-random images through :func:`pyro_vae.train`, the trainer's own step (on one GPU the
-CUDA-graph replay), each epoch ending with a validation pass over 10,000 images. The
-first epoch pays for warm-up and capture; the second is timed. Printed per
-architecture: parameters, seconds per training step, and the seconds a 50,000-image
-epoch with its validation pass would take (500 steps plus the validation pass), the
+Each architecture trains the published table's convolutional model (by default the
+two-level VAE with the VampPrior, 300-300 hidden layers, 40 latents, batch 100) for two
+epochs of ``--images`` random images through :func:`pyro_vae.train`, the trainer's own
+step (on one GPU the CUDA-graph replay), each epoch ending with a validation pass over
+10,000 images. The first epoch pays for warm-up and capture; the second is timed.
+Printed per architecture: parameters, seconds per training step, and the seconds a
+50,000-image epoch with its validation pass would take (500 steps plus the validation pass), the
 figure that says how many epochs fit in a time budget.
 """
 
@@ -22,7 +22,7 @@ from reproduce_fashion_mnist import machine  # scripts/ is on sys.path
 
 from pyro_vae import ImageData, TrainConfig, read_metrics, train
 
-#: The protocol's training set and validation set sizes (docs/benchmarks.md).
+#: The protocol's training set and validation set sizes (docs/results/index.md).
 TRAIN_IMAGES, VAL_IMAGES = 50_000, 10_000
 
 

@@ -1,4 +1,4 @@
-"""Benchmarks of the conditional VAEs on Fashion-MNIST (docs/benchmarks.md).
+"""Benchmarks of the conditional VAEs on Fashion-MNIST (docs/results/index.md).
 
 1. Label CVAEs (prior N(0, I), and learned p(z|y) with --conditional-prior) vs the VAE
    of the same networks: importance-weighted log p(x|y) and log p(x) on the first

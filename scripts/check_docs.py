@@ -2,11 +2,12 @@
 
     sphinx-build -W docs docs/_build && python scripts/check_docs.py [--site docs/_build]
 
-For each page (the index, the ``VAE`` API page, the models page with the priors and a
-prior's API page) Chromium renders the file offline, a PNG screenshot is saved to
-``--out`` (default ``SITE/screenshots``), and the rendered DOM is checked: MathJax must
-have typeset every formula (rendered math present, no raw TeX such as ``\\mathcal`` left
-in the visible text). Exits with status 1 naming the page otherwise.
+For each page (the index, the ``VAE`` API page, the models page with the formulas of the
+priors and likelihoods, the results page and a prior's API page) Chromium renders the
+file offline, a PNG screenshot is saved to ``--out`` (default ``SITE/screenshots``), and
+the rendered DOM is checked: MathJax must have typeset every formula (rendered math
+present, no raw TeX such as ``\\mathcal`` left in the visible text).
+Exits with status 1 naming the page otherwise.
 """
 
 import argparse
@@ -21,7 +22,8 @@ from pathlib import Path
 PAGES = {
     "index.html": False,
     "generated/pyro_vae.VAE.html": True,
-    "guide/models.html": False,
+    "guide/models.html": True,
+    "results/index.html": False,
     "generated/pyro_vae.VampPrior.html": True,
 }
 #: TeX that MathJax leaves in the text when it did not run.

@@ -29,13 +29,12 @@ text files) to docs/runs/fashion-mnist/NAME/, and writes a configuration whose r
 directory is missing from its record, or, without one either, keeps its row as written.
 
 The table (with commands, epochs, seeds, wall times and the machine) replaces the
-section between the markers in docs/benchmarks.md; the learning curves go to
-docs/figures/fashion_mnist_curves.png.
+section between the markers in docs/results/tables/fashion-mnist.md, which the results
+page includes; the learning curves go to docs/figures/fashion_mnist_curves.png.
 """
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import signal
@@ -49,6 +48,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from results import ROOT, TABLES, processor  # noqa: E402  (scripts/ is on sys.path)
 
 from pyro_vae.analysis.compare import summarize_run  # noqa: E402
 from pyro_vae.figures.plots import draw_validation_curves  # noqa: E402
@@ -63,8 +63,7 @@ from pyro_vae.runs import (  # noqa: E402
     read_metrics,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "docs" / "benchmarks.md"
+TABLE = TABLES / "fashion-mnist.md"
 CURVES = ROOT / "docs" / "figures" / "fashion_mnist_curves.png"
 #: Each run's record, committed with the table (see the module's docstring).
 RECORDS = ROOT / "docs" / "runs" / "fashion-mnist"
@@ -118,7 +117,7 @@ HVAE = ["--model", "hvae", "--clip-grad-norm", "100"]
 FULLRES_HVAE = ["--model", "hvae", "--clip-grad-norm", "200"]
 #: Beyond the published table: each pixel also given the pixels before it (a MADE added to
 #: the decoder). A short warm-up: with the 100-epoch one the model put ~80 nats in KL at low
-#: beta and was 2 nats behind vae-gated at epoch 112 (docs/benchmarks.md).
+#: beta and was 2 nats behind vae-gated at epoch 112.
 AUTOREGRESSIVE = ["--likelihood", "autoregressive-bernoulli", "--warmup-epochs", "5"]
 #: Fine-tuning on the importance-weighted bound (Burda et al. 2016) with K samples: a
 #: trained run's best model, trained on further with ``--objective iwae``, which tightens
@@ -151,10 +150,10 @@ FINE_TUNED = {
 }
 NUM_SAMPLES = 5000
 TEST_IMAGES = 10_000
-#: The issue's target: ahead of every published row.
+#: The target: ahead of every published row.
 TARGET = -224.5
 #: Why a configuration has no run in the table: not started (seconds per epoch measured on
-#: the 2-core CPU, docs/benchmarks.md; the protocol needs hundreds of epochs).
+#: the 2-core CPU, docs/results/index.md; the protocol needs hundreds of epochs).
 NOT_RUN = {
     "hvae-vamp-gated": "not started: ~38 s/epoch on this CPU (gated, one core)",
     "hvae-conv": "not started: ~70 s/epoch on this CPU (one core)",
@@ -225,13 +224,8 @@ def evaluate(run_dir: Path, threads: int) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core {cpu}, {gpu}; torch {torch.__version__}"
+    return f"{os.cpu_count()}-core {processor()}, {gpu}; torch {torch.__version__}"
 
 
 def _shown(path: Path) -> Path:
@@ -266,7 +260,7 @@ def _published(value: float | None) -> str:
 
 def _plot_results(axis: plt.Axes, compared: list[tuple[str, float | None, dict | None]]) -> None:
     """Test log-likelihood of each configuration: pyro-vae's estimate (± its standard
-    error over test images) beside the published value, and the issue's target."""
+    error over test images) beside the published value, and the target."""
     published = [(row, value) for row, (_, value, _) in enumerate(compared) if value is not None]
     ours = [(row, result) for row, (_, _, result) in enumerate(compared) if result is not None]
     axis.plot(
@@ -311,17 +305,15 @@ def source(name: str, runs_dir: Path) -> Path | None:
 
 
 def written_rows() -> dict[str, str]:
-    """The table's rows as docs/benchmarks.md has them, by configuration, each saying in its
-    status where it ran (the machine the table named when it was written)."""
-    text = BENCHMARKS.read_text()
+    """The table's rows as the results page has them, by configuration. Each says in its
+    status where it ran; kept here, a run is no longer resumable."""
+    text = TABLE.read_text()
     table = text.split(BEGIN, 1)[1].split(END, 1)[0] if BEGIN in text else ""
-    named = table.split("Machine: ", 1)[1].split(". Runs in", 1)[0] if "Machine: " in table else ""
     rows = {}
     for line in table.splitlines():
         if line.startswith("| "):
             cells = line.split(" | ")
-            if named and "ran on " not in cells[5]:
-                cells[5] += f" (ran on {named})"
+            cells[5] = cells[5].replace(", resumable", "")
             rows[cells[0].removeprefix("| ")] = " | ".join(cells)
     return rows
 
@@ -335,13 +327,13 @@ def _written_result(row: str) -> dict | None:
 
 
 def report(runs_dir: Path) -> None:
-    """Rewrite the table in docs/benchmarks.md and the learning-curve figure from the run
+    """Rewrite the results page's table and the learning-curve figure from the run
     directories and records here, keeping the written rows of configurations with neither."""
     written = written_rows()
     sources = {name: source(name, runs_dir) for name in CONFIGURATIONS}  # copies each once
     lines = [
         BEGIN,
-        f"Machine: {machine()}. Runs in `{_shown(runs_dir)}`; each command below is the training "
+        "Each command below is the training "
         f"command, followed by `pyro-vae evaluate --run DIR --num-samples {NUM_SAMPLES} "
         "--checkpoint best`. Protocol options shared by all: `" + " ".join(PROTOCOL) + "`.",
         "",
@@ -397,9 +389,11 @@ def report(runs_dir: Path) -> None:
             first = best_epoch(read_metrics(start))["epoch"]
             shown = _shown(runs_dir / FINE_TUNED[name])
             options = [*options, "--init-from", f"{shown} (epoch {first})"]
-        if from_record:  # say where it ran, if not on this machine
+        if from_record:  # say where it ran
             trained_on = (run_dir / MACHINE_FILE).read_text().strip()
-            status += f" (record; ran on {trained_on})" if trained_on != machine() else " (record)"
+            status += f" (record; ran on {trained_on})"
+        else:
+            status += f" (ran on {machine()})"
         lines.append(
             f"| {name} | {_published(published)} | {estimate} | {validation} | "
             f"{best['epoch']} / {rows[-1]['epoch']} | {status} | {summary.hours:.2f} h | "
@@ -407,7 +401,6 @@ def report(runs_dir: Path) -> None:
         )
         learning[name], first_epochs[name] = rows, first
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    curves = CURVES.relative_to(BENCHMARKS.parent)
     kept = ""
     if without_curves:
         kept = (
@@ -415,9 +408,6 @@ def report(runs_dir: Path) -> None:
             f"curve in the figure): {', '.join(without_curves)}."
         )
     lines += [
-        "",
-        "Validation ELBO by epoch (left) and test log-likelihoods against the published "
-        f"ones (right): ![learning curves and results]({curves})",
         "",
         f"Table written {when}.{kept}",
         END,
@@ -429,15 +419,8 @@ def report(runs_dir: Path) -> None:
     _plot_results(results, compared)
     CURVES.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(CURVES, dpi=120, bbox_inches="tight")
-    text = BENCHMARKS.read_text()
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + "\n".join(lines) + rest.split(END, 1)[1]
-    else:
-        text += "\n## Reproducing the published Fashion-MNIST log-likelihoods\n\n"
-        text += "\n".join(lines) + "\n"
-    BENCHMARKS.write_text(text)
-    print(f"table written to {BENCHMARKS}")
+    TABLE.write_text("\n".join(lines) + "\n")
+    print(f"table written to {TABLE}")
 
 
 def main() -> None:

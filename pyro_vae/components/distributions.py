@@ -6,7 +6,7 @@ when the distribution already has that batch shape, as the guide's
 :math:`q(z|x)` and the likelihood :math:`p(x|z)` always do. torch's ``expand``
 then builds a new distribution over expanded views of every parameter, which
 also adds those views to the autograd graph: 1-2.5% of a training step on a
-2-core CPU, a fixed cost per step (docs/benchmarks.md). :class:`Independent`
+2-core CPU, a fixed cost per step (docs/results/index.md). :class:`Independent`
 answers that case with itself, the same distribution (distributions are never
 modified after construction); any real expansion, such as a prior of batch
 shape ``()`` to the batch, or ``(B,)`` to ``(K, B)`` particles, is torch's.

@@ -389,7 +389,7 @@ class ChannelsLastConvTranspose2d(nn.ConvTranspose2d):
 
     On CPU this made the importance-weighted evaluation of the convolutional models,
     which the decoder's transposed convolutions dominate, ~20% faster than PyTorch's
-    default NCHW (training: no change; docs/benchmarks.md). Only the
+    default NCHW (training: no change; docs/results/index.md). Only the
     computation changes format: the weight stays an NCHW parameter, converted on each
     call, because Pyro's param store keeps ``.contiguous()`` copies of parameters, so
     ``pyro.optim`` would otherwise train a copy the module does not use. Same
@@ -490,7 +490,7 @@ class Architecture:
     #: such as :math:`p(z_1|z_2)` of the hierarchical VAE.
     layer: HiddenLayer = RELU
     #: (sample, image) pairs per pass of the importance-weighted evaluation that ran
-    #: fastest on a CPU (``scripts/benchmark_evaluation.py --sweep``, docs/benchmarks.md).
+    #: fastest on a CPU (``scripts/benchmark_evaluation.py --sweep``, docs/results/index.md).
     cpu_evaluation_batch: int = DEFAULT_MAX_BATCH
 
     def encoder(
@@ -569,10 +569,10 @@ class ConvArchitecture(Architecture):
 
     With ``layer=GATED`` every convolution and hidden layer is gated, as in the
     convolutional VAEs of Tomczak & Welling (2018), whose gated dense layers did
-    better here than ReLU ones (the ``gated`` rows of docs/benchmarks.md)."""
+    better here than ReLU ones (the ``gated`` rows of docs/results/index.md)."""
 
     # Passes of 20,000 pairs, whose activations run to hundreds of MB, took 1.5-1.8
-    # times as long per image as 2,500 on a 2-core CPU (docs/benchmarks.md).
+    # times as long per image as 2,500 on a 2-core CPU (docs/results/index.md).
     cpu_evaluation_batch = 2_500
 
     def __init__(

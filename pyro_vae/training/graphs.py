@@ -3,7 +3,7 @@ r"""CUDA graphs of the training step: Pyro's Python runs once, at capture.
 On a GPU a pyro-vae training step is bound by the host, not the device: recording
 the model and guide traces, running Pyro's effect handlers and building the
 distribution objects costs milliseconds of Python per step, while the networks'
-kernels take a fraction of that (docs/benchmarks.md). A CUDA graph records the
+kernels take a fraction of that (docs/results/index.md). A CUDA graph records the
 kernels that one step launches (objective, backward, gradient clipping, optimizer
 update) and launches them all again with one call: every later step costs one
 graph launch, whatever the Python that built it costs.
