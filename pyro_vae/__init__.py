@@ -43,7 +43,9 @@ from pyro_vae.core.errors import (  # noqa: E402
     ConfigTypeError,
     DatasetUnavailableError,
     NumericalError,
+    OutputError,
     PyroVAEError,
+    RunInUseError,
     TrainingInterrupted,
 )
 from pyro_vae.data.images import ImageData, load_images  # noqa: E402
@@ -97,8 +99,10 @@ __all__ = [
     "ModelConfig",
     "NormalMixture",
     "NumericalError",
+    "OutputError",
     "Prior",
     "PyroVAEError",
+    "RunInUseError",
     "Run",
     "StandardNormal",
     "TrainConfig",

@@ -31,6 +31,7 @@ from pyro_vae.config import DEVICE_CHOICES, MODEL_FIELDS, TrainConfig, resolve_d
 from pyro_vae.config.fields import DATA, MODEL, OPTIMIZATION, RUN, default_of, is_option
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import PyroVAEError
+from pyro_vae.core.files import check_writable
 from pyro_vae.core.registry import registry_help, registry_options
 from pyro_vae.data.images import SPLITS
 from pyro_vae.figures.plots import (
@@ -367,8 +368,8 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> None:
-    if args.figure is not None:
-        check_png_path(args.figure)  # before an hour of evaluation, not after
+    if args.figure is not None:  # before an hour of evaluation, not after
+        check_writable(check_png_path(args.figure).parent)
     result = evaluate_run(
         args.run,
         split=args.split,

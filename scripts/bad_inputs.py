@@ -25,10 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pyro_vae import TrainConfig, load_images, load_run, train  # noqa: E402
+from pyro_vae import VAE, TrainConfig, load_images, load_run, train  # noqa: E402
 from pyro_vae.analysis.evaluation import evaluate_run  # noqa: E402
 from pyro_vae.cli import main as cli_main  # noqa: E402
 from pyro_vae.data.images import DATASETS  # noqa: E402
+from pyro_vae.inference.estimators import estimate_log_likelihood  # noqa: E402
 
 QUICK = ["--subset", "500", "--hidden-dim", "32", "--latent-dim", "4", "--no-progress"]
 
@@ -127,6 +128,11 @@ def main() -> None:
         ["--config", str(w / "empty")],
         ["--dataset", str(w / "nowhere.npz")],
         ["--dataset", str(w / "no-test.npz")],
+        ["--out", ""],
+        [*QUICK, "--out", str(w / "a-file" / "run")],
+        [*QUICK, "--latent-dim", "2000000000"],
+        [*QUICK, "--prior", "mog", "--prior-components", "1000000000"],
+        [*QUICK, "--particles", "100000000"],
     ]
     rows = ["| input | answer | message |", "|---|---|---|"]
     os.environ["http_proxy"] = os.environ["https_proxy"] = "http://127.0.0.1:9"  # no downloads
@@ -192,6 +198,19 @@ def main() -> None:
         (
             "evaluate_run(run of 28x28 images, dataset=a file of 8x8 images)",
             lambda: evaluate_run(w / "run", dataset=str(w / "8x8.npz"), progress=False),
+        ),
+    ]
+    python_cases += [
+        ("VAE(784, -3)", lambda: VAE(784, -3)),
+        ("VAE(784, 50, hidden_dims=(0,))", lambda: VAE(784, 50, hidden_dims=(0,))),
+        ('load_images(binarize="no")', lambda: load_images(binarize="no")),
+        (
+            "estimate_log_likelihood(model, guide, 0-255 pixels) under a Bernoulli",
+            lambda: estimate_log_likelihood(
+                *(lambda v: (v.model, v.guide))(VAE(784, 4, hidden_dims=(8,))),
+                data.test[:2] * 255,
+                num_samples=10,
+            ),
         ),
     ]
     for label, call in python_cases:

@@ -129,6 +129,9 @@ def test_a_damaged_result_or_a_directory_that_is_no_run_is_named(tmp_path):
     (run / "eval.json").write_text('{"test_log_likelihood": -2')
     with pytest.raises(CheckpointError, match="eval.json is not valid JSON .*evaluate the run"):
         summarize_run(run)
+    (run / "eval.json").write_text('{"test_log_likelihood": "high"}')  # JSON, not a result
+    with pytest.raises(CheckpointError, match="eval.json is not an evaluation pyro-vae wrote"):
+        summarize_run(run)
     with pytest.raises(CheckpointError, match="is .* a directory made by `pyro-vae train`"):
         summarize_run(tmp_path)
 

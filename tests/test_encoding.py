@@ -99,7 +99,7 @@ def test_a_conditional_run_encodes_with_its_labels(tmp_path, learnable_fashion_d
     ("options", "message"),
     [
         ({"split": "dev"}, "unknown split 'dev'; choose one of: train, val, test"),
-        ({"batch_size": 0}, "batch-size must be positive, got 0"),
+        ({"batch_size": 0}, "`batch_size` must be positive, got 0"),
         ({"path": "codes.csv"}, "cannot write latent codes as 'codes.csv'; use a .npz file name"),
     ],
 )

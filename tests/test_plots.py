@@ -112,6 +112,15 @@ def test_plot_run_writes_every_figure_as_a_png(tmp_path, tiny_data, latent_dim):
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
 
 
+def test_plot_of_a_completion_model_draws_its_completions(tmp_path, tiny_data):
+    run = tmp_path / "run"
+    train(tiny_config(model="completion", epochs=1), run, data=tiny_data, progress=False)
+    assert plot_run(run, data=tiny_data) == [run / "figures" / "completions.png"]
+    grid = matplotlib.image.imread(run / "figures" / "completions.png")
+    # six test images, a row each: observed, baseline, 8 completions, truth (8x8, 2 apart)
+    assert grid.shape[:2] == (6 * 10 + 2, 11 * 10 + 2)
+
+
 def test_plot_run_rejects_data_of_another_shape(tmp_path, tiny_data):
     train(tiny_config(epochs=1), tmp_path / "run", data=tiny_data, progress=False)
     wrong = tiny_data.to("cpu")

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,26 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_result(
     result = json.loads((run_copy / "eval.json").read_text())
     assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
     assert not partial.exists()  # removed once the result is written
+
+
+def test_sigterm_saves_the_chunks_done_like_ctrl_c(run_copy, uninterrupted, monkeypatch, capsys):
+    monkeypatch.setattr(evaluation, "EVALUATION_SAVE_SECONDS", 1e9)  # saved only on the signal
+    real, calls = pyro_vae.inference.estimators.log_densities, []
+
+    def terminated_at_the_tenth(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == 10:
+            signal.raise_signal(signal.SIGTERM)  # as a job scheduler stops a job
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", terminated_at_the_tenth)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 128 + signal.SIGTERM
+    assert "images are saved in" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", real)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
 
 
 def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(

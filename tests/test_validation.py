@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from pyro_vae import (
+    VAE,
     ConfigError,
+    ConfigTypeError,
     DatasetUnavailableError,
     ImageData,
     TrainConfig,
@@ -20,6 +22,7 @@ from pyro_vae import (
 )
 from pyro_vae.cli import main
 from pyro_vae.data import images as data_module
+from pyro_vae.inference.estimators import estimate_log_likelihood
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -315,3 +318,63 @@ def test_cli_errors_that_need_the_data(argv, message, capsys, tmp_path, shared_f
     assert code == 2 and len(err) == 1
     assert err[0].startswith("pyro-vae: error: ")
     assert re.search(message, err[0])
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: VAE(784, -3), "`latent_dim` must be positive, got -3"),
+        (lambda: VAE(0, 3), "`data_dim` must be positive, got 0"),
+        (
+            lambda: VAE(784, 3, hidden_dims=(0,)),
+            r"`hidden_dims` widths must be positive, got \[0\]",
+        ),
+    ],
+)
+def test_the_python_api_checks_what_the_options_check(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_load_images_takes_binarize_as_a_boolean_only():
+    with pytest.raises(ConfigTypeError, match="`binarize` must be True or False, got 'no'"):
+        load_images("fashion-mnist", binarize="no")
+
+
+def test_the_estimator_refuses_data_outside_the_likelihoods_support():
+    vae = VAE(16, 2, hidden_dims=(8,))
+    grey = torch.rand(5, 16)
+    estimate_log_likelihood(vae.model, vae.guide, grey, num_samples=4)  # grey: probabilities
+    rng = torch.get_rng_state()
+    with pytest.raises(
+        ConfigError,
+        match=r"observed values of site 'x' range over \[0, 255\], outside the support "
+        r"\[0, 1\] of its IndependentBernoulli; scale the data into it",
+    ):
+        estimate_log_likelihood(vae.model, vae.guide, torch.tensor([[0.0] * 15 + [255.0]]))
+    assert torch.equal(torch.get_rng_state(), rng)  # the check draws under its own seed
+
+
+def test_a_model_too_large_for_memory_is_refused_before_it_is_allocated(tiny_data, tmp_path):
+    config = TrainConfig(latent_dim=2_000_000_000, hidden_dims=(8,))
+    with pytest.raises(
+        ConfigError, match=r"training needs about [\d,.]+ GiB .* lower `latent_dim`"
+    ):
+        train(config, tmp_path / "run", data=tiny_data, progress=False)
+
+
+def test_running_out_of_memory_in_training_names_the_options_to_lower(
+    tiny_data, tmp_path, faulty_objective
+):
+    def exhausted(call, loss):
+        if call == 12:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    faulty_objective(exhausted)
+    config = TrainConfig(hidden_dims=(8,), latent_dim=2, batch_size=64, epochs=3)
+    with pytest.raises(
+        ConfigError,
+        match=r"ran out of memory training with `batch_size` 64 and `particles` 1; lower them "
+        r"\(or the model's size\); the checkpoint after epoch 1 is kept",
+    ):
+        train(config, tmp_path / "run", data=tiny_data, progress=False)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pyro_vae.core.errors import ConfigError
-from pyro_vae.core.files import atomic_write
+from pyro_vae.core.files import atomic_write, check_writable, make_directory
 from pyro_vae.data.images import SPLITS, ImageData
 from pyro_vae.runs import Run
 
@@ -40,10 +40,11 @@ def encode_run(
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     if batch_size <= 0:
-        raise ConfigError(f"batch-size must be positive, got {batch_size}")
+        raise ConfigError(f"`batch_size` must be positive, got {batch_size}")
     path = Path(path)
     if path.suffix != ".npz":
         raise ConfigError(f"cannot write latent codes as {path.name!r}; use a .npz file name")
+    check_writable(path.parent)  # before the images are encoded
     run = Run(run_dir, device, checkpoint)
     vae = run.model
     data = run.data if data is None else data.to(run.device)
@@ -56,6 +57,6 @@ def encode_run(
         "labels": labels.cpu().numpy(),
         "class_names": np.array(data.class_names),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent)
     atomic_write(path, lambda file: np.savez(file, **arrays))
     return path

@@ -13,6 +13,8 @@ the files; the result equals a one-process run's with the same seed.
 import contextlib
 import hashlib
 import json
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,8 +27,8 @@ from pyro_vae.components.likelihoods import bits_per_dim
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.core import distributed
-from pyro_vae.core.errors import ConfigError, brief
-from pyro_vae.core.files import atomic_write
+from pyro_vae.core.errors import ConfigError, TrainingInterrupted, brief
+from pyro_vae.core.files import atomic_write, check_writable
 from pyro_vae.data.images import ImageData, is_image_file, load_images
 from pyro_vae.inference.estimators import (
     DEFAULT_MAX_BATCH,
@@ -40,6 +42,7 @@ from pyro_vae.runs import (
     evaluation_path,
     evaluation_stem,
     examples_path,
+    locked_run,
     read_config,
     read_evaluation,
     read_examples,
@@ -281,22 +284,42 @@ def evaluate_run(
     images, labels = (tensor[:subset] for tensor in data.evaluation_images(split))
     run.model.likelihood.validate(images)
     settings = {"subset": subset, "num_samples": num_samples, "max_batch": max_batch, "seed": seed}
+    # one writer per run directory: not beside its training or another evaluation of it
+    with locked_run(run.dir, "evaluation") if world.is_main else contextlib.nullcontext():
+        return _evaluate(run, images, labels, split, dataset, settings, world, progress, log)
+
+
+def _evaluate(
+    run: Run,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    split: str,
+    dataset: str | None,
+    settings: dict[str, Any],
+    world: distributed.World,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The body of :func:`evaluate_run`, with the run directory locked."""
+    if world.is_main:
+        check_writable(run.dir)  # before the work, not after it
     saved = _EvaluationInProgress(run, split, dataset, settings, world, world.main_only(log))
     saved.announce(images.shape[0])
-    with _saved_on_failure(saved, images.shape[0], max_batch, torch_device):
+    max_batch = settings["max_batch"]
+    with _saved_on_failure(saved, images.shape[0], max_batch, images.device):
         estimates = estimate_log_likelihood(
             run.model.model,
             run.model.guide,
             *run.model.batch_inputs(images, labels),
-            num_samples=num_samples,
+            num_samples=settings["num_samples"],
             max_batch=max_batch,
-            seed=seed,
+            seed=settings["seed"],
             progress=progress and world.is_main,
             world=world,
             done=saved.chunks,
             on_chunk=saved.add,
         )
-    result = _summary(run, estimates, split, dataset, seed, saved.seconds)
+    result = _summary(run, estimates, split, dataset, settings["seed"], saved.seconds)
     if world.is_main:
         _write_result(run.dir, result, estimates, split, dataset)
         saved.remove()  # the result is written: what led to it can go
@@ -325,15 +348,17 @@ def _check_arguments(num_samples: int, max_batch: int | None, subset: int | None
 def _saved_on_failure(
     saved: _EvaluationInProgress, num_images: int, max_batch: int, device: torch.device
 ) -> Iterator[None]:
-    """Save the chunks done when the evaluation is interrupted or runs out of memory, and
-    say how to continue."""
+    """Save the chunks done when the evaluation is interrupted (Ctrl-C, SIGTERM) or runs out
+    of memory, and say how to continue."""
     try:
-        yield
-    except KeyboardInterrupt:
+        with _terminate_as_interrupt():
+            yield
+    except KeyboardInterrupt as interrupt:
         saved.save()
-        raise KeyboardInterrupt(
+        raise TrainingInterrupted(
             f"evaluation stopped; {saved.examples_done} of {num_images} images are saved "
-            f"in {saved.path}; run the same command again to continue"
+            f"in {saved.path}; run the same command again to continue",
+            getattr(interrupt, "signum", signal.SIGINT),
         ) from None
     except torch.OutOfMemoryError:
         # A pass's activations grow with max_batch: the fix is a smaller one (the default on
@@ -345,6 +370,25 @@ def _saved_on_failure(
             f"{saved.examples_done} images done are saved in {saved.path}, to continue with "
             f"this `max_batch` once memory is free)"
         ) from None
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a job scheduler's stop) raises like Ctrl-C, so the work done is saved."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        error = KeyboardInterrupt()
+        error.signum = signum
+        raise error
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(

@@ -95,7 +95,12 @@ class IndependentBernoulli(Independent):
     ``(K, B, D)``, data ``(B, D)``) the dot product is one batched matrix product,
     about twice as fast as broadcasting ``binary_cross_entropy_with_logits``; in
     training (one sample per example) torch's fused BCE kernel is the faster one.
+
+    Its support is [0, 1], not {0, 1}: a grey level is taken as the probability of a
+    black pixel (the cross-entropy), as dynamic binarization draws it.
     """
+
+    support = constraints.independent(constraints.unit_interval, 1)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits = self.base_dist.logits
@@ -473,7 +478,7 @@ class AutoregressiveBernoulli(dist.TorchDistribution):
     """
 
     arg_constraints: dict = {}
-    support = constraints.independent(constraints.boolean, 1)
+    support = constraints.independent(constraints.unit_interval, 1)  # grey: a probability
 
     def __init__(self, net: AutoregressiveLogits, logits: torch.Tensor):
         self.net, self.logits = net, logits

@@ -6,23 +6,18 @@ the command line needs to generate the field's flag (``pyro_vae.cli``), and all
 :func:`check_fields` needs to coerce and validate a value.
 """
 
-import math
 import numbers
 import os
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
+from pyro_vae.core.checks import Check
 from pyro_vae.core.errors import ConfigError, ConfigTypeError
-
-#: Seeds are handed to NumPy too, which takes 0 <= seed < 2**32.
-MAX_SEED = 2**32 - 1
 
 #: Command-line groups of the fields, in the order ``--help`` shows them.
 DATA, MODEL, OPTIMIZATION, RUN = "data", "model", "objective and optimization", "run"
-
-Check = Callable[[Any], None]
 
 
 def option(
@@ -66,36 +61,6 @@ def default_of(declared: Field) -> Any:
     if declared.default_factory is not MISSING:
         return declared.default_factory()
     return declared.default
-
-
-def positive(value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"must be positive, got {value}")
-
-
-def zero_or_more(value: Any) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"must be 0 or more, got {value}")
-
-
-def positive_number(value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"must be a positive number, got {value}")
-
-
-def fraction(value: float) -> None:
-    if not 0 < value < 1:
-        raise ValueError(f"must be between 0 and 1, got {value}")
-
-
-def seed_range(value: int) -> None:
-    if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"must be between 0 and {MAX_SEED}, got {value}")
-
-
-def positive_widths(value: tuple[int, ...]) -> None:
-    if any(width <= 0 for width in value):
-        raise ValueError(f"widths must be positive, got {list(value)}")
 
 
 def check_fields(config: Any) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.components.priors import PRIORS
-from pyro_vae.config.fields import MODEL, check_fields, option, positive, positive_widths
+from pyro_vae.config.fields import MODEL, check_fields, option
+from pyro_vae.core.checks import positive, positive_widths
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import Factory, parse_options
 from pyro_vae.models.conditional import (

@@ -7,18 +7,9 @@ from typing import Any
 
 import torch
 
-from pyro_vae.config.fields import (
-    DATA,
-    OPTIMIZATION,
-    RUN,
-    fraction,
-    option,
-    positive,
-    positive_number,
-    seed_range,
-    zero_or_more,
-)
+from pyro_vae.config.fields import DATA, OPTIMIZATION, RUN, option
 from pyro_vae.config.model import ModelConfig
+from pyro_vae.core.checks import fraction, positive, positive_number, seed_range, zero_or_more
 from pyro_vae.core.errors import ConfigError, ConfigTypeError
 from pyro_vae.data.images import (
     DATASETS,

@@ -36,6 +36,15 @@ class DatasetUnavailableError(PyroVAEError, FileNotFoundError):
     """No local copy of a dataset was found, it could not be read, or not downloaded."""
 
 
+class OutputError(PyroVAEError, OSError):
+    """A file or folder could not be written: no space, a read-only or unwritable place,
+    or a file or folder in the way. Whatever was there before is unchanged."""
+
+
+class RunInUseError(PyroVAEError, RuntimeError):
+    """Another process is training or evaluating in the same run directory."""
+
+
 class CheckpointError(PyroVAEError, RuntimeError):
     """A run directory or checkpoint is missing, corrupted or does not match the request."""
 
@@ -53,7 +62,8 @@ class NumericalError(PyroVAEError, ArithmeticError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint to resume from."""
+    """Training or an evaluation stopped on SIGINT/SIGTERM after saving what it had done
+    (a checkpoint to resume from, the images evaluated so far)."""
 
     def __init__(self, message: str, signum: int = signal.SIGINT):
         super().__init__(message)

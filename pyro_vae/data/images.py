@@ -403,6 +403,8 @@ def load_images(
 
     :param subset: keep only the first ``subset`` training images (quick runs).
     """
+    if not isinstance(binarize, bool):
+        raise ConfigTypeError(f"`binarize` must be True or False, got {binarize!r}")
     stored = _stored_images(name, data_root, download)
     images, test = _unit_scale(stored.train), _unit_scale(stored.test)
     held_out = min(NUM_VALIDATION, images.shape[0] // 6) if is_image_file(name) else NUM_VALIDATION

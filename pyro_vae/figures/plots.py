@@ -47,8 +47,10 @@ from torchvision.utils import make_grid
 from pyro_vae.analysis.compare import RunSummary, baseline, paired_text
 from pyro_vae.analysis.evaluation import foreign_dataset
 from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.files import atomic_write, check_writable, make_directory
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData, load_images
+from pyro_vae.figures.samples import save_grid
 from pyro_vae.inference.estimators import auroc
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import (
@@ -586,6 +588,9 @@ def evaluation_figure(
 
 
 #: Registry of figures by file name (without ``.png``).
+#: Completions that ``plot`` draws of a completion model (six test images).
+COMPLETIONS = 48
+
 FIGURES: dict[str, Callable[[FigureInputs], Figure]] = {
     "reconstructions": reconstructions_figure,
     "samples": samples_figure,
@@ -611,18 +616,18 @@ def save_png(fig: Figure, path: str | Path) -> None:
     The folder is created if needed.
     """
     path = check_png_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
     rgb = np.asarray(Image.open(buffer).convert("RGB"))  # opaque white background
     grey = bool((rgb == rgb[..., :1]).all())
-    Image.fromarray(rgb[..., 0] if grey else rgb).save(path, format="png", optimize=True)
+    image = Image.fromarray(rgb[..., 0] if grey else rgb)
+    atomic_write(path, lambda file: image.save(file, format="png", optimize=True))
 
 
 def save_figures(inputs: FigureInputs, out: str | Path) -> list[Path]:
     """Draw every figure of :data:`FIGURES` and write it to ``out/<name>.png``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(Path(out))
     paths = []
     for name, draw in FIGURES.items():
         path = out / f"{name}.png"
@@ -648,7 +653,13 @@ def plot_run(
     :return: the paths written.
     """
     run = Run(run_dir, device, checkpoint)
+    out = check_writable(run.dir / "figures" if out is None else Path(out))
     config, vae = run.config, run.model
+    if not vae.draws_whole_images:  # the completion model: its figure is its completions
+        data = run.data if data is None else data.to(run.device)
+        with seeded(PLOT_SEED, run.device):
+            images, nrow = vae.sample_grid(COMPLETIONS, None, data)
+        return [save_grid(images, config.image_shape, out / "completions.png", nrow)]
     if data is None:  # grey levels (see the module doc); only the test split is drawn
         root = data_root if data_root is not None else config.data_root
         data = load_images(config.dataset, root, binarize=False, subset=1)
@@ -662,4 +673,4 @@ def plot_run(
             data.image_shape,
             read_metrics(run_dir),
         )
-        return save_figures(inputs, Path(out) if out is not None else Path(run_dir) / "figures")
+        return save_figures(inputs, out)

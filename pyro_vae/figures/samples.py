@@ -13,22 +13,33 @@ from PIL import Image
 from torchvision.utils import save_image
 
 from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.files import atomic_write, check_writable, make_directory
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData
 from pyro_vae.runs import Run
+
+
+def image_format(path: str | Path) -> str:
+    """The PIL format that ``path``'s extension names, else a :class:`ConfigError`."""
+    path = Path(path)
+    Image.init()
+    kind = Image.registered_extensions().get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"cannot write images as {path.name!r}; use a .png or .jpg file name")
+    return kind
 
 
 def save_grid(
     images: torch.Tensor, image_shape: tuple[int, ...], path: str | Path, nrow: int
 ) -> Path:
     """Save flattened images in [0, 1], ``nrow`` per row, as one picture (format from the
-    file extension); create the parent folder if needed."""
-    path = Path(path)
-    Image.init()
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise ConfigError(f"cannot write images as {path.name!r}; use a .png or .jpg file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.reshape(-1, *image_shape).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+    file extension), atomically; create the parent folder if needed."""
+    path, kind = Path(path), image_format(path)
+    make_directory(path.parent)
+    grid = images.reshape(-1, *image_shape).cpu()
+    atomic_write(
+        path, lambda file: save_image(grid, file, nrow=nrow, padding=2, pad_value=1.0, format=kind)
+    )
     return path
 
 
@@ -53,7 +64,9 @@ def sample_run(
     :param checkpoint: which saved model, as in :func:`~pyro_vae.load_run`.
     """
     if num <= 0:
-        raise ConfigError(f"num must be positive, got {num}")
+        raise ConfigError(f"`num` must be positive, got {num}")
+    image_format(path)
+    check_writable(Path(path).parent)  # before the model is loaded and sampled
     run = Run(run_dir, device, checkpoint)
     data = run.data if data is None else data.to(run.device)
     with seeded(seed, run.device):

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pyro
@@ -36,6 +37,7 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from pyro_vae.core.distributed import SINGLE, World
+from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.seeding import derived_seed, seeded
 
 #: Default bound on particles x examples evaluated in one pass (bounds peak memory).
@@ -155,6 +157,40 @@ def bound_per_example(
     )
 
 
+@torch.no_grad()
+def check_observed_support(
+    model: Callable, guide: Callable, *data: torch.Tensor, max_batch: int = 1000, **kwargs
+) -> None:
+    """Raise :class:`~pyro_vae.core.errors.ConfigError` if an observed value lies outside
+    the support of its site's distribution: ``log_prob`` would score it as a number without
+    complaint (0-255 pixels under a Bernoulli). One guide sample per example, in chunks of
+    ``max_batch``, drawn under a fixed seed so that the caller's RNG is left as it was."""
+    with seeded(0, data[0].device):
+        for first in range(0, data[0].shape[0], max_batch):
+            chunk = [tensor[first : first + max_batch] for tensor in data]
+            guide_trace = poutine.trace(guide).get_trace(*chunk, **kwargs)
+            replayed = poutine.replay(model, trace=guide_trace)
+            for name, site in poutine.trace(replayed).get_trace(*chunk, **kwargs).nodes.items():
+                if site["type"] == "sample" and site["is_observed"]:
+                    _check_support(name, site["fn"], site["value"])
+
+
+def _check_support(name: str, fn: Any, value: torch.Tensor) -> None:
+    if bool(fn.support.check(value).all()):
+        return
+    support = fn.support
+    while hasattr(support, "base_constraint"):  # independent(...) of an elementwise one
+        support = support.base_constraint
+    if hasattr(support, "lower_bound") and hasattr(support, "upper_bound"):
+        support = f"[{support.lower_bound:g}, {support.upper_bound:g}]"
+    lo, hi = value.min().item(), value.max().item()
+    raise ConfigError(
+        f"the observed values of site {name!r} range over [{lo:g}, {hi:g}], outside the "
+        f"support {support} of its {type(fn).__name__}; scale the data into it (e.g. "
+        "pixels to [0, 1]) or choose a likelihood for such values"
+    )
+
+
 @dataclass
 class Estimates:
     """Per-example estimates over a data set, and the summaries papers report."""
@@ -271,6 +307,7 @@ def estimate_log_likelihood(
     """
     if done and seed is None:
         raise ValueError("results of earlier chunks (done) can only be reused with a seed")
+    check_observed_support(model, guide, *data, max_batch=max_batch, **kwargs)
     done = done or {}
     started = time.perf_counter()
     num_examples = data[0].shape[0]

@@ -257,6 +257,7 @@ class CompletionCVAE(VAE):
     """
 
     evaluates = "log p(x_missing|x_observed)"
+    draws_whole_images = False
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ from pyro_vae.components.distributions import diagonal_normal
 from pyro_vae.components.likelihoods import Likelihood, build_likelihood
 from pyro_vae.components.networks import ARCHITECTURES, Architecture
 from pyro_vae.components.priors import Prior, build_prior
+from pyro_vae.core.checks import check_value, positive, positive_widths
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import lookup
 from pyro_vae.data.images import ImageData
@@ -144,6 +145,10 @@ class VAE(PyroModule):
         likelihood_options: dict[str, Any] | None = None,
     ):
         super().__init__(name=unique_pyro_name("vae"))
+        # the checks of the options of the same names
+        check_value("data_dim", data_dim, positive)
+        check_value("latent_dim", latent_dim, positive)
+        check_value("hidden_dims", tuple(hidden_dims), positive_widths)
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.likelihood = build_likelihood(
@@ -169,6 +174,9 @@ class VAE(PyroModule):
 
     #: What the importance-weighted estimate with this guide estimates (for reports).
     evaluates = "log p(x)"
+    #: Whether the model draws whole images (reconstructions, samples, latent maps);
+    #: a model of part of each image has only its own sample grid.
+    draws_whole_images = True
     #: Whether ``model`` and ``guide`` take the images' labels (then only images of the
     #: dataset the model was trained on can be scored).
     conditions_on_labels = False

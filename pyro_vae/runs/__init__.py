@@ -1,6 +1,7 @@
 """Run directories: the files ``pyro-vae train`` writes (:mod:`.files`), the checkpoint
 format (:mod:`.checkpoints`), model selection over the metrics (:mod:`.selection`) and
-the :class:`Run` handle that reads a run once (:mod:`.handle`)."""
+the :class:`Run` handle that reads a run once (:mod:`.handle`), and the lock that
+keeps a second writer out (:mod:`.lock`)."""
 
 from pyro_vae.runs.checkpoints import (
     CHECKPOINT_FORMAT,
@@ -38,6 +39,7 @@ from pyro_vae.runs.files import (
     write_metrics,
 )
 from pyro_vae.runs.handle import Run, load_run
+from pyro_vae.runs.lock import LOCK_FILE, locked_run
 from pyro_vae.runs.selection import (
     best_epoch,
     epochs_without_improvement,
@@ -54,6 +56,7 @@ __all__ = [
     "CHECKPOINT_KEYS",
     "CONFIG_FILE",
     "EXAMPLES_SUFFIX",
+    "LOCK_FILE",
     "METRICS_FILE",
     "MID_EPOCH_KEYS",
     "Run",
@@ -68,6 +71,7 @@ __all__ = [
     "initialize_from",
     "load_checkpoint",
     "load_run",
+    "locked_run",
     "nonfinite_entries",
     "read_config",
     "read_evaluation",

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pyro_vae.config import MODEL_FIELDS, TrainConfig
-from pyro_vae.core.errors import CheckpointError, ConfigError, NumericalError, brief
+from pyro_vae.core.errors import CheckpointError, ConfigError, NumericalError, OutputError, brief
 from pyro_vae.core.files import atomic_write
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs.files import BEST_FILE, CHECKPOINT_FILE, CHECKPOINTS
@@ -98,10 +98,10 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], file: str = CHECKPOINT
         )
     try:
         atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as error:
-        raise CheckpointError(
-            f"could not write {path} ({error}); the previous checkpoint is unchanged. "
-            "Free disk space or fix permissions, then continue with `resume=True`"
+    except OutputError as error:
+        raise OutputError(
+            f"{error}; the previous checkpoint is unchanged: continue from it with "
+            "`resume=True` once it can be written"
         ) from error
 
 

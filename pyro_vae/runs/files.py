@@ -131,11 +131,20 @@ def read_evaluation(
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        result = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(
             f"{path} is not valid JSON ({error}); evaluate the run again to rewrite it"
         ) from error
+    numbers = ("num_examples", "num_samples", f"{split}_log_likelihood", "log_likelihood_stderr")
+    if not isinstance(result, dict) or not all(
+        isinstance(result.get(key), int | float) for key in numbers
+    ):
+        raise CheckpointError(
+            f"{path} is not an evaluation pyro-vae wrote (it needs the numbers "
+            f"{', '.join(numbers)}); evaluate the run again to rewrite it"
+        )
+    return result
 
 
 def same_model(first: dict[str, Any] | None, second: dict[str, Any] | None) -> bool:

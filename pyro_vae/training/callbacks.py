@@ -25,8 +25,8 @@ from pyro_vae.inference.schedules import EpochScheduler
 if TYPE_CHECKING:
     from pyro_vae.training.loop import Trainer
 
-#: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**10).
-MAX_ROLLBACKS = 10
+#: With ``on_nan="rollback"``, give up after this many rollbacks in one call (lr / 2**20).
+MAX_ROLLBACKS = 20
 
 
 class Callback:
@@ -177,26 +177,33 @@ class EarlyStopping(Callback):
 
 
 class Rollback(Callback):
-    """On a numerical fault that a smaller step may avoid, restores the last checkpoint
-    with half its learning rate and goes on; gives up after ``MAX_ROLLBACKS``."""
+    """On a numerical fault that a smaller step may avoid, restores the last checkpoint and
+    goes on with half the learning rate the fault happened at, so that rollbacks compound
+    (1e5, 5e4, 2.5e4, ...); gives up after ``MAX_ROLLBACKS``."""
 
     def __init__(self):
         self.rollbacks, self.limit = 0, MAX_ROLLBACKS
+        self.first_lr: float | None = None
 
     def on_fault(self, trainer: Trainer, fault: NumericalError) -> dict[str, Any] | None:
         if not fault.recoverable:
             return None
+        if self.first_lr is None:
+            self.first_lr = trainer.lr
         if self.rollbacks == self.limit:
             raise NumericalError(
-                f"{fault} (gave up after {self.limit} rollbacks, each halving the "
-                "learning rate; check the data and the model)",
+                f"{str(fault).partition(';')[0]}; gave up after {self.limit} rollbacks that "
+                f"halved the learning rate from {self.first_lr:.3g} to {trainer.lr:.3g}. "
+                "Check the data, then try a much smaller `lr`, `clip_grad_norm` or a smaller "
+                f"model; the checkpoint {trainer.saved_at} is kept in {trainer.checkpoint_path}",
                 recoverable=False,
             ) from fault
         self.rollbacks += 1
+        rate = trainer.lr / 2
         trainer.world.barrier()  # rank 0 has finished writing the checkpoint
         checkpoint = runs.load_checkpoint(trainer.out, keys=runs.CHECKPOINT_KEYS)
         for group in checkpoint["optimizer"]["param_groups"]:
-            group["lr"] /= 2
+            group["lr"] = rate
         start = trainer.restore(checkpoint)
         trainer.log(
             f"{str(fault).partition(';')[0]}: rolled back to the checkpoint "

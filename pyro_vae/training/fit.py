@@ -8,6 +8,7 @@ callbacks, then runs the loop.
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyro
@@ -17,13 +18,14 @@ from pyro_vae import runs
 from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import CheckpointError, ConfigError, ConfigTypeError
-from pyro_vae.core.files import remove_stale_temporaries
+from pyro_vae.core.files import make_directory, remove_stale_temporaries
 from pyro_vae.data.images import ImageData
 from pyro_vae.inference.schedules import LR_SCHEDULES
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.callbacks import Callback, ordered_callbacks
 from pyro_vae.training.guards import check_model_and_guide
 from pyro_vae.training.loop import Trainer
+from pyro_vae.training.resources import check_model_fits, is_out_of_memory, out_of_memory
 
 #: Options that may change when a run is resumed.
 RESUMABLE_CHANGES = (
@@ -71,33 +73,54 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not str(out).strip():
+        raise ConfigError("`out` is empty; name the run directory to write")
     out = Path(out)
     world, device = distributed.init(resolve_device(config.device))
-    checkpoint = prepare_run_dir(out, config, resume)
-    world.barrier()  # every rank has checked ``out`` before rank 0 writes to it
-    if world.is_main:  # left by a process killed while writing
-        remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
-    progress, rank_log = progress and world.is_main, world.main_only(log)
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    data = training_data(config, data, device)
-    config = with_data_facts(config, data, checkpoint, out)
-    vae = _model(config, data, device)
-    if checkpoint is None and config.init_from is not None:
-        rank_log(f"initialized from {runs.initialize_from(vae, config)}")
-    trainer = _trainer(config, out, vae, data, progress, rank_log, world, callbacks)
-    check_model_and_guide(vae, trainer.loss_fn, data)
-    # A checkpoint is checked through before anything in ``out`` is written.
-    start = trainer.restore(checkpoint) if checkpoint is not None else None
-    if world.is_main:
-        runs.save_config(out, config)
-    if start is None:
-        start = trainer.start()
-    else:
-        rank_log(f"resuming {out} {trainer.saved_at}")
-    rank_log(summary(config, vae, data, device))
-    trainer.run(start)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"`out` {out} is a file, not a directory; choose another `out`")
+    # one writer per run directory; the other ranks of a torchrun job write nothing
+    lock = runs.locked_run(out, "training", create=not resume) if world.is_main else nullcontext()
+    with lock:
+        checkpoint = prepare_run_dir(out, config, resume)
+        world.barrier()  # every rank has checked ``out`` before rank 0 writes to it
+        if world.is_main:  # left by a process killed while writing
+            remove_stale_temporaries(out / runs.CHECKPOINT_FILE)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.seed)
+        data = training_data(config, data, device)
+        config = with_data_facts(config, data, checkpoint, out)
+        vae = _model(config, data, device)
+        log = world.main_only(log)
+        if checkpoint is None and config.init_from is not None:
+            log(f"initialized from {runs.initialize_from(vae, config)}")
+        trainer = _trainer(
+            config, out, vae, data, progress and world.is_main, log, world, callbacks
+        )
+        _run(trainer, checkpoint)
     return vae.eval()
+
+
+def _run(trainer: Trainer, checkpoint: dict | None) -> None:
+    """Check the model, restore the checkpoint if resuming, and run the loop; a failed
+    allocation (a batch of too many particles) becomes a message."""
+    try:
+        check_model_and_guide(trainer.vae, trainer.loss_fn, trainer.data)
+        # A checkpoint is checked through before anything in the run directory is written.
+        start = trainer.restore(checkpoint) if checkpoint is not None else None
+        if trainer.world.is_main:
+            runs.save_config(trainer.out, trainer.config)
+        if start is None:
+            start = trainer.start()
+        else:
+            trainer.log(f"resuming {trainer.out} {trainer.saved_at}")
+        trainer.log(summary(trainer.config, trainer.vae, trainer.data, trainer.device))
+        trainer.run(start)
+    except (RuntimeError, MemoryError) as error:
+        if not is_out_of_memory(error):
+            raise
+        kept = f"; the checkpoint {trainer.saved_at} is kept" if trainer.saved_at else ""
+        raise out_of_memory(trainer.config, trainer.device, kept) from None
 
 
 def with_data_facts(
@@ -122,6 +145,7 @@ def with_data_facts(
 
 def _model(config: TrainConfig, data: ImageData, device: torch.device) -> VAE:
     """A new model of ``config`` on ``device``, its likelihood checked against the data."""
+    check_model_fits(config, device)
     vae = config.build_vae().to(device)
     for name, images in (("training", data.train), ("validation", data.val)):
         vae.likelihood.validate(images, f"the {name} images")
@@ -157,8 +181,6 @@ def _trainer(
 
 def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None:
     """Create ``out`` or check it for resuming; return the checkpoint to resume from."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"`out` {out} is a file, not a directory; choose another `out`")
     has_checkpoint = (out / runs.CHECKPOINT_FILE).exists()
     if not resume:
         if has_checkpoint:
@@ -166,12 +188,7 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None
                 f"{out} already holds a trained run; pass `resume=True` to continue it, "
                 "or choose another `out`"
             )
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise ConfigError(
-                f"cannot create the run directory {out} ({error}); choose another `out`"
-            ) from error
+        make_directory(out)
         return None
     if not has_checkpoint:
         raise CheckpointError(

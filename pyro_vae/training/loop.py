@@ -358,9 +358,16 @@ class Trainer:
 
     def _check_update(self, epoch: int, step: int, loss: float) -> None:
         """Raise the fault of ``step`` (loss ``loss``) if its update left non-finite
-        parameters."""
+        parameters, or non-finite optimizer state (Adam's second moment overflows for a
+        gradient above ~1e19 while the parameters stay finite), before it is saved."""
         if nonfinite_update(self.steps.parameters):
             raise self._fault("gradient", epoch, step, loss)
+        state = runs.nonfinite_entries(self.optimizer.state_dict()["state"])
+        if state:  # "3.exp_avg_sq": the optimizer numbers the parameters in model order
+            index, _, moment = state[0].partition(".")
+            name = [name for name, _ in self.vae.named_parameters()][int(index)]
+            what = f"optimizer state ({moment} of {name}, from a step since the last checkpoint)"
+            raise self._fault(what, epoch, step, loss)
 
     def _fault(
         self, what: str, epoch: int, step: int, loss: float, batch: torch.Tensor | None = None
