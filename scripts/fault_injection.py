@@ -192,9 +192,10 @@ def inject_nan(args, runs: Runs, reference: Path, lines: list[str]) -> bool:
         images = draw(self)
         return images.index_fill(0, torch.tensor([17]), float("nan")) if calls[0] == 2 else images
 
-    def recorded(run_dir: Path, state: dict) -> None:  # note what each good save wrote
-        save(run_dir, state)
-        written.append(sha256(run_dir / CHECKPOINT_FILE))
+    def recorded(run_dir: Path, state: dict, file: str = CHECKPOINT_FILE) -> None:
+        save(run_dir, state, file=file)
+        if file == CHECKPOINT_FILE:  # note what each good save of the checkpoint wrote
+            written.append(sha256(run_dir / CHECKPOINT_FILE))
 
     ImageData.training_images, runs_module.save_checkpoint = poisoned, recorded
     try:
