@@ -103,12 +103,10 @@ def read_only(path: Path) -> Iterator[None]:
             path.chmod(mode)
 
 
-def test_a_second_writer_is_refused_naming_the_first_which_finishes_alone(
-    tmp_path, image_file, capsys
-):
-    out = tmp_path / "run"
-    options = tiny_options(image_file, epochs=30)
-    first = subprocess.Popen(
+def start_training(options: list[str], out: Path) -> subprocess.Popen:
+    """``pyro-vae train`` in a process of its own, returned once it holds ``out`` (its first
+    checkpoint is written)."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "pyro_vae", "train", *options, "--out", str(out)],
         env=ENV,
         stdout=subprocess.DEVNULL,
@@ -116,8 +114,17 @@ def test_a_second_writer_is_refused_naming_the_first_which_finishes_alone(
         text=True,
     )
     while not (out / CHECKPOINT_FILE).exists():
-        assert first.poll() is None, first.stderr.read()
+        assert process.poll() is None, process.stderr.read()
         time.sleep(0.005)
+    return process
+
+
+def test_a_second_writer_is_refused_naming_the_first_which_finishes_alone(
+    tmp_path, image_file, capsys
+):
+    out = tmp_path / "run"
+    options = tiny_options(image_file, epochs=30)
+    first = start_training(options, out)
     first.send_signal(signal.SIGSTOP)  # frozen while it holds the lock
     try:
         for second in (
@@ -140,15 +147,7 @@ def test_a_second_writer_is_refused_naming_the_first_which_finishes_alone(
 def test_the_lock_of_a_killed_process_never_blocks_a_resume(tmp_path, image_file):
     out = tmp_path / "run"
     options = tiny_options(image_file, epochs=50)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pyro_vae", "train", *options, "--out", str(out)],
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    while not (out / CHECKPOINT_FILE).exists():
-        assert process.poll() is None
-        time.sleep(0.005)
+    process = start_training(options, out)
     process.kill()
     assert process.wait() == -signal.SIGKILL
     assert main(["train", *tiny_options(image_file, epochs=2), "--out", str(out), "--resume"]) == 0
