@@ -7,19 +7,27 @@ binarized Fashion-MNIST training images; the three ways run interleaved, one
 epoch each in turn (in an order rotated every epoch), and the median epoch time of
 each is reported, with the per-epoch ratios of back-to-back epochs:
 
-1. ``pyro-vae``: the training step `pyro-vae train` runs (`pyro_vae.training.loop`);
+1. ``pyro-vae``: one `pyro_vae.train` run (what `pyro-vae train` runs), whose
+   callback runs the other ways' epochs between its own. Two times per epoch:
+   its training steps alone (``train_seconds`` of metrics.jsonl) and the **whole
+   epoch** a user waits for (``seconds``: drawing the epoch's binary images, the
+   steps, the validation ELBO; the epoch's checkpoint and ``best.pt`` are written in
+   the background during the next epoch, which so pays for them);
 2. ``pytorch``: the textbook hand-written VAE: closed-form Gaussian KL,
-   ``binary_cross_entropy_with_logits``, ``torch.optim.Adam``, device tensors;
+   ``binary_cross_entropy_with_logits``, ``torch.optim.Adam``, device tensors; its
+   epoch is its steps and the drawing of each batch's binary images (with pyro-vae's
+   function, so that neither gains by how it draws);
 3. ``pyro-example``: ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO())`` fed by
-   a ``torch.utils.data.DataLoader``, as in Pyro's VAE example.
+   a ``torch.utils.data.DataLoader``, as in Pyro's VAE example (on the epoch's
+   binary images, drawn at its start).
 
 After the epochs each model's validation ELBO (same estimator, same seed) is
-printed, to show that the speed costs no quality. With ``--write`` a row is
-added to the results page's table (docs/results/tables/training-speed.md).
+printed, to show that the speed costs no quality. With ``--write`` a row is added
+to each of the results page's tables (docs/results/tables/training-speed.md: the
+steps; whole-epoch.md: the whole epoch).
 """
 
 import argparse
-import dataclasses
 import resource
 import statistics
 import subprocess
@@ -28,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyro
 import pyro.optim
@@ -37,15 +46,18 @@ from pyro.infer import SVI, Trace_ELBO
 from results import TABLES, append_row, machine, today, versions  # scripts/ is on sys.path
 from torch.utils.data import DataLoader, TensorDataset
 
-from pyro_vae import VAE, ImageData, TrainConfig, load_run, read_metrics, train
+from pyro_vae import VAE, ImageData, TrainConfig, train
 from pyro_vae.config import resolve_device
-from pyro_vae.training.loop import validation_bound
+from pyro_vae.core.seeding import derived_seed, seeded
+from pyro_vae.training.callbacks import Callback
+from pyro_vae.training.loop import Trainer, validation_bound
 
-TABLE = TABLES / "training-speed.md"
+#: pyro-vae's two times per epoch: the whole epoch (metrics.jsonl ``seconds``) and its steps.
+PYRO_VAE_TIMES = ("pyro-vae", "pyro-vae steps")
 ROWS_MARKER = "<!-- scripts/benchmark.py appends rows above this line -->"
 
-#: Runs one epoch; returns its own timing, or None to be timed from outside.
-EpochFn = Callable[[torch.Tensor], float | None]
+#: Runs one epoch on the data's training images, drawing their binary images as it goes.
+EpochFn = Callable[[ImageData], None]
 
 
 def textbook_loss(vae: VAE, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +76,15 @@ def textbook_optimizer(vae: VAE, lr: float) -> torch.optim.Optimizer:
 
 
 def hand_written(vae: VAE, lr: float, batch_size: int) -> EpochFn:
-    """The textbook PyTorch VAE step on the same encoder/decoder modules."""
+    """The textbook PyTorch VAE step on the same encoder/decoder modules, each batch's
+    binary images drawn as pyro-vae draws them (``ImageData.training_batch``)."""
     optimizer = textbook_optimizer(vae, lr)
 
-    def epoch(images: torch.Tensor) -> None:
-        order = torch.randperm(images.shape[0], device=images.device)
-        for first in range(0, images.shape[0], batch_size):
-            loss = textbook_loss(vae, images[order[first : first + batch_size]])
+    def epoch(data: ImageData) -> None:
+        size = data.train.shape[0]
+        order = torch.randperm(size, device=data.train.device)
+        for first in range(0, size, batch_size):
+            loss = textbook_loss(vae, data.training_batch(order[first : first + batch_size]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -82,7 +96,8 @@ def pyro_example(vae: VAE, lr: float, batch_size: int) -> EpochFn:
     """SVI with pyro.optim.Adam over a DataLoader, as Pyro's VAE example trains."""
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
 
-    def epoch(images: torch.Tensor) -> None:
+    def epoch(data: ImageData) -> None:
+        images = data.training_images()
         loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True)
         for (x,) in loader:
             svi.step(x)
@@ -90,20 +105,36 @@ def pyro_example(vae: VAE, lr: float, batch_size: int) -> EpochFn:
     return epoch
 
 
-def pyro_vae_way(config: TrainConfig, data: ImageData, out: Path) -> EpochFn:
-    """`pyro_vae.train`, the function behind `pyro-vae train`, one more epoch per call
-    (resuming its own run); the time is its ``train_seconds``: the training steps only,
-    without the validation ELBO and the checkpoint that every epoch also does."""
-    epochs_done = 0
+class Interleaved(Callback):
+    """Runs one epoch of each other way between two of pyro-vae's, and records the times
+    of all: pyro-vae's from its metrics row, the others' timed here. Each other way's
+    epoch draws from an RNG seeded by its epoch, so pyro-vae's own draws are those of a
+    run alone."""
 
-    def epoch(images: torch.Tensor) -> float:
-        nonlocal epochs_done
-        epochs_done += 1
-        run_config = dataclasses.replace(config, epochs=epochs_done)
-        train(run_config, out, resume=epochs_done > 1, data=data, progress=False, log=_quiet)
-        return read_metrics(out)[-1]["train_seconds"]
+    def __init__(self, ways: dict[str, EpochFn], data: ImageData, seed: int):
+        self.ways, self.data, self.seed = ways, data, seed
+        self.times: dict[str, list[float]] = {name: [] for name in (*PYRO_VAE_TIMES, *ways)}
 
-    return epoch
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        device, epoch = self.data.train.device, row["epoch"]
+        waited = time.perf_counter()
+        trainer.writes.wait()  # best.pt, written in the background, counts for pyro-vae
+        self.times["pyro-vae"].append(row["seconds"] + time.perf_counter() - waited)
+        self.times["pyro-vae steps"].append(row["train_seconds"])
+        names = list(self.ways)  # rotated each epoch, so no way always follows the same other
+        for name in names[epoch % len(names) :] + names[: epoch % len(names)]:
+            with seeded(derived_seed(self.seed, epoch, names.index(name)), device):
+                _synchronize(device)
+                started = time.perf_counter()
+                self.ways[name](self.data)
+                _synchronize(device)
+                self.times[name].append(time.perf_counter() - started)
+        print(f"epoch {epoch}: " + "  ".join(f"{n} {t[-1]:.2f}s" for n, t in self.times.items()))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _quiet(message: str) -> None:
@@ -150,7 +181,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--write", action="store_true", help=f"append a row to {TABLE.name}")
+    parser.add_argument("--write", action="store_true", help="append rows to the results tables")
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -174,6 +205,7 @@ def main() -> None:
     device = resolve_device(args.device)
     config = TrainConfig(
         batch_size=args.batch_size,
+        epochs=args.epochs,
         lr=args.lr,
         seed=args.seed,
         subset=args.subset,
@@ -181,65 +213,76 @@ def main() -> None:
     )
     data = config.load_data(device)
     config.subset = None  # the data is passed to train() already subset
-    out = Path(tempfile.mkdtemp(prefix="pyro-vae-benchmark-")) / "run"
     baselines: dict[str, Callable[[VAE], EpochFn]] = {
         "pytorch": lambda v: hand_written(v, args.lr, args.batch_size),
         "pyro-example": lambda v: pyro_example(v, args.lr, args.batch_size),
     }
-    ways: dict[str, EpochFn] = {"pyro-vae": pyro_vae_way(config, data, out)}
+    ways: dict[str, EpochFn] = {}
     models: dict[str, VAE] = {}
     for name, make in baselines.items():
         pyro.clear_param_store()
         pyro.set_rng_seed(args.seed)
         models[name] = config.build_vae().to(device)
         ways[name] = make(models[name])
+    interleaved = Interleaved(ways, data, args.seed)
+    out = Path(tempfile.mkdtemp(prefix="pyro-vae-benchmark-")) / "run"
+    models["pyro-vae"] = train(
+        config, out, data=data, progress=False, log=_quiet, callbacks=[interleaved]
+    )
+    report(args, interleaved.times, models, data, device)
 
-    times: dict[str, list[float]] = {name: [] for name in ways}
-    pyro.set_rng_seed(args.seed)
-    for epoch in range(1, args.epochs + 1):
-        images = data.training_images()
-        names = list(ways)  # rotated each epoch, so no way always follows the same other one
-        for name in names[epoch % len(names) :] + names[: epoch % len(names)]:
-            run_epoch = ways[name]
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            started = time.perf_counter()
-            own_timing = run_epoch(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(own_timing or time.perf_counter() - started)
-        print(f"epoch {epoch}: " + "  ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()))
-    models["pyro-vae"] = load_run(out, device)
 
+def report(
+    args: argparse.Namespace,
+    times: dict[str, list[float]],
+    models: dict[str, VAE],
+    data: ImageData,
+    device: torch.device,
+) -> None:
+    """Print the median epochs and ratios; with ``--write``, add the rows to the tables."""
     num_images = data.train.shape[0]
     median = {name: statistics.median(t) for name, t in times.items()}
-    elbo = {name: validation_bound(models[name], data.val) for name in ways}
-    for name in ways:
-        print(
-            f"{name:<13} median epoch {median[name]:.2f}s  {num_images / median[name]:,.0f} img/s"
-            f"  val ELBO after {args.epochs} epochs {elbo[name]:.2f}"
-        )
-    vs_torch = median["pyro-vae"] / median["pytorch"]
-    vs_example = median["pyro-example"] / median["pyro-vae"]
-    # Each epoch's ratio pairs epochs run back to back, which cancels slow drifts of the
-    # machine's speed (a shared VM's varies by ~10% over minutes).
-    paired = sorted(a / b for a, b in zip(times["pyro-vae"], times["pytorch"], strict=True))
-    spread = f"{statistics.median(paired):.3f} ({paired[0]:.3f}-{paired[-1]:.3f})"
+    elbo = {name: validation_bound(models[name], data.val) for name in models}
+    for name, seconds in median.items():
+        after = f"  val ELBO after {args.epochs} epochs {elbo[name]:.2f}" if name in elbo else ""
+        print(f"{name:<15} median epoch {seconds:.2f}s  {num_images / seconds:,.0f} img/s{after}")
+    whole, steps = (ratio(times[way], times["pytorch"]) for way in PYRO_VAE_TIMES)
+    vs_example = median["pyro-example"] / median["pyro-vae steps"]
     print(
-        f"pyro-vae / pytorch time: {vs_torch:.3f}x (per-epoch pairs: {spread});  "
-        f"pyro-example / pyro-vae time: {vs_example:.2f}x"
+        f"pyro-vae / pytorch time: whole epoch {whole[0]:.3f}x (per-epoch pairs: {whole[1]}), "
+        f"steps {steps[0]:.3f}x (per-epoch pairs: {steps[1]});  "
+        f"pyro-example / pyro-vae steps: {vs_example:.2f}x"
+    )
+    if not args.write:
+        return
+    command = f"`{' '.join(['python scripts/benchmark.py', *sys.argv[1:]])}`"
+    start = f"| {today()} | {machine(device)} | {args.batch_size} | {args.epochs} | "
+    ordered = ("pyro-vae steps", "pytorch", "pyro-example")
+    append_row(
+        TABLES / "training-speed.md",
+        ROWS_MARKER,
+        start
+        + " | ".join(f"{num_images / median[n]:,.0f}" for n in ordered)
+        + f" | {steps[0]:.3f} | {steps[1]} | {vs_example:.2f} | "
+        + " / ".join(f"{elbo[n]:.1f}" for n in ("pyro-vae", "pytorch", "pyro-example"))
+        + f" | {versions()} | {command} |",
+    )
+    append_row(
+        TABLES / "whole-epoch.md",
+        ROWS_MARKER,
+        start
+        + f"{median['pyro-vae']:.2f} | {median['pyro-vae steps']:.2f} | {median['pytorch']:.2f} | "
+        + f"{whole[0]:.3f} | {whole[1]} | {steps[0]:.3f} | {versions()} | {command} |",
     )
 
-    if args.write:
-        command = " ".join(["python scripts/benchmark.py", *sys.argv[1:]])
-        row = (
-            f"| {today()} | {machine(device)} | {args.batch_size} | {args.epochs} | "
-            + " | ".join(f"{num_images / median[n]:,.0f}" for n in ways)
-            + f" | {vs_torch:.3f} | {spread} | {vs_example:.2f} | "
-            + " / ".join(f"{elbo[n]:.1f}" for n in ways)
-            + f" | {versions()} | `{command}` |"
-        )
-        append_row(TABLE, ROWS_MARKER, row)
+
+def ratio(times: list[float], baseline: list[float]) -> tuple[float, str]:
+    """The ratio of the median times, and the per-epoch ratios: median (range). Each
+    epoch's ratio pairs epochs run back to back, which cancels slow drifts of the
+    machine's speed (a shared VM's varies by ~10% over minutes)."""
+    paired = sorted(a / b for a, b in zip(times, baseline, strict=True))
+    spread = f"{statistics.median(paired):.3f} ({paired[0]:.3f}-{paired[-1]:.3f})"
+    return statistics.median(times) / statistics.median(baseline), spread
 
 
 if __name__ == "__main__":

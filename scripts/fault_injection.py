@@ -17,6 +17,7 @@ bit for bit. Prints a Markdown report (``--markdown FILE`` also writes it).
 
 import argparse
 import hashlib
+import math
 import os
 import random
 import shutil
@@ -185,32 +186,34 @@ def inject_nan(args, runs: Runs, reference: Path, lines: list[str]) -> bool:
         checkpoint_every=args.checkpoint_every,
     )
     out = args.workdir / "nan"
-    draw, save, calls, written = ImageData.training_images, runs_module.save_checkpoint, [0], []
+    draw, write, calls, written = ImageData.training_batch, runs_module.write_checkpoint, [0], []
+    steps = math.ceil(config.load_data(torch.device("cpu")).train.shape[0] / config.batch_size)
 
-    def poisoned(self: ImageData) -> torch.Tensor:
+    def poisoned(self: ImageData, index: torch.Tensor) -> torch.Tensor:
         calls[0] += 1
-        images = draw(self)
-        return images.index_fill(0, torch.tensor([17]), float("nan")) if calls[0] == 2 else images
+        batch = draw(self, index)
+        first_of_epoch_2 = calls[0] == steps + 1
+        return batch.index_fill(0, torch.tensor([0]), float("nan")) if first_of_epoch_2 else batch
 
-    def recorded(run_dir: Path, state: dict, file: str = CHECKPOINT_FILE) -> None:
-        save(run_dir, state, file=file)
-        if file == CHECKPOINT_FILE:  # note what each good save of the checkpoint wrote
-            written.append(sha256(run_dir / CHECKPOINT_FILE))
+    def recorded(path: Path, state: dict) -> None:
+        write(path, state)
+        if path.name == CHECKPOINT_FILE:  # note what each good write of the checkpoint wrote
+            written.append(sha256(path))
 
-    ImageData.training_images, runs_module.save_checkpoint = poisoned, recorded
+    ImageData.training_batch, runs_module.write_checkpoint = poisoned, recorded
     try:
         train(config, out, progress=False, log=lambda line: None)
         sys.exit("the NaN was not caught")
     except NumericalError as error:
         message = str(error)
     finally:
-        ImageData.training_images, runs_module.save_checkpoint = draw, save
+        ImageData.training_batch, runs_module.write_checkpoint = draw, write
     kept = sha256(out / CHECKPOINT_FILE) == written[-1]
     position = runs.position(out)
     train(config, out, resume=True, progress=False, log=lambda line: None)
     params, metrics = same_run(out, reference)
     lines += [
-        "NaN written into training image 17 at the start of epoch 2 (Python API, same options):",
+        "NaN written into the first training batch of epoch 2 (Python API, same options):",
         "",
         f"- message: `{message}`",
         f"- checkpoint after the fault: {runs.describe(position)}, byte-identical to the last "

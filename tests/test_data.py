@@ -37,6 +37,24 @@ def test_loads_a_local_gzipped_copy_with_the_50k_10k_10k_protocol(tmp_path, fake
     assert data.train_labels[:10].tolist() == list(range(10))
 
 
+def test_a_binary_draw_follows_the_probabilities_and_torchs_rng_state():
+    probabilities = torch.linspace(0, 1, 256).repeat(2_000, 1)  # 512,000 draws: two pieces
+    torch.manual_seed(7)
+    drawn = data_module.draw_binary(probabilities)
+    torch.manual_seed(7)
+    assert torch.equal(drawn, data_module.draw_binary(probabilities))  # exact resume needs it
+    assert not torch.equal(drawn, data_module.draw_binary(probabilities))  # the RNG advanced
+    assert drawn.shape == probabilities.shape and drawn.dtype == torch.float32
+    assert set(drawn.unique().tolist()) == {0.0, 1.0}
+    assert drawn[:, 0].sum() == 0 and drawn[:, -1].sum() == 2_000  # p = 0 and p = 1 exactly
+    # each column's frequency within 4.5 standard errors of its probability
+    frequency, p = drawn.mean(dim=0), probabilities[0]
+    assert ((frequency - p).abs() <= 4.5 * (p * (1 - p) / 2_000).sqrt() + 1e-6).all()
+    # columns are independent: neighbours at p = 1/2 agree half of the time
+    middle = drawn[:, 127:129]
+    assert abs((middle[:, 0] == middle[:, 1]).float().mean().item() - 0.5) < 0.04
+
+
 def test_subset_and_grey_levels(fake_fashion_dir):
     data = load_images("fashion-mnist", fake_fashion_dir, binarize=False, subset=30, download=False)
     assert data.train.shape == (30, 784) and len(data.val.unique()) > 2

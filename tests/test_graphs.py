@@ -247,18 +247,15 @@ def test_an_objective_with_host_reads_trains_eagerly_with_a_message(tmp_path):
 
 @cuda
 def test_a_nan_batch_stops_a_graph_replaying_run_with_its_checkpoint_intact(tmp_path, monkeypatch):
-    draw, calls = ImageData.training_images, [0]
+    draw, calls = ImageData.training_batch, [0]
 
-    def poisoned(self):
-        calls[0] += 1
-        images = draw(self)
-        return (
-            images.index_fill(0, torch.arange(0, 512, 7, device=images.device), float("nan"))
-            if calls[0] == 2
-            else images
-        )
+    def poisoned(self, index):
+        calls[0] += 1  # the ninth batch is the first of epoch 2
+        batch = draw(self, index)
+        rows = torch.arange(0, batch.shape[0], 7, device=batch.device)
+        return batch.index_fill(0, rows, float("nan")) if calls[0] == 9 else batch
 
-    monkeypatch.setattr(ImageData, "training_images", poisoned)
+    monkeypatch.setattr(ImageData, "training_batch", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NumericalError, match="^non-finite loss at epoch 2, step 1 of 8: the "):
         train(_gpu_config(epochs=2), out, data=make_tiny_data(), progress=False, log=print)

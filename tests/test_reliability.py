@@ -28,7 +28,13 @@ from pyro_vae import (
 )
 from pyro_vae.cli import main
 from pyro_vae.core.errors import TrainingInterrupted
-from pyro_vae.runs import CHECKPOINT_FILE, LOCK_FILE, load_checkpoint, save_checkpoint
+from pyro_vae.runs import (
+    CHECKPOINT_FILE,
+    CHECKPOINT_KEYS,
+    LOCK_FILE,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pyro_vae.runs import nonfinite_entries as runs_nonfinite
 from pyro_vae.training import callbacks as callbacks_module
 
@@ -94,16 +100,15 @@ def test_nan_in_a_batch_is_caught_and_the_last_good_checkpoint_survives(
     quiet_train(tiny_config(epochs=1), tmp_path / "one_epoch", data=tiny_data)
     quiet_train(tiny_config(epochs=2), tmp_path / "straight", data=tiny_data)
 
-    draw, calls = ImageData.training_images, [0]
+    draw, calls = ImageData.training_batch, [0]
 
-    def poisoned(self):
-        calls[0] += 1
-        images = draw(self)
-        return (
-            images.index_fill(0, torch.arange(0, 512, 7), float("nan")) if calls[0] == 2 else images
-        )
+    def poisoned(self, index):
+        calls[0] += 1  # the ninth batch is the first of epoch 2
+        batch = draw(self, index)
+        rows = torch.arange(0, batch.shape[0], 7)
+        return batch.index_fill(0, rows, float("nan")) if calls[0] == 9 else batch
 
-    monkeypatch.setattr(ImageData, "training_images", poisoned)
+    monkeypatch.setattr(ImageData, "training_batch", poisoned)
     out = tmp_path / "run"
     with pytest.raises(NumericalError) as fault:
         quiet_train(tiny_config(epochs=2, on_nan="rollback"), out, data=tiny_data)
@@ -208,12 +213,12 @@ def test_non_finite_optimizer_state_is_caught_before_it_is_saved_and_rolled_back
     tmp_path, tiny_data
 ):
     lines = []
-    config = tiny_config(lr=1e5, epochs=2, on_nan="rollback")  # overflows Adam's moments
+    config = tiny_config(lr=1e6, epochs=2, on_nan="rollback")  # overflows Adam's moments
     train(config, tmp_path / "run", data=tiny_data, progress=False, log=lines.append)
     faults = [line for line in lines if "rolled back" in line]
     assert faults and faults[0].startswith("non-finite optimizer state (exp_avg_sq of ")
     assert "from a step since the last checkpoint" in faults[0]
-    assert "halved the learning rate to 5e+04" in faults[0]
+    assert "halved the learning rate to 5e+05" in faults[0]
     assert not runs_nonfinite(load_checkpoint(tmp_path / "run"))
 
 
@@ -565,6 +570,52 @@ def test_kill_9_twice_then_ctrl_c_then_resume_matches_an_uninterrupted_run(
     assert positions == sorted(positions) and len(set(positions)) == 3  # each run made progress
     assert positions[-1] < CLI_EPOCHS * CLI_STEPS_PER_EPOCH  # none ran to the end
     resume_in_process(options, out)
+    assert_same_run(out, straight)
+
+
+def slow_third_write(marker: Path) -> tuple[str, ...]:
+    """What runs ``pyro-vae`` with its third checkpoint write held up: the file is written
+    in full but not yet renamed into place when ``marker`` appears, naming the thread."""
+    return (
+        "-c",
+        "import runpy, sys, threading, time\n"
+        "import pyro_vae.runs.checkpoints as checkpoints\n"
+        "marker, atomic_write, writes = sys.argv.pop(1), checkpoints.atomic_write, []\n"
+        "def held_up(path, write):\n"
+        "    writes.append(path)\n"
+        "    def then_wait(file):\n"
+        "        write(file)\n"
+        "        if len(writes) == 3:\n"
+        "            open(marker, 'w').write(threading.current_thread().name)\n"
+        "            time.sleep(600)\n"
+        "    atomic_write(path, then_wait)\n"
+        "checkpoints.atomic_write = held_up\n"
+        "runpy.run_module('pyro_vae', run_name='__main__')\n",
+        str(marker),
+    )
+
+
+def test_kill_9_during_a_background_checkpoint_write_resumes_bit_identically(
+    tmp_path, straight_cli_run
+):
+    straight, options = straight_cli_run
+    out, marker = tmp_path / "run", tmp_path / "writing"
+    every_step = [*options, "--checkpoint-every", "1"]
+    process = start_training(every_step, out, resume=False, via=slow_third_write(marker))
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    time.sleep(0.2)  # training goes on meanwhile
+    process.kill()
+    assert process.wait() == -signal.SIGKILL
+    assert marker.read_text().startswith("pyro-vae-writer")  # not the training thread
+    # the third checkpoint (after step 2) was written but never renamed into place
+    assert [p.name for p in out.glob(f".{CHECKPOINT_FILE}.*.tmp")]
+    checkpoint = load_checkpoint(out, keys=CHECKPOINT_KEYS)
+    assert (checkpoint["epoch"], checkpoint["step"]) == (0, 1)
+    resume_in_process(options, out)
+    assert not list(out.glob("*.tmp"))
     assert_same_run(out, straight)
 
 

@@ -12,8 +12,8 @@ sixth of ``train`` (at most 10,000 images, as for the registered datasets) is he
 for validation.
 
 Binarization: with ``binarize=True`` the training images stay grey levels and
-:meth:`ImageData.training_images` draws a fresh Bernoulli(pixel) sample every
-epoch (dynamic binarization); validation and test images are binarized once
+:meth:`ImageData.training_batch` draws a fresh Bernoulli(pixel) sample of every
+batch (dynamic binarization); validation and test images are binarized once
 with a fixed seed, so every run is evaluated on the same binary images. Evaluated on
 the training split (:meth:`ImageData.evaluation_images`), the training images are
 binarized once too, with a seed of their own.
@@ -165,8 +165,15 @@ class ImageData:
         return self.train.shape[1]
 
     def training_images(self) -> torch.Tensor:
-        """This epoch's training images: a fresh binarization, or the grey levels."""
-        return torch.bernoulli(self.train) if self.binarize else self.train
+        """All training images as an epoch sees them: a fresh binarization, or the grey levels."""
+        return draw_binary(self.train) if self.binarize else self.train
+
+    def training_batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The training images ``index`` as a step sees them: a fresh binarization
+        (:func:`draw_binary`; drawn per batch, while the batch is in the cache), or the grey
+        levels."""
+        images = self.train[index]
+        return draw_binary(images) if self.binarize else images
 
     def evaluation_images(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels of ``split`` (one of :data:`SPLITS`) as evaluation scores
@@ -189,6 +196,22 @@ class ImageData:
             for name in ("train", "train_labels", "val", "val_labels", "test", "test_labels")
         }
         return replace(self, **tensors)
+
+
+def draw_binary(probabilities: torch.Tensor) -> torch.Tensor:
+    """A Bernoulli draw of every element, :math:`x_i = [u_i < p_i]`, as a tensor like
+    ``probabilities``, determined by torch's global RNG state (which exact resume restores).
+
+    On a GPU this is ``torch.bernoulli``. On a CPU torch draws with one Mersenne twister
+    on one thread, ~13 ns per element, a fifth of a training epoch of 50k images; here
+    torch's generator draws one seed and numpy's SFC64 generator the float32 uniforms
+    :math:`u_i`, about 5x faster.
+    """
+    if probabilities.device.type != "cpu":
+        return torch.bernoulli(probabilities)
+    generator = np.random.Generator(np.random.SFC64(int(torch.randint(2**62, ()))))
+    uniform = torch.from_numpy(generator.random(probabilities.shape, dtype=np.float32))
+    return torch.lt(uniform, probabilities, out=torch.empty_like(probabilities))
 
 
 def _find_raw_dir(directory: Path) -> Path | None:

@@ -7,6 +7,7 @@ from pyro_vae.runs.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KEYS,
     MID_EPOCH_KEYS,
+    check_finite,
     checkpoint_config,
     fine_tuning_source,
     initialize_from,
@@ -17,6 +18,7 @@ from pyro_vae.runs.checkpoints import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_checkpoint,
 )
 from pyro_vae.runs.files import (
     BEST_FILE,
@@ -62,6 +64,7 @@ __all__ = [
     "Run",
     "append_metrics",
     "best_epoch",
+    "check_finite",
     "checkpoint_config",
     "epochs_without_improvement",
     "evaluation_path",
@@ -88,5 +91,6 @@ __all__ = [
     "stopped_early",
     "validation_name",
     "validation_score",
+    "write_checkpoint",
     "write_metrics",
 ]

@@ -89,13 +89,23 @@ def nonfinite_entries(state: Any) -> list[str]:
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], file: str = CHECKPOINT_FILE) -> None:
     """Write ``state`` atomically; refuse non-finite values so a good checkpoint is never lost."""
-    path = run_dir / file
+    check_finite(state, run_dir / file)
+    write_checkpoint(run_dir / file, state)
+
+
+def check_finite(state: dict[str, Any], path: Path) -> None:
+    """Raise :class:`NumericalError` if ``state``, to be written to ``path``, holds NaN or
+    infinity: written, it would replace a good checkpoint with one that cannot resume."""
     bad = nonfinite_entries(state)
     if bad:
         raise NumericalError(
             f"refusing to write a checkpoint with non-finite values in {', '.join(bad[:3])}"
             f"{' and more' if len(bad) > 3 else ''}; the previous checkpoint in {path} is unchanged"
         )
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically, unchecked (see :func:`save_checkpoint`)."""
     try:
         atomic_write(path, lambda f: torch.save(state, f))
     except OutputError as error:

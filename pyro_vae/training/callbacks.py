@@ -15,6 +15,7 @@ to :meth:`Callback.load_state_dict` when the run resumes or rolls back.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +104,7 @@ class BestModel(Callback):
                 "val_elbo": row["val_elbo"],
                 "config": trainer.config.to_dict(),
             }
-            runs.save_checkpoint(trainer.out, state, file=runs.BEST_FILE)
+            trainer.write_checkpoint(state, runs.BEST_FILE)
 
 
 class Checkpointing(Callback):
@@ -126,12 +127,12 @@ class MetricsFile(Callback):
     the checkpoint's rows when training starts again from one."""
 
     def on_train_start(self, trainer: Trainer) -> None:
-        if trainer.world.is_main:
-            runs.write_metrics(trainer.out, trainer.metrics)
+        if trainer.world.is_main:  # after the checkpoint it was read from, on the same thread
+            trainer.writes.submit(runs.write_metrics, trainer.out, copy.deepcopy(trainer.metrics))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        if trainer.world.is_main:
-            runs.append_metrics(trainer.out, row)
+        if trainer.world.is_main:  # after the epoch's checkpoint, never ahead of it
+            trainer.writes.submit(runs.append_metrics, trainer.out, dict(row))
 
 
 class EpochLog(Callback):

@@ -121,6 +121,8 @@ def _run(trainer: Trainer, checkpoint: dict | None) -> None:
             raise
         kept = f"; the checkpoint {trainer.saved_at} is kept" if trainer.saved_at else ""
         raise out_of_memory(trainer.config, trainer.device, kept) from None
+    finally:  # a write that failed is raised here, in place of what said it was saved
+        trainer.writes.close()
 
 
 def with_data_facts(

@@ -138,7 +138,7 @@ class StepRunner:
 
         With several ranks the latent noise comes from a forked RNG seeded by (seed,
         step, rank): the ranks draw different noise but consume the global RNG (the
-        epoch's images and order) identically. A rank whose share of a last, short
+        epoch's order, the batches' binary images) identically. A rank whose share of a last, short
         batch is empty contributes zero.
         """
         if self.world.size == 1:
