@@ -3,6 +3,7 @@
     python scripts/benchmark_evaluation.py --run runs/default                 # 10k x 5000
     python scripts/benchmark_evaluation.py --run runs/default --memory-only   # peak RSS vs K
     python scripts/benchmark_evaluation.py --run runs/conv --sweep 20000 5000 2500 1000
+    python scripts/benchmark_evaluation.py --run runs/default --flops --subset 1000 --write
 
 The full run calls `pyro_vae.analysis.evaluation.evaluate_run` exactly as the CLI does. The memory
 check evaluates 2 images with growing K, each in a fresh process, and reports the
@@ -11,17 +12,37 @@ because at most --max-batch (sample, image) pairs are evaluated at once. The swe
 times the estimate of the first --subset (default 20) test images with each --max-batch
 value, in alternating rounds in one process, to choose an architecture's
 ``cpu_evaluation_batch`` (the default ``--max-batch`` on a CPU).
+
+The FLOP/s mode sets the evaluation against the hardware: it estimates log p(x) of the
+first --subset test images as `pyro-vae evaluate` does (default --max-batch of the
+device), counts the multiply-adds of its matrix products and convolutions (torch's
+FLOP counter, on the first pass), and replays those same products, with the same
+shapes and memory layouts, alone: the FLOP/s torch reaches on them is the machine's
+ceiling for this work. The achieved FLOP/s of the evaluation is reported as a share of
+it, with the wall time scaled to 10,000 images. ``--estimates FILE.npy`` saves the
+per-image estimates, ``--paired-with FILE.npy`` prints the paired difference to saved
+ones (another version, the same seed), and ``--write`` adds a row to the results
+page's table (docs/results/tables/evaluation-flops.md).
 """
 
 import argparse
 import json
+import math
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
+from results import TABLES, append_row, machine, today, versions  # scripts/ is on sys.path
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
 
@@ -92,12 +113,123 @@ def sweep_table(
     return rows
 
 
+class MatrixProducts(TorchDispatchMode):
+    """Records every call of an operator that torch's FLOP counter counts (matrix products,
+    convolutions), with the layout of its tensor arguments, to replay them alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[Any, tuple, dict]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket in flop_registry:
+            self.calls.append((func, *tree_map(_layout, (args, kwargs))))
+        return func(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A tensor argument's shape, strides, dtype and device, without its values."""
+
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _layout(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return Layout(tuple(value.shape), value.stride(), value.dtype, value.device)
+    return value
+
+
+def _materialize(value: Any) -> Any:
+    if isinstance(value, Layout):
+        empty = torch.empty_strided(value.shape, value.stride, dtype=value.dtype)
+        return empty.to(value.device).normal_()
+    return value
+
+
+def product_flops_per_second(calls: list[tuple[Any, tuple, dict]], seconds: float = 3.0) -> float:
+    """FLOP/s of ``calls`` replayed in turn, on random tensors of the same layouts, for
+    about ``seconds`` (the best of three rounds)."""
+    replays = [(func, *tree_map(_materialize, (args, kwargs))) for func, args, kwargs in calls]
+    with FlopCounterMode(display=False) as counter:
+        for func, args, kwargs in replays:
+            func(*args, **kwargs)
+    flops, rates = counter.get_total_flops(), []
+    device = replays[0][1][0].device if replays[0][1] else torch.device("cpu")
+    for _ in range(3):
+        repeats, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / 3:
+            for func, args, kwargs in replays:
+                func(*args, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            repeats += 1
+        rates.append(flops * repeats / (time.perf_counter() - started))
+    return max(rates)
+
+
+def flops_report(args: argparse.Namespace) -> None:
+    """The achieved FLOP/s of the importance-weighted estimate vs the same products alone."""
+    from pyro_vae import load_run, read_config
+    from pyro_vae.analysis.evaluation import default_max_batch
+    from pyro_vae.inference.estimators import estimate_log_likelihood, log_densities
+
+    vae = load_run(args.run, args.device)
+    config, device = read_config(args.run), next(vae.parameters()).device
+    data = config.load_data(device)
+    images = vae.batch_inputs(data.test[: args.subset], data.test_labels[: args.subset])
+    max_batch = args.max_batch or default_max_batch(config, device)
+    per_pass = max(1, max_batch // args.num_samples)  # images in one pass of the estimator
+    first = [tensor[:per_pass] for tensor in images]
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, MatrixProducts() as products:
+        log_densities(vae.model, vae.guide, *first, num_particles=min(args.num_samples, max_batch))
+    passes = math.ceil(args.num_samples / max_batch)
+    flops_per_image = counter.get_total_flops() * passes / first[0].shape[0]
+    ceiling = product_flops_per_second(products.calls)
+    estimates = estimate_log_likelihood(
+        vae.model, vae.guide, *images, num_samples=args.num_samples, max_batch=max_batch
+    )
+    achieved = flops_per_image * args.subset / estimates.seconds
+    ten_thousand = estimates.seconds * 10_000 / args.subset
+    ll = estimates.log_likelihood.cpu().numpy()
+    print(
+        f"{args.subset} test images, K={args.num_samples}, --max-batch {max_batch}: "
+        f"{estimates.seconds:.1f} s ({ten_thousand / 60:.1f} min for 10,000 images)\n"
+        f"{flops_per_image / 1e9:.2f} GFLOP per image in matrix products; achieved "
+        f"{achieved / 1e9:.1f} GFLOP/s, the same products alone {ceiling / 1e9:.1f} GFLOP/s: "
+        f"{achieved / ceiling:.0%}\n"
+        f"log p(x) {ll.mean():.3f} +- {ll.std() / math.sqrt(ll.size):.3f} (stderr)"
+    )
+    if args.estimates:
+        np.save(args.estimates, ll)
+    if args.paired_with:
+        difference = ll - np.load(args.paired_with)
+        print(
+            f"paired difference to {args.paired_with}: {difference.mean():+.4f} +- "
+            f"{difference.std() / math.sqrt(difference.size):.4f} nats (stderr)"
+        )
+    if args.write:
+        command = " ".join(["python scripts/benchmark_evaluation.py", *sys.argv[1:]])
+        append_row(
+            TABLES / "evaluation-flops.md",
+            "<!-- scripts/benchmark_evaluation.py --flops appends rows above this line -->",
+            f"| {today()} | {machine(device)} | {args.subset} | {args.num_samples} | {max_batch} "
+            f"| {flops_per_image / 1e9:.2f} | {achieved / 1e9:.1f} | {ceiling / 1e9:.1f} | "
+            f"{achieved / ceiling:.0%} | {ten_thousand / 60:.1f} | {ll.mean():.2f} | "
+            f"{versions()} | `{command}` |",
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="trained run directory")
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--subset", type=int, default=None)
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
+    parser.add_argument("--max-batch", type=int, default=None, help="default: the device's")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--memory-only", action="store_true")
     parser.add_argument(
@@ -108,7 +240,14 @@ def main() -> None:
         help="only time these --max-batch values (CPU)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the sweep")
+    parser.add_argument("--flops", action="store_true", help="only the FLOP/s report")
+    parser.add_argument("--estimates", help="save the per-image estimates (.npy)")
+    parser.add_argument("--paired-with", help="per-image estimates (.npy) to compare with")
+    parser.add_argument("--write", action="store_true", help="add the --flops row to its table")
     args = parser.parse_args()
+    if args.flops:
+        flops_report(args)
+        return
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor()
     print(
@@ -135,7 +274,7 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
         print(json.dumps({**result, "peak_rss_mib": peak, "peak_gpu_mib": gpu}, indent=2))
-    print("\n".join(memory_table(args.run, args.max_batch)))
+    print("\n".join(memory_table(args.run, args.max_batch or DEFAULT_MAX_BATCH)))
 
 
 if __name__ == "__main__":

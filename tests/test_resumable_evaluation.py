@@ -222,7 +222,7 @@ def test_default_max_batch_by_architecture_and_device():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     conv, mlp = TrainConfig(arch="conv"), TrainConfig(arch="mlp")
     assert default_max_batch(conv, cpu) == ARCHITECTURES["conv"].cpu_evaluation_batch == 2_500
-    assert default_max_batch(mlp, cpu) == ARCHITECTURES["mlp"].cpu_evaluation_batch == 20_000
+    assert default_max_batch(mlp, cpu) == ARCHITECTURES["mlp"].cpu_evaluation_batch == 5_000
     assert default_max_batch(conv, cuda) == default_max_batch(mlp, cuda) == DEFAULT_MAX_BATCH
 
 

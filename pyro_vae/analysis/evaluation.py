@@ -205,7 +205,7 @@ def default_max_batch(config: TrainConfig, device: torch.device) -> int:
     """(sample, image) pairs per evaluation pass when none is given: on a CPU, what ran
     fastest for the run's architecture
     (:attr:`~pyro_vae.components.networks.Architecture.cpu_evaluation_batch`: 2,500 for ``conv``,
-    20,000 for the MLPs); elsewhere :data:`~pyro_vae.inference.estimators.DEFAULT_MAX_BATCH`."""
+    5,000 for the MLPs); elsewhere :data:`~pyro_vae.inference.estimators.DEFAULT_MAX_BATCH`."""
     if device.type == "cpu":
         return ARCHITECTURES[config.arch].cpu_evaluation_batch
     return DEFAULT_MAX_BATCH
