@@ -4,7 +4,7 @@
 2. Train the same run again, SIGKILLing it ``--kills`` times at random moments (seeded)
    and resuming with ``--resume`` after each kill; check after every kill that the
    checkpoint loads, then compare the final parameters and metrics with the reference.
-3. Inject NaN into the second epoch's training images (Python API, same config): the
+3. Inject NaN into the first training batch of the second epoch (Python API, same config): the
    run must stop naming the step, leave the last good checkpoint byte-identical, and,
    resumed on clean data, end identical to the reference.
 4. Truncate a checkpoint and resume it: one clear line on stderr, exit status 2.
