@@ -90,7 +90,7 @@ def main() -> None:
 
     cli_cases = [
         ["--prior", "cauchy"],
-        ["--likelihood", "poisson"],
+        ["--likelihood", "gamma"],
         ["--dataset", "cifar"],
         ["--epochs", "0"],
         ["--epochs", "ten"],

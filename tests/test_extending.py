@@ -35,7 +35,7 @@ def test_worked_example_runs(registries, capsys):
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)
     out = capsys.readouterr().out
-    assert "PoissonLikelihood expects non-negative integers (counts)" in out
+    assert "GeometricLikelihood expects non-negative integers (counts)" in out
     losses = namespace["losses"]
     assert sum(losses[-20:]) < 0.8 * sum(losses[:20])
 
@@ -46,11 +46,11 @@ def test_worked_example_runs(registries, capsys):
     prior_checks.test_prior_integrates_to_one_in_more_dimensions("student-t")
     prior_checks.test_gradients_reach_the_prior_parameters("student-t")
 
-    poisson = build_likelihood("poisson", data_dim=3)
+    geometric = build_likelihood("geometric", data_dim=3)
     params, x = torch.randn(2, 3), torch.tensor([[0.0, 1.0, 7.0], [2.0, 0.0, 30.0]])
-    rate = torch.nn.functional.softplus(params)
-    expected = (x * rate.log() - rate - torch.lgamma(x + 1)).sum(-1)
-    assert torch.allclose(poisson(params).log_prob(x), expected)
+    log_sigmoid = torch.nn.functional.logsigmoid  # P(x) = (1 - p)^x p, p = sigmoid(eta)
+    expected = (x * log_sigmoid(-params) + log_sigmoid(params)).sum(-1)
+    assert torch.allclose(geometric(params).log_prob(x), expected)
 
     # The architecture written in the doc is the library's gated-fullres-conv.
     written = ARCHITECTURES["gated-fullres-conv"]

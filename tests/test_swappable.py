@@ -107,7 +107,7 @@ def test_two_parameter_likelihoods_widen_the_decoder(tmp_path, tiny_data):
             "per-pixel or global",
         ),
         ({"likelihood": "beta", "likelihood_options": {"squeeze": 0.7}}, r"must be in \[0, 0.5\)"),
-        ({"likelihood": "poisson"}, "unknown `likelihood` 'poisson'; choose one of: bernoulli, "),
+        ({"likelihood": "gamma"}, "unknown `likelihood` 'gamma'; choose one of: bernoulli, "),
     ],
 )
 def test_invalid_options_are_rejected_when_the_config_is_made(options, message):

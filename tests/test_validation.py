@@ -146,7 +146,7 @@ def test_config_errors_name_python_parameters_in_python_and_flags_on_the_command
             "unknown `dataset` 'cifar'; choose one of: fashion-mnist, mnist, or name a .npz file",
         ),
         ({"prior": "cauchy"}, "unknown `prior` 'cauchy'; choose one of: normal"),
-        ({"likelihood": "poisson"}, "unknown `likelihood` 'poisson'; choose one of: bernoulli"),
+        ({"likelihood": "gamma"}, "unknown `likelihood` 'gamma'; choose one of: bernoulli"),
         ({"on_nan": "ignore"}, "unknown `on_nan` 'ignore'; choose one of: stop, rollback"),
         ({"device": "tpu"}, "unknown `device` 'tpu'; choose one of: auto, cpu, cuda"),
     ],

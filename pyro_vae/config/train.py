@@ -54,7 +54,8 @@ class TrainConfig(ModelConfig):
         "fashion-mnist",
         f"image dataset: {', '.join(DATASETS)} (50k train / last 10k of train as validation / "
         "10k test), or a .npz file of your images: arrays train and test, (N, H, W) or "
-        "(N, C, H, W), uint8 or floats in [0, 1], optional train_labels, test_labels, "
+        "(N, C, H, W), uint8 or floats (in [0, 1]; counts for the count likelihoods), optional "
+        "train_labels, test_labels, "
         "class_names (the last sixth of train is the validation set)",
         group=DATA,
         metavar="NAME|FILE.npz",
