@@ -55,8 +55,7 @@ class TrainConfig(ModelConfig):
         f"image dataset: {', '.join(DATASETS)} (50k train / last 10k of train as validation / "
         "10k test), or a .npz file of your images: arrays train and test, (N, H, W) or "
         "(N, C, H, W), uint8 or floats (in [0, 1]; counts for the count likelihoods), optional "
-        "train_labels, test_labels, "
-        "class_names (the last sixth of train is the validation set)",
+        "train_labels, test_labels, class_names (the last sixth of train is the validation set)",
         group=DATA,
         metavar="NAME|FILE.npz",
     )

@@ -324,8 +324,8 @@ def _file_error(path: Path, problem: str) -> DatasetUnavailableError:
     return DatasetUnavailableError(
         f"{path}: {problem}. An image file holds arrays train and test, (N, H, W) or "
         "(N, C, H, W), uint8 0-255 or floats (in [0, 1]; counts for the count likelihoods), "
-        "and optionally train_labels, "
-        "test_labels (N integers) and class_names; write it with numpy.savez"
+        "and optionally train_labels, test_labels (N integers) and class_names; write it "
+        "with numpy.savez"
     )
 
 

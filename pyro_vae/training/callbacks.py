@@ -127,7 +127,7 @@ class MetricsFile(Callback):
     the checkpoint's rows when training starts again from one."""
 
     def on_train_start(self, trainer: Trainer) -> None:
-        if trainer.world.is_main:  # after the checkpoint it was read from, on the same thread
+        if trainer.world.is_main:  # queued with the checkpoints, like every file of the run
             trainer.writes.submit(runs.write_metrics, trainer.out, copy.deepcopy(trainer.metrics))
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
