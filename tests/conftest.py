@@ -10,6 +10,7 @@ import torch
 from pyro_vae.data.images import ImageData
 from pyro_vae.inference.estimators import log_importance_weights
 from pyro_vae.inference.objectives import OBJECTIVES
+from pyro_vae.training import steps as steps_module
 
 # The test models are tiny: more threads only add overhead (much of it when other
 # processes share the cores) and make float results depend on the core count.
@@ -129,11 +130,24 @@ def same_seed_log_weights(models, images: torch.Tensor, num_particles: int) -> l
     return log_w
 
 
+class EagerForward:
+    """In place of :class:`~pyro_vae.training.graphs.RecordedForward`: the forward pass
+    called on every step, with the same arguments, so that Python in it runs every time."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *inputs):
+        return self.forward(*inputs)
+
+
 @pytest.fixture
 def faulty_objective(monkeypatch):
     """Wrap the ``elbo`` objective: ``faulty_objective(action)`` runs ``action(call, loss)``
     on every training step's call (1-based count), and uses what it returns as the loss when
-    not None. (Calls without gradients, the check before training, are not counted.)"""
+    not None. (Calls without gradients, the check before training, are not counted.) The
+    forward pass runs eagerly, as a recorded one would run the action only when recorded."""
+    monkeypatch.setattr(steps_module, "RecordedForward", EagerForward)
 
     def install(action):
         make = OBJECTIVES["elbo"]

@@ -66,7 +66,10 @@ def rollback_run(job: dict) -> dict:
     messages: list[str] = []
     OBJECTIVES["elbo"] = faulty
     try:
-        config = TrainConfig(**{**job["config"], "epochs": 2, "on_nan": "rollback"})
+        # eager forward passes: a recorded one would run the injection only when recorded
+        config = TrainConfig(
+            **{**job["config"], "epochs": 2, "on_nan": "rollback", "record_forward": False}
+        )
         vae = train(config, job["rollback"], progress=False, log=messages.append)
     finally:
         OBJECTIVES["elbo"] = make

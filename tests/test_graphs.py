@@ -7,13 +7,20 @@ import torch
 from conftest import make_tiny_data, prototype_images
 from test_reliability import assert_same_run, quiet_train, tiny_config
 
-from pyro_vae import ImageData, NumericalError, TrainConfig, read_metrics, train
+from pyro_vae import VAE, ImageData, NumericalError, TrainConfig, read_metrics, train
 from pyro_vae.cli import build_parser
 from pyro_vae.core.distributed import SINGLE, World
+from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import graphs as graphs_module
 from pyro_vae.training import steps as steps_module
-from pyro_vae.training.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
+from pyro_vae.training.graphs import (
+    CapturedStep,
+    GraphCaptureError,
+    RecordedForward,
+    skip_update_unless_finite,
+)
+from pyro_vae.training.guards import training_steps
 from pyro_vae.training.steps import uses_cuda_graphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -298,3 +305,61 @@ def test_the_hierarchical_conv_vampprior_vae_is_captured(tmp_path, monkeypatch):
     assert captures[0] == 1 and not any("without CUDA graphs" in line for line in lines)
     metrics = read_metrics(tmp_path / "run")
     assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
+
+
+# ------------------------------------------------------------- recorded forward pass (CPU)
+
+
+def test_a_run_with_its_forward_pass_recorded_ends_exactly_as_an_eager_one(tmp_path, tiny_data):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit for bit
+    try:
+        quiet_train(tiny_config(epochs=2), tmp_path / "recorded", data=tiny_data)
+        eager = tiny_config(epochs=2, record_forward=False)
+        quiet_train(eager, tmp_path / "eager", data=tiny_data)
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_run(tmp_path / "recorded", tmp_path / "eager")
+
+
+def test_a_recorded_forward_pass_sees_parameter_updates_and_draws_as_the_eager_one():
+    vae = VAE(12, 2, (8,))
+    x = torch.bernoulli(torch.full((5, 12), 0.5), generator=torch.Generator().manual_seed(0))
+
+    def forward(x, beta):
+        return OBJECTIVES["elbo"](1)(vae.model, vae.guide, x, beta=beta)
+
+    recorded, beta = RecordedForward(forward), torch.tensor(0.7)
+    with training_steps(vae):
+        for _ in range(2):
+            torch.manual_seed(3)
+            loss = recorded(x, beta)  # the first call records without drawing, then replays
+            after_replay = torch.get_rng_state()
+            torch.manual_seed(3)
+            expected = forward(x, beta)
+            assert torch.equal(loss, expected) and torch.equal(torch.get_rng_state(), after_replay)
+            parameters = list(vae.parameters())
+            grads = torch.autograd.grad(loss, parameters)
+            wanted = torch.autograd.grad(expected, parameters)
+            assert all(torch.equal(got, want) for got, want in zip(grads, wanted, strict=True))
+            with torch.no_grad():  # an optimizer's in-place update
+                for p in vae.parameters():
+                    p.add_(0.1)
+        assert len(recorded.graphs) == 1
+        recorded(x[:3], beta)  # another batch size: another recording
+        assert len(recorded.graphs) == 2
+
+
+def test_a_forward_pass_that_reads_values_on_the_host_runs_eagerly(tmp_path, tiny_data):
+    """analytic-kl's Trace ELBO checks the loss for NaN on the host: it cannot be recorded."""
+    lines = []
+    config = tiny_config(epochs=1, objective="analytic-kl")
+    train(config, tmp_path / "run", data=tiny_data, progress=False, log=lines.append)
+    (line,) = [line for line in lines if "recorded" in line]
+    assert line == (
+        "training without a recorded forward pass: it could not be recorded (it reads a "
+        "tensor's value on the host (.item(), bool(), an if on a value))"
+    )
+    assert len(read_metrics(tmp_path / "run")) == 1
+    with pytest.raises(GraphCaptureError, match="reads a tensor's value on the host"):
+        RecordedForward(lambda x: x * bool(x.sum() > 0))(torch.ones(2))

@@ -38,6 +38,7 @@ INCIDENTAL_FIELDS = (
     "checkpoint_every",
     "on_nan",
     "cuda_graph",
+    "record_forward",
     *DATA_FIELDS,
 )
 

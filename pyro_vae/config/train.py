@@ -163,6 +163,14 @@ class TrainConfig(ModelConfig):
         group=RUN,
         flag="no-cuda-graph",
     )
+    record_forward: bool = option(
+        True,
+        "on a CPU, replay the objective's forward pass from an FX graph recorded at the "
+        "first step (pyro_vae.training.graphs), the same operations without Pyro's Python on "
+        "every step; off, it runs eagerly (to debug a model that a recording gets wrong)",
+        group=RUN,
+        flag="no-record-forward",
+    )
     init_from: str | None = option(
         None,
         "fine-tune: start from the model of another run (its directory, for its best.pt, or "

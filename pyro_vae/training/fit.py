@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = (
     "patience",
     "clip_grad_norm",
     "cuda_graph",
+    "record_forward",
 )
 
 

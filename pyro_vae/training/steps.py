@@ -1,4 +1,5 @@
-"""How one optimizer step runs: eagerly, or replayed from a CUDA graph on one GPU.
+"""How one optimizer step runs: eagerly, replayed from a CUDA graph on one GPU, or with
+its forward pass replayed from an FX graph on a CPU.
 
 A step is the loss of the model/guide pair on a batch, its gradient (summed over ranks
 under ``torchrun``), optional clipping, and the optimizer's update. Eager steps stop
@@ -17,7 +18,12 @@ from pyro_vae.config import TrainConfig
 from pyro_vae.core import distributed
 from pyro_vae.core.seeding import derived_seed, seeded
 from pyro_vae.models.vae import VAE
-from pyro_vae.training.graphs import CapturedStep, GraphCaptureError, skip_update_unless_finite
+from pyro_vae.training.graphs import (
+    CapturedStep,
+    GraphCaptureError,
+    RecordedForward,
+    skip_update_unless_finite,
+)
 from pyro_vae.training.guards import StopSignals
 
 
@@ -47,6 +53,7 @@ class StepRunner:
         self.world, self.device, self.log = world, device, log
         self.parameters = [p for p in vae.parameters() if p.requires_grad]
         self.captures = uses_cuda_graphs(config, device, world)
+        self.records = config.record_forward and device.type == "cpu"
         self.reset()
 
     @property
@@ -59,6 +66,7 @@ class StepRunner:
             group["capturable"] = self.captures
         self.captured: CapturedStep | None = None
         self.captured_lr = math.nan
+        self.recorded = RecordedForward(self._objective) if self.records else None
 
     def begin(
         self,
@@ -138,16 +146,36 @@ class StepRunner:
 
         With several ranks the latent noise comes from a forked RNG seeded by (seed,
         step, rank): the ranks draw different noise but consume the global RNG (the
-        epoch's order, the batches' binary images) identically. A rank whose share of a last, short
-        batch is empty contributes zero.
+        epoch's order, the batches' binary images) identically. A rank whose share of a
+        last, short batch is empty contributes zero.
         """
         if self.world.size == 1:
-            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+            return self._forward(inputs, beta)
         if inputs[0].shape[0] == 0:
             return torch.zeros((), device=self.device, requires_grad=True)
         seed = derived_seed(self.config.seed, global_step, self.world.rank)
         with seeded(seed, self.device):
-            return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+            return self._forward(inputs, beta)
+
+    def _forward(
+        self, inputs: tuple[torch.Tensor, ...], beta: float | torch.Tensor
+    ) -> torch.Tensor:
+        """The objective, from its recorded forward pass where there is one (a CPU,
+        ``config.record_forward``); a forward pass that cannot be recorded runs eagerly
+        from then on, which is logged."""
+        if self.recorded is not None:
+            try:
+                return self.recorded(*inputs, torch.as_tensor(beta, dtype=torch.float32))
+            except GraphCaptureError as error:
+                self.records, self.recorded = False, None
+                self.log(
+                    f"training without a recorded forward pass: it could not be recorded ({error})"
+                )
+        return self.loss_fn(self.vae.model, self.vae.guide, *inputs, beta=beta)
+
+    def _objective(self, *tensors: torch.Tensor) -> torch.Tensor:
+        """The objective of the inputs ``tensors[:-1]`` with the KL weight ``tensors[-1]``."""
+        return self.loss_fn(self.vae.model, self.vae.guide, *tensors[:-1], beta=tensors[-1])
 
     def _clip(self, batch_size: int) -> torch.Tensor:
         """Scale the gradient down to norm ``clip_grad_norm * batch_size`` when it is
