@@ -1,19 +1,5 @@
-r"""Likelihoods p(x|z).
-
-A likelihood maps the decoder's output to a Pyro distribution over a flattened
-data vector (``event_shape == (data_dim,)``), declares the data it accepts and
-rejects anything else with a message saying what to do.
-
-Every likelihood is built the same way, by :func:`build_likelihood` from a
-registry name: :meth:`Likelihood.build` receives ``data_dim`` and the options
-the user gave, which must be among the class's :attr:`Likelihood.options`. To
-add a likelihood, write the class and add one line to :data:`LIKELIHOODS`
-(see ``docs/extending.md``).
-
-Continuous densities (Gaussian, Laplace, Beta, continuous Bernoulli) and
-probabilities of discrete values (Bernoulli on binary data, discretized
-logistic) are different units: compare log-likelihoods only within one kind.
-"""
+"""Likelihoods of pixels: binary (Bernoulli, also given the pixels before each), grey
+levels in [0, 1] (continuous Bernoulli, Beta) and 8-bit levels (discretized logistic)."""
 
 import math
 from collections.abc import Sequence
@@ -24,66 +10,12 @@ import torch
 import torch.nn.functional as F
 from pyro.distributions import constraints
 from pyro.distributions.util import broadcast_shape
-from pyro.nn import PyroModule
-from torch import nn
 
 from pyro_vae.components.distributions import Independent, independent
+from pyro_vae.components.likelihoods.base import Likelihood, in_unit_interval
 from pyro_vae.components.networks import AutoregressiveLogits
 from pyro_vae.core.errors import ConfigError
-from pyro_vae.core.registry import Option, check_option_names, lookup
-
-#: Learned scales of location-scale likelihoods: the two modes, besides a fixed number.
-SCALE_MODES = ("per-pixel", "global")
-
-
-class Likelihood(PyroModule):
-    """Base class.
-
-    ``params_per_dim``: how many decoder outputs each data dimension needs
-    (the decoder's output width is ``params_per_dim * data_dim``).
-    ``help``: what the likelihood is for, in a line. ``options``: the keyword options a
-    subclass accepts (:class:`~pyro_vae.core.registry.Option`; option ``scale`` is the
-    flag ``--likelihood-scale``).
-    ``is_discrete``: log p(x|z) is the log-probability of discrete values, so
-    ``-log p(x) / (D ln 2)`` is a code length in bits per dimension.
-    """
-
-    params_per_dim: int = 1
-    help: str = ""
-    options: tuple[Option, ...] = ()
-    is_discrete: bool = False
-    #: Human-readable description of the accepted data, used in error messages.
-    domain: str = "real numbers"
-    #: What to do about data outside the domain, used in error messages.
-    domain_fix: str = (
-        "rescale the data (e.g. divide 8-bit pixels by 255) or choose another likelihood"
-    )
-
-    @classmethod
-    def build(cls, *, data_dim: int, **options: Any) -> "Likelihood":
-        """Construct from the data size; likelihoods with per-dimension parameters override it."""
-        return cls(**options)
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        raise NotImplementedError
-
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        """E[x|z]: what figures show instead of noisy draws."""
-        return self(params).mean
-
-    def in_domain(self, x: torch.Tensor) -> bool:
-        return bool(torch.isfinite(x).all())
-
-    def validate(self, x: torch.Tensor, what: str = "the data") -> None:
-        """Raise :class:`ConfigError` if ``x`` (named ``what`` in the message) is out of domain."""
-        if not torch.isfinite(x).all():
-            raise ConfigError(f"{what} contain NaN or infinite values; clean or impute them first")
-        if not self.in_domain(x):
-            lo, hi = x.min().item(), x.max().item()
-            raise ConfigError(
-                f"{type(self).__name__} expects {self.domain}, but {what} range over "
-                f"[{lo:g}, {hi:g}]; {self.domain_fix}"
-            )
+from pyro_vae.core.registry import Option
 
 
 class IndependentBernoulli(Independent):
@@ -132,10 +64,6 @@ class IndependentContinuousBernoulli(IndependentBernoulli):
         return super().log_prob(value) + normalizer.log().sum(-1)
 
 
-def _in_unit_interval(x: torch.Tensor) -> bool:
-    return bool(((x >= 0) & (x <= 1)).all())
-
-
 class BernoulliLikelihood(Likelihood):
     r""":math:`p(x|z) = \prod_i \mathrm{Bernoulli}(x_i; \sigma(\ell_i(z)))`, from logits.
 
@@ -153,7 +81,7 @@ class BernoulliLikelihood(Likelihood):
         return IndependentBernoulli(dist.Bernoulli(logits=params, validate_args=False), 1)
 
     def in_domain(self, x: torch.Tensor) -> bool:
-        return _in_unit_interval(x)
+        return in_unit_interval(x)
 
 
 class ContinuousBernoulliLikelihood(Likelihood):
@@ -177,23 +105,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
         return IndependentContinuousBernoulli(dist.ContinuousBernoulli(logits=params), 1)
 
     def in_domain(self, x: torch.Tensor) -> bool:
-        return _in_unit_interval(x)
-
-
-def parse_scale(value: str | float) -> str | float:
-    """``per-pixel``, ``global`` or a positive number (a fixed scale), else :class:`ConfigError`."""
-    if value in SCALE_MODES:
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and number > 0):
-        raise ConfigError(
-            f"likelihood-scale must be {' or '.join(SCALE_MODES)} (learned) or a positive "
-            f"number (fixed), got {value!r}"
-        )
-    return number
+        return in_unit_interval(x)
 
 
 def parse_squeeze(value: float | str) -> float:
@@ -206,84 +118,6 @@ def parse_squeeze(value: float | str) -> float:
     if not 0 <= number < 0.5:
         raise ConfigError(f"likelihood-squeeze must be in [0, 0.5) (0: none), got {value}")
     return number
-
-
-class LocationScaleLikelihood(Likelihood):
-    r"""Gaussian and Laplace base: location from the decoder, scale fixed or learned.
-
-    ``scale`` is ``"per-pixel"`` (a learned :math:`\sigma_i` per data dimension,
-    shared by all z), ``"global"`` (one learned :math:`\sigma`) or a positive
-    number (fixed). Learned scales are :math:`\mathrm{softplus}(\rho) + \sigma_{\min}`,
-    starting at 0.1. The floor matters on images: pixels that are always 0 (the
-    borders of Fashion-MNIST) would otherwise drive their scale, and the density,
-    to infinity; with it each such pixel adds at most
-    :math:`-\log\sigma_{\min} - \frac12\log 2\pi` nats (Gaussian).
-
-    :param data_dim: D, needed for per-pixel scales.
-    :param min_scale: :math:`\sigma_{\min}`.
-    """
-
-    options = (
-        Option(
-            "scale",
-            parse_scale,
-            "per-pixel (learned, one per pixel; the default), global (one learned scale) or "
-            "a positive number (fixed)",
-            "S",
-        ),
-    )
-    domain = "finite real numbers"
-    init_scale = 0.1
-    #: The location-scale family, called as ``family(loc, scale)``.
-    family: type[dist.TorchDistribution]
-
-    def __init__(self, data_dim: int, scale: str | float = "per-pixel", min_scale: float = 1e-3):
-        super().__init__()
-        self.scale_mode = parse_scale(scale)
-        if not 0 <= min_scale < self.init_scale:
-            raise ConfigError(f"min_scale must be in [0, {self.init_scale}), got {min_scale}")
-        self.min_scale = min_scale
-        if isinstance(self.scale_mode, float):
-            self.register_buffer("fixed_scale", torch.tensor(self.scale_mode))
-        else:
-            size = data_dim if self.scale_mode == "per-pixel" else 1
-            initial = math.log(math.expm1(self.init_scale - min_scale))  # softplus^-1
-            self.raw_scale = nn.Parameter(torch.full((size,), initial))
-
-    @classmethod
-    def build(cls, *, data_dim: int, **options: Any) -> Likelihood:
-        return cls(data_dim, **options)
-
-    def scale(self) -> torch.Tensor:
-        """The current scale, of shape ``(D,)``, ``(1,)`` or ``()``."""
-        if isinstance(self.scale_mode, float):
-            return self.fixed_scale
-        return F.softplus(self.raw_scale) + self.min_scale
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return independent(self.family(params, self.scale().expand(params.shape)))
-
-
-class GaussianLikelihood(LocationScaleLikelihood):
-    r""":math:`p(x|z) = \prod_i \mathcal N(x_i; \mu_i(z), \sigma_i^2)`.
-
-    See :class:`LocationScaleLikelihood` for the scale.
-    """
-
-    help = "real data"
-
-    family = dist.Normal
-
-
-class LaplaceLikelihood(LocationScaleLikelihood):
-    r""":math:`p(x|z) = \prod_i \frac{1}{2b_i} e^{-|x_i - \mu_i(z)|/b_i}`.
-
-    See :class:`LocationScaleLikelihood` for the scale :math:`b`.
-    """
-
-    help = "real data, heavier tails"
-
-    family = dist.Laplace
 
 
 class BetaLikelihood(Likelihood):
@@ -337,7 +171,7 @@ class BetaLikelihood(Likelihood):
 
     def in_domain(self, x: torch.Tensor) -> bool:
         if self.squeeze:
-            return _in_unit_interval(x)
+            return in_unit_interval(x)
         return bool(((x > 0) & (x < 1)).all())
 
     def _concentrations(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,104 +294,7 @@ class DiscretizedLogisticLikelihood(Likelihood):
     def in_domain(self, x: torch.Tensor) -> bool:
         levels = x * (self.num_levels - 1)
         on_grid = (levels - levels.round()).abs() < 1e-3
-        return _in_unit_interval(x) and bool(on_grid.all())
-
-
-def _are_counts(x: torch.Tensor) -> bool:
-    return bool(((x >= 0) & (x == x.round())).all())
-
-
-class CountLikelihood(Likelihood):
-    r"""Base of the likelihoods of counts :math:`x_d \in \{0, 1, 2, \dots\}` (reads,
-    events, grey levels as integers): the mean of each count is
-    :math:`\mu_d = \mathrm{softplus}(\ell_d(z)) + \mu_{\min}` from the decoder's first
-    output per dimension."""
-
-    is_discrete = True
-    domain = "non-negative integer counts"
-    domain_fix = (
-        "give the raw counts (0, 1, 2, ...), not normalized or log-transformed values, and "
-        "load images of counts with `binarize='none'`"
-    )
-    #: :math:`\mu_{\min}`: keeps the rate of a count that is always 0 finite in log space.
-    min_mean = 1e-4
-
-    def count_mean(self, raw: torch.Tensor) -> torch.Tensor:
-        return F.softplus(raw) + self.min_mean
-
-    def in_domain(self, x: torch.Tensor) -> bool:
-        return _are_counts(x)
-
-
-class PoissonLikelihood(CountLikelihood):
-    r""":math:`p(x|z) = \prod_d \mathrm{Poisson}(x_d; \mu_d)
-    = \prod_d \mu_d^{x_d} e^{-\mu_d} / x_d!`: counts whose variance is their mean."""
-
-    help = "counts (variance = mean)"
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return independent(dist.Poisson(self.count_mean(params), validate_args=False))
-
-
-class NegativeBinomialLikelihood(CountLikelihood):
-    r"""Over-dispersed counts: negative binomial with mean :math:`\mu_d(z)` and a learned
-    inverse dispersion :math:`\theta_d` per dimension (as scVI models gene expression),
-
-    .. math:: p(x_d|z) = \frac{\Gamma(x_d + \theta_d)}{x_d!\,\Gamma(\theta_d)}
-              \Big(\frac{\theta_d}{\theta_d + \mu_d}\Big)^{\theta_d}
-              \Big(\frac{\mu_d}{\theta_d + \mu_d}\Big)^{x_d},
-              \qquad \operatorname{Var} x_d = \mu_d + \mu_d^2 / \theta_d,
-
-    :math:`\theta = \mathrm{softplus}(\rho) + \theta_{\min}`, starting at 1; the
-    Poisson is the limit :math:`\theta \to \infty`.
-
-    :param data_dim: D, the number of dispersions.
-    """
-
-    help = "over-dispersed counts, a learned dispersion per dimension"
-    min_dispersion = 1e-3
-
-    def __init__(self, data_dim: int):
-        super().__init__()
-        self.raw_dispersion = nn.Parameter(torch.full((data_dim,), math.log(math.expm1(1.0))))
-
-    @classmethod
-    def build(cls, *, data_dim: int, **options: Any) -> Likelihood:
-        return cls(data_dim, **options)
-
-    def dispersion(self) -> torch.Tensor:
-        r""":math:`\theta`, of shape ``(D,)``."""
-        return F.softplus(self.raw_dispersion) + self.min_dispersion
-
-    def negative_binomial(self, raw_mean: torch.Tensor) -> dist.NegativeBinomial:
-        r"""torch's parameters: ``total_count`` :math:`\theta`, ``logits``
-        :math:`\log \mu - \log \theta`."""
-        theta = self.dispersion().expand(raw_mean.shape)
-        logits = self.count_mean(raw_mean).log() - theta.log()
-        return dist.NegativeBinomial(theta, logits=logits, validate_args=False)
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        return independent(self.negative_binomial(params))
-
-
-class ZeroInflatedNegativeBinomialLikelihood(NegativeBinomialLikelihood):
-    r"""Counts with extra zeros (dropouts in single-cell data): with probability
-    :math:`\pi_d(z) = \sigma(g_d(z))`, from the decoder's second output per dimension, a
-    count is 0; otherwise it is :class:`NegativeBinomialLikelihood`'s,
-
-    .. math:: p(x_d|z) = \pi_d [x_d = 0] + (1 - \pi_d)\,\mathrm{NB}(x_d; \mu_d, \theta_d).
-    """
-
-    help = "over-dispersed counts with extra zeros"
-    params_per_dim = 2
-
-    def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
-        raw_mean, gate_logits = params.chunk(2, dim=-1)
-        nb = self.negative_binomial(raw_mean)
-        zinb = dist.ZeroInflatedNegativeBinomial(
-            nb.total_count, logits=nb.logits, gate_logits=gate_logits, validate_args=False
-        )
-        return independent(zinb)
+        return in_unit_interval(x) and bool(on_grid.all())
 
 
 class AutoregressiveBernoulli(dist.TorchDistribution):
@@ -640,39 +377,4 @@ class AutoregressiveBernoulliLikelihood(Likelihood):
         return self(params).sample_with_probs()[1]
 
     def in_domain(self, x: torch.Tensor) -> bool:
-        return _in_unit_interval(x)
-
-
-#: Registry of likelihoods by CLI name.
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    "bernoulli": BernoulliLikelihood,
-    "continuous-bernoulli": ContinuousBernoulliLikelihood,
-    "gaussian": GaussianLikelihood,
-    "laplace": LaplaceLikelihood,
-    "beta": BetaLikelihood,
-    "discretized-logistic": DiscretizedLogisticLikelihood,
-    "autoregressive-bernoulli": AutoregressiveBernoulliLikelihood,
-    "poisson": PoissonLikelihood,
-    "negative-binomial": NegativeBinomialLikelihood,
-    "zinb": ZeroInflatedNegativeBinomialLikelihood,
-}
-
-
-def build_likelihood(
-    likelihood: "Likelihood | str", *, data_dim: int, options: dict[str, Any] | None = None
-) -> Likelihood:
-    """A :class:`Likelihood` from a registry name and options, or ``likelihood`` itself."""
-    if not isinstance(likelihood, str):
-        if options:
-            raise ConfigError(
-                "likelihood options apply to a likelihood given by name, not to a Likelihood object"
-            )
-        return likelihood
-    cls = lookup(LIKELIHOODS, "likelihood", likelihood)
-    check_option_names(LIKELIHOODS, "likelihood", likelihood, options or {})
-    return cls.build(data_dim=data_dim, **(options or {}))
-
-
-def bits_per_dim(log_likelihood: torch.Tensor | float, data_dim: int) -> torch.Tensor | float:
-    r"""Code length :math:`-\log p(x) / (D \ln 2)` of a log-likelihood in nats."""
-    return -log_likelihood / (data_dim * math.log(2))
+        return in_unit_interval(x)
