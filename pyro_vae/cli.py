@@ -26,6 +26,7 @@ from pyro_vae.analysis.evaluation import (
     foreign_dataset,
     generalization_gap,
 )
+from pyro_vae.analysis.tables import impute_run, sample_rows_run
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import DEVICE_CHOICES, MODEL_FIELDS, TrainConfig, resolve_device
 from pyro_vae.config.fields import DATA, MODEL, OPTIMIZATION, RUN, default_of, is_option
@@ -42,6 +43,7 @@ from pyro_vae.figures.plots import (
     save_png,
 )
 from pyro_vae.figures.samples import sample_run
+from pyro_vae.figures.tables import plot_table_run
 from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH
 from pyro_vae.runs import (
     CHECKPOINTS,
@@ -302,9 +304,12 @@ def _run_plot(args: argparse.Namespace) -> None:
 def _write_figures(
     run: str, out: str | None, data_root: str | None, device: str, checkpoint: str | None
 ) -> None:
-    paths = plot_run(
-        run, out, data_root=data_root, device=resolve_device(device), checkpoint=checkpoint
-    )
+    if read_config(run).table is not None:
+        paths = plot_table_run(run, out, device=resolve_device(device), checkpoint=checkpoint)
+    else:
+        paths = plot_run(
+            run, out, data_root=data_root, device=resolve_device(device), checkpoint=checkpoint
+        )
     print(f"{len(paths)} figures written to {paths[0].parent}")
 
 
@@ -316,8 +321,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
         "importance sampling with the encoder as proposal, log p(x) ~ logmeanexp_k "
         "p(x,z_k)/q(z_k|x), and write the summary to DIR/eval.json (DIR/eval_val.json, "
         "DIR/eval_train.json for --split val, train; DIR/eval-NAME.json for another "
-        "dataset's images) and each image's estimates beside it. Interrupted, it keeps what "
-        "it has done in DIR/eval.partial.pt; the same command continues from there.",
+        "dataset's images) and each image's estimates beside it (of a table's rows, also as "
+        "DIR/eval_rows.csv, by row number). Interrupted, it keeps what it has done in "
+        "DIR/eval.partial.pt; the same command continues from there.",
         formatter_class=HelpFormatter,
     )
     _add_model_options(p)
@@ -334,8 +340,9 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dataset",
         default=None,
-        metavar="NAME|FILE.npz",
-        help="score another dataset's images (a name, or a .npz file as for train) with the "
+        metavar="NAME|FILE",
+        help="score another dataset's images (a name, or a file as for train; of a table's "
+        "run, another table with its columns) with the "
         "run's model; once the run's own test images are evaluated too, the AUROC of "
         "telling them apart by log p(x) (out-of-distribution detection) is printed",
     )
@@ -385,12 +392,14 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     )
     if not distributed.is_main_process():
         return
-    dataset = foreign_dataset(read_config(args.run), args.dataset)
+    config = read_config(args.run)
+    dataset = foreign_dataset(config, args.dataset)
+    examples = "images" if config.table is None else "rows"
     split = result["split"]
     active = result["active_units"]
     rows = [
-        ("images", f"{result['num_examples']} ({split})"),
-        ("samples per image", str(result["num_samples"])),
+        (examples, f"{result['num_examples']} ({split})"),
+        ("samples per " + examples[:-1], str(result["num_samples"])),
         ("ELBO", f"{result[f'{split}_elbo']:.2f} nats"),
         (
             f"{result['estimates']} (IW)",
@@ -415,7 +424,7 @@ def _run_evaluate(args: argparse.Namespace) -> None:
     area = detection_auroc(args.run, dataset) if dataset is not None and split == "test" else None
     if area is not None:
         print(
-            f"AUROC {area:.3f}: how often one of the run's own test images scores a "
+            f"AUROC {area:.3f}: how often one of the run's own test {examples} scores a "
             f"higher {result['estimates']} than one of {dataset}'s (0.5: chance)"
         )
     if args.figure is not None:
@@ -430,11 +439,17 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Draw samples from a trained run and save them as one image grid: prior "
         "samples (vae, hvae); samples of class --label, or one row per class without it (cvae); "
         "completions of test images: observed part, baseline guess, 8 completions, truth "
-        "per row (completion).",
+        "per row (completion). Of a table's run, --num rows drawn from the model, written as "
+        "a table (.csv or .parquet).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_model_options(p)
-    p.add_argument("--out", required=True, metavar="PATH", help="image file to write (.png)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="image file to write (.png); of a table's run, a table (.csv, .parquet)",
+    )
     p.add_argument(
         "--num",
         type=int,
@@ -455,6 +470,18 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
+    if read_config(args.run).table is not None:
+        path = sample_rows_run(
+            args.run,
+            args.out,
+            num=args.num,
+            label=args.label,
+            seed=args.seed,
+            device=args.device,
+            checkpoint=args.checkpoint,
+        )
+        print(f"{args.num} rows written to {path}")
+        return
     path = sample_run(
         args.run,
         args.out,
@@ -487,6 +514,41 @@ def _run_encode(args: argparse.Namespace) -> None:
         args.run, args.out, split=args.split, device=args.device, checkpoint=args.checkpoint
     )
     print(f"latent codes written to {path}")
+
+
+def _add_impute_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "impute",
+        help="fill in the missing cells of a table",
+        description="Fill in every missing cell of a table file with a trained table run: "
+        "the posterior predictive mean given the row's observed cells (importance-weighted, "
+        "--num-samples draws of z per row); the most probable value of a binary or "
+        "categorical cell. Observed cells are kept as they are.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_model_options(p)
+    p.add_argument("--data", required=True, metavar="FILE", help="the table with missing cells")
+    p.add_argument(
+        "--out", required=True, metavar="PATH", help="the completed table (.csv or .parquet)"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=1000, metavar="K", help="samples of z per row"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(handler=_run_impute)
+
+
+def _run_impute(args: argparse.Namespace) -> None:
+    path = impute_run(
+        args.run,
+        args.data,
+        args.out,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        device=args.device,
+        checkpoint=args.checkpoint,
+    )
+    print(f"completed table written to {path}")
 
 
 def _add_compare_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -524,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plot_parser(subparsers)
     _add_sample_parser(subparsers)
     _add_encode_parser(subparsers)
+    _add_impute_parser(subparsers)
     _add_compare_parser(subparsers)
     commands = subparsers.choices
     for command in commands.values():  # messages may name how to train, e.g. `model='cvae'`

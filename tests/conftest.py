@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pyro_vae.data.images import ImageData
+from pyro_vae.data.tables import Column, TableSchema
 from pyro_vae.inference.estimators import log_importance_weights
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.training import steps as steps_module
@@ -170,3 +171,36 @@ def faulty_objective(monkeypatch):
         return calls
 
     return install
+
+
+def tiny_schema(data_dim: int = 6) -> TableSchema:
+    """A table schema of ``data_dim`` values (at least 6): a categorical column of 3
+    categories, a binary and a count column, and continuous columns for the rest."""
+    columns = (
+        Column("colour", "categorical", ("blue", "green", "red")),
+        Column("smoker", "binary", ("no", "yes")),
+        Column("visits", "count", mean=3.0, std=2.0),
+        *(Column(f"x{i}", "continuous", mean=1.0, std=2.0) for i in range(data_dim - 5)),
+    )
+    return TableSchema(columns)
+
+
+def table_rows(
+    schema: TableSchema, num: int, generator: torch.Generator, missing: float = 0.0
+) -> torch.Tensor:
+    """``num`` random rows coded by ``schema``, each cell missing (NaN) with probability
+    ``missing``."""
+    parts = []
+    for column in schema.columns:
+        if column.kind == "categorical":
+            codes = torch.randint(column.width, (num,), generator=generator)
+            cells = torch.nn.functional.one_hot(codes, column.width).float()
+        elif column.kind == "binary":
+            cells = torch.randint(2, (num, 1), generator=generator).float()
+        elif column.kind == "count":
+            cells = torch.randint(0, 12, (num, 1), generator=generator).float()
+        else:
+            cells = torch.randn(num, 1, generator=generator)
+        hidden = torch.rand(num, generator=generator) < missing
+        parts.append(cells.masked_fill(hidden[:, None], float("nan")))
+    return torch.cat(parts, dim=1)

@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import tiny_schema
 from pyro import poutine
 
 from pyro_vae import VAE
@@ -60,7 +61,7 @@ def test_a_site_in_a_plate_keeps_the_distribution_object():
 @pytest.mark.parametrize("name", sorted(LIKELIHOODS))
 def test_every_likelihood_expands_to_itself(name):
     """Each built-in likelihood's distribution takes the shortcut; a real expand still works."""
-    likelihood = build_likelihood(name, data_dim=6)
+    likelihood = build_likelihood(name, data_dim=6, table=tiny_schema(6))
     params = torch.randn(5, 6 * likelihood.params_per_dim)
     fn = likelihood(params)
     assert fn.expand((5,)) is fn

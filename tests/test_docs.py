@@ -16,6 +16,7 @@ DOCS = Path(__file__).parents[1] / "docs"
 #: Pages whose examples this module runs; the library page's train on Fashion-MNIST.
 GUIDE_PAGES = (
     "quickstart.md",
+    "guide/tables.md",
     pytest.param(
         "guide/library.md",
         marks=pytest.mark.skipif(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import table_rows, tiny_schema
 
 from pyro_vae import ConfigError, TrainConfig, load_images, train
 from pyro_vae.components.likelihoods import (
@@ -17,6 +18,8 @@ from pyro_vae.components.likelihoods import (
 from pyro_vae.inference.estimators import estimate_log_likelihood
 
 D = 6
+#: The table that builds the likelihood of tables (the others ignore it).
+SCHEMA = tiny_schema(D)
 GRID = torch.arange(256, dtype=torch.float64) / 255
 
 
@@ -27,6 +30,8 @@ def data_for(name: str, generator: torch.Generator) -> torch.Tensor:
         return x.round()
     if name in COUNTS:
         return torch.randint(0, 12, (4, D), generator=generator).double()
+    if name == "mixed":
+        return table_rows(SCHEMA, 4, generator).double()
     return x
 
 
@@ -114,6 +119,28 @@ def zinb(params, x, lik):
     return torch.where(x == 0, torch.log(gate + (1 - gate) * nb.exp()), torch.log1p(-gate) + nb)
 
 
+def mixed(params, x, lik):
+    """Per column of :data:`SCHEMA` (categorical over values 0-2 at position 0, binary at
+    3, count at 4, continuous at 5), placed at the column's first position."""
+    log_p = torch.zeros_like(params + x)
+    log_p[..., 0] = (x[..., :3] * torch.log_softmax(params[..., :3], -1)).sum(-1)
+    log_p[..., 3] = bernoulli(params[..., 3], x[..., 3], lik)
+    theta = (F.softplus(lik.raw_dispersion) + lik.min_dispersion).double()
+    mu = lik.count_scale.double() * F.softplus(params[..., 4]) + lik.min_mean
+    log_p[..., 4] = (
+        torch.lgamma(x[..., 4] + theta)
+        - torch.lgamma(x[..., 4] + 1)
+        - torch.lgamma(theta)
+        + theta * torch.log(theta / (theta + mu))
+        + x[..., 4] * torch.log(mu / (theta + mu))
+    )
+    s = (F.softplus(lik.raw_scale) + lik.min_scale).double()
+    log_p[..., 5] = (
+        -0.5 * ((x[..., 5] - params[..., 5]) / s) ** 2 - s.log() - 0.5 * math.log(2 * math.pi)
+    )
+    return log_p
+
+
 #: The likelihoods of counts, whose test data are counts.
 COUNTS = ("poisson", "negative-binomial", "zinb")
 #: Per-dimension log-densities written from the definitions, in float64.
@@ -128,6 +155,7 @@ REFERENCES = {
     "poisson": poisson,
     "negative-binomial": negative_binomial,
     "zinb": zinb,
+    "mixed": mixed,
 }
 
 
@@ -142,7 +170,7 @@ def test_every_registered_likelihood_has_a_reference():
 )
 def test_log_prob_matches_the_formula(name, options):
     generator = torch.Generator().manual_seed(0)
-    lik = build_likelihood(name, data_dim=D, options=options)
+    lik = build_likelihood(name, data_dim=D, options=options, table=SCHEMA)
     with torch.no_grad():
         for p in lik.parameters():  # learned scales away from their initial value
             p.add_(0.5 * torch.randn(p.shape, generator=generator))
@@ -164,12 +192,13 @@ def test_log_prob_matches_the_formula(name, options):
 @pytest.mark.parametrize(
     "name",
     ["continuous-bernoulli", "gaussian", "laplace", "beta", "discretized-logistic", "bernoulli"]
-    + list(COUNTS),
+    + list(COUNTS)
+    + ["mixed"],
 )
 def test_mean_is_the_mean_of_the_samples(name):
     torch.manual_seed(0)
     options = {"squeeze": 0.05} if name == "beta" else None
-    lik = build_likelihood(name, data_dim=D, options=options)
+    lik = build_likelihood(name, data_dim=D, options=options, table=SCHEMA)
     params = torch.randn(1, lik.params_per_dim * D)
     with torch.no_grad():
         samples = lik(params).sample((40_000,))

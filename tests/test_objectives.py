@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import table_rows, tiny_schema
 from pyro.infer import SVI, Trace_ELBO
 
 from pyro_vae import VAE
@@ -118,9 +119,11 @@ REGISTERED = [
 def test_every_registered_prior_and_likelihood_reads_nothing_on_the_host(kind, name):
     """A new prior or likelihood keeps GPU training recordable as a CUDA graph (a step
     that reads a value on the host trains eagerly, much slower there)."""
-    vae = VAE(16, 3, (8,), **{kind: name})
-    on_grid = torch.randint(1, 255, (6, 16), generator=torch.Generator().manual_seed(4)) / 255
-    x = next(data for data in (X, on_grid) if vae.likelihood.in_domain(data))
+    vae = VAE(16, 3, (8,), **{kind: name}, table=tiny_schema(16))
+    generator = torch.Generator().manual_seed(4)
+    on_grid = torch.randint(1, 255, (6, 16), generator=generator) / 255
+    rows = table_rows(tiny_schema(16), 6, generator, missing=0.2)
+    x = next(data for data in (X, on_grid, rows) if vae.likelihood.in_domain(data))
     with training_steps(vae), host_reads_forbidden():
         OBJECTIVES["elbo"](1)(vae.model, vae.guide, x, beta=torch.tensor(0.3)).backward()
 

@@ -5,7 +5,8 @@ For every image :math:`x` of a split, the amortized posterior
 model's encoder (the top layer :math:`z_2` for ``hvae``; the condition :math:`c` is the
 label for ``cvae`` and the observed quadrants for ``completion``), saved as a NumPy
 archive: ``loc`` (:math:`\mu`, the usual representation for downstream tasks),
-``scale`` (:math:`\sigma`), ``labels`` and ``class_names``. Training images are encoded
+``scale`` (:math:`\sigma`), ``labels`` and ``class_names`` (of a table's rows, also
+``rows``: their numbers in the file). Training images are encoded
 as their grey levels, the mean of their binarizations; validation and test images as
 the binary images the run is evaluated on.
 """
@@ -18,6 +19,7 @@ import torch
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.files import atomic_write, check_writable, make_directory
 from pyro_vae.data.images import SPLITS, ImageData
+from pyro_vae.data.tables import TableData
 from pyro_vae.runs import Run
 
 
@@ -57,6 +59,8 @@ def encode_run(
         "labels": labels.cpu().numpy(),
         "class_names": np.array(data.class_names),
     }
+    if isinstance(data, TableData):  # which rows of the file these are
+        arrays["rows"] = data.rows[split]
     make_directory(path.parent)
     atomic_write(path, lambda file: np.savez(file, **arrays))
     return path

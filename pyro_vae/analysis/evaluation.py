@@ -11,6 +11,7 @@ the files; the result equals a one-process run's with the same seed.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from pyro_vae.components.likelihoods import bits_per_dim
@@ -29,7 +31,8 @@ from pyro_vae.config import TrainConfig, resolve_device
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import ConfigError, TrainingInterrupted, brief
 from pyro_vae.core.files import atomic_write, check_writable
-from pyro_vae.data.images import ImageData, is_image_file, load_images
+from pyro_vae.data.images import ImageData, is_image_file
+from pyro_vae.data.tables import TableData, is_table_file
 from pyro_vae.inference.estimators import (
     DEFAULT_MAX_BATCH,
     ChunkResults,
@@ -46,6 +49,7 @@ from pyro_vae.runs import (
     read_config,
     read_evaluation,
     read_examples,
+    rows_path,
     same_model,
 )
 
@@ -217,7 +221,7 @@ def foreign_dataset(config: TrainConfig, dataset: str | None) -> str | None:
     files after (:func:`evaluation_stem`)."""
     if dataset is None:
         return None
-    if is_image_file(dataset) and is_image_file(config.dataset):
+    if _is_file(dataset) and _is_file(config.dataset):
         return None if Path(dataset).resolve() == Path(config.dataset).resolve() else dataset
     return None if dataset == config.dataset else dataset
 
@@ -230,12 +234,9 @@ def _other_images(run: Run, dataset: str, data_root: str | Path | None) -> Image
             f"this run's model ({config.model}) is conditioned on its dataset's labels, which "
             f"{dataset}'s labels do not fit; `dataset` scores images with models of p(x)"
         )
-    data = load_images(
-        dataset,
-        config.data_root if data_root is None else data_root,
-        binarize=config.binarize == "dynamic",
-        device=run.device,
-    )
+    if data_root is not None:
+        config = dataclasses.replace(config, data_root=str(data_root))
+    data = config.load_data(run.device, dataset)
     if data.data_dim != vae.data_dim or data.image_shape != tuple(config.image_shape):
         raise ConfigError(
             f"the run models {'x'.join(map(str, config.image_shape))} images but {dataset} "
@@ -282,17 +283,19 @@ def evaluate_run(
     max_batch = max_batch or default_max_batch(run.config, torch_device)  # 0 was rejected
     data = run.data if dataset is None else _other_images(run, dataset, data_root)
     images, labels = (tensor[:subset] for tensor in data.evaluation_images(split))
+    rows = data.rows[split][:subset] if isinstance(data, TableData) else None
     run.model.likelihood.validate(images)
     settings = {"subset": subset, "num_samples": num_samples, "max_batch": max_batch, "seed": seed}
     # one writer per run directory: not beside its training or another evaluation of it
     with locked_run(run.dir, "evaluation") if world.is_main else contextlib.nullcontext():
-        return _evaluate(run, images, labels, split, dataset, settings, world, progress, log)
+        return _evaluate(
+            run, (images, labels, rows), split, dataset, settings, world, progress, log
+        )
 
 
 def _evaluate(
     run: Run,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    examples: tuple[torch.Tensor, torch.Tensor, np.ndarray | None],
     split: str,
     dataset: str | None,
     settings: dict[str, Any],
@@ -300,7 +303,9 @@ def _evaluate(
     progress: bool,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The body of :func:`evaluate_run`, with the run directory locked."""
+    """The body of :func:`evaluate_run`, with the run directory locked: ``examples`` are
+    the images, their labels and, of a table, their row numbers in the file."""
+    images, labels, rows = examples
     if world.is_main:
         check_writable(run.dir)  # before the work, not after it
     saved = _EvaluationInProgress(run, split, dataset, settings, world, world.main_only(log))
@@ -321,7 +326,7 @@ def _evaluate(
         )
     result = _summary(run, estimates, split, dataset, settings["seed"], saved.seconds)
     if world.is_main:
-        _write_result(run.dir, result, estimates, split, dataset)
+        _write_result(run.dir, result, estimates, rows, (split, dataset))
         saved.remove()  # the result is written: what led to it can go
     return result
 
@@ -330,9 +335,14 @@ def _other_dataset(config: TrainConfig, dataset: str | None) -> str | None:
     """:func:`foreign_dataset`, with an image file as an absolute path (as ``train``
     records one: found from anywhere)."""
     dataset = foreign_dataset(config, dataset)
-    if dataset is not None and is_image_file(dataset):
+    if dataset is not None and _is_file(dataset):
         return str(Path(dataset).resolve())
     return dataset
+
+
+def _is_file(dataset: str) -> bool:
+    """Whether ``dataset`` names a file of the user's (images or a table)."""
+    return is_image_file(dataset) or is_table_file(dataset)
 
 
 def _check_arguments(num_samples: int, max_batch: int | None, subset: int | None) -> None:
@@ -424,13 +434,20 @@ def _write_result(
     run_dir: Path,
     result: dict[str, Any],
     estimates: Estimates,
-    split: str,
-    dataset: str | None,
+    rows: np.ndarray | None,
+    images: tuple[str, str | None],
 ) -> None:
-    """The summary (:func:`evaluation_path`) and the per-image estimates beside it."""
+    """The summary (:func:`evaluation_path`) and the per-image estimates beside it; of a
+    table's rows (``rows``: their numbers in the file), also as a table
+    (:func:`rows_path`)."""
+    split, dataset = images
     per_image = {
         name: getattr(estimates, name).cpu().numpy() for name in ("log_likelihood", "elbo", "kl")
     }
+    if rows is not None:
+        per_image["row"] = rows
+        frame = pd.DataFrame(per_image).set_index("row")
+        atomic_write(rows_path(run_dir, split, dataset), lambda f: frame.to_csv(f, mode="wb"))
     atomic_write(examples_path(run_dir, split, dataset), lambda f: np.savez(f, **per_image))
     text = (json.dumps(result, indent=2) + "\n").encode()
     atomic_write(evaluation_path(run_dir, split, dataset), lambda f: f.write(text))

@@ -1,9 +1,10 @@
-"""Configuration: :class:`ModelConfig` (what model) and :class:`TrainConfig` (what model,
-on what data, trained how), each option declared once on its field (:mod:`.fields`)."""
+"""Configuration: :class:`ModelConfig` (what model), :class:`DataConfig` (on what data) and
+:class:`TrainConfig` (what model, on what data, trained how), each option declared once on
+its field (:mod:`.fields`)."""
 
+from pyro_vae.config.data import BINARIZE_CHOICES, DataConfig
 from pyro_vae.config.model import ARCH_MODELS, MODELS, ModelConfig
 from pyro_vae.config.train import (
-    BINARIZE_CHOICES,
     DATA_FIELDS,
     DEVICE_CHOICES,
     MODEL_FIELDS,
@@ -16,6 +17,7 @@ __all__ = [
     "ARCH_MODELS",
     "BINARIZE_CHOICES",
     "DATA_FIELDS",
+    "DataConfig",
     "DEVICE_CHOICES",
     "MODELS",
     "MODEL_FIELDS",

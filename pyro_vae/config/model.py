@@ -12,6 +12,7 @@ from pyro_vae.config.fields import MODEL, check_fields, option
 from pyro_vae.core.checks import positive, positive_widths
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import Factory, parse_options
+from pyro_vae.data.tables import TableSchema
 from pyro_vae.models.conditional import (
     OBSERVED_QUADRANT_CHOICES,
     ClassConditionalNormal,
@@ -41,6 +42,7 @@ def _unconditional(model_class: type[VAE]) -> Builder:
             likelihood=config.likelihood,
             prior_options=dict(config.prior_options),
             likelihood_options=dict(config.likelihood_options),
+            table=config.table_schema,
         )
 
     return build
@@ -58,6 +60,7 @@ def _label_cvae(config: "ModelConfig", image_shape: tuple[int, ...], num_classes
         likelihood=config.likelihood,
         prior_options=dict(config.prior_options),
         likelihood_options=dict(config.likelihood_options),
+        table=config.table_schema,
     )
 
 
@@ -127,10 +130,18 @@ class ModelConfig:
     prior_options: dict[str, Any] = option(
         {}, "options of the prior, as its class declares them", group=MODEL, options_of=PRIORS
     )
-    likelihood: str = option("bernoulli", "likelihood p(x|z)", group=MODEL, choices=LIKELIHOODS)
+    likelihood: str | None = option(
+        None,
+        "likelihood p(x|z) (default: bernoulli for images, mixed for tables)",
+        group=MODEL,
+        choices=LIKELIHOODS,
+    )
     likelihood_options: dict[str, Any] = option(
         {}, "options of the likelihood", group=MODEL, options_of=LIKELIHOODS
     )
+    #: Set from the data when training starts: the schema of a table
+    #: (:meth:`~pyro_vae.data.tables.TableSchema.to_dict`), None for images.
+    table: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -138,6 +149,7 @@ class ModelConfig:
     def check(self) -> None:
         """Coerce and check every field, then how the model's options combine."""
         check_fields(self)
+        self.likelihood = self.likelihood or self.default_likelihood()
         self.prior_options = parse_options(PRIORS, "prior", self.prior, self.prior_options)
         self.likelihood_options = parse_options(
             LIKELIHOODS, "likelihood", self.likelihood, self.likelihood_options
@@ -158,6 +170,15 @@ class ModelConfig:
                 "(p(z|y) with `conditional_prior=True`, the prior network p(z|x_observed) "
                 "with `model='completion'`); drop `prior`"
             )
+
+    def default_likelihood(self) -> str:
+        """The likelihood when none is given: ``mixed`` for a table, else ``bernoulli``."""
+        return "bernoulli" if self.table is None else "mixed"
+
+    @property
+    def table_schema(self) -> TableSchema | None:
+        """:attr:`table` as a :class:`~pyro_vae.data.tables.TableSchema`."""
+        return None if self.table is None else TableSchema.from_dict(self.table)
 
     @property
     def learns_prior(self) -> bool:

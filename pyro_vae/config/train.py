@@ -2,33 +2,24 @@
 
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pyro_vae.config.fields import DATA, OPTIMIZATION, RUN, option
+from pyro_vae.config.data import DataConfig
+from pyro_vae.config.fields import OPTIMIZATION, RUN, option
 from pyro_vae.config.model import ModelConfig
 from pyro_vae.core.checks import fraction, positive, positive_number, seed_range, zero_or_more
 from pyro_vae.core.errors import ConfigError, ConfigTypeError
-from pyro_vae.data.images import (
-    DATASETS,
-    DEFAULT_DATA_ROOT,
-    IMAGE_FILE_SUFFIX,
-    ImageData,
-    is_image_file,
-    load_images,
-)
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.inference.schedules import LR_SCHEDULES
 from pyro_vae.models.vae import VAE
 
-BINARIZE_CHOICES = ("dynamic", "none")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: What training does on a non-finite loss or gradient (see :func:`pyro_vae.train`).
 ON_NAN_CHOICES = ("stop", "rollback")
 #: Fields set from the data when training starts (not options).
-DATA_FIELDS = ("image_shape", "num_classes")
+DATA_FIELDS = ("image_shape", "num_classes", "table")
 #: Fields that decide the model's parameters: a run initialized from another run
 #: (``init_from``) must agree with it on these.
 MODEL_FIELDS = (*(f.name for f in fields(ModelConfig)), *DATA_FIELDS)
@@ -46,39 +37,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
-class TrainConfig(ModelConfig):
-    """What to train (the :class:`ModelConfig` options) and how. Saved as ``config.json``
+class TrainConfig(ModelConfig, DataConfig):
+    """What to train (the :class:`ModelConfig` options), on what (the :class:`DataConfig`
+    options) and how. Saved as ``config.json``
     in the run directory; every field but the data's facts is a ``pyro-vae train`` option."""
 
-    dataset: str = option(
-        "fashion-mnist",
-        f"image dataset: {', '.join(DATASETS)} (50k train / last 10k of train as validation / "
-        "10k test), or a .npz file of your images: arrays train and test, (N, H, W) or "
-        "(N, C, H, W), uint8 or floats (in [0, 1]; counts for the count likelihoods), optional "
-        "train_labels, test_labels, class_names (the last sixth of train is the validation set)",
-        group=DATA,
-        metavar="NAME|FILE.npz",
-    )
-    data_root: str | None = option(
-        None,
-        f"where to look for (and download) the data; default {DEFAULT_DATA_ROOT} "
-        "(or $PYRO_VAE_DATA), then the system copy",
-        group=DATA,
-    )
-    binarize: str = option(
-        "dynamic",
-        "dynamic: resample binary training images every epoch, binarize val/test once with "
-        "a fixed seed; none: keep grey levels in [0, 1]",
-        group=DATA,
-        choices=BINARIZE_CHOICES,
-    )
-    subset: int | None = option(
-        None,
-        "train on the first N training images only (quick runs)",
-        group=DATA,
-        check=positive,
-        metavar="N",
-    )
     objective: str = option("elbo", "the objective", group=OPTIMIZATION, choices=OBJECTIVES)
     particles: int = option(
         1,
@@ -186,18 +149,20 @@ class TrainConfig(ModelConfig):
 
     def check(self) -> None:
         super().check()
-        if is_image_file(self.dataset):  # the user's own images: kept as an absolute path,
-            self.dataset = str(Path(self.dataset).expanduser().resolve())  # for evaluate/plot
-        elif self.dataset not in DATASETS:
+        self.check_data()
+        if self.is_table and (self.model == "completion" or self.arch == "conv"):
             raise ConfigError(
-                f"unknown `dataset` {self.dataset!r}; choose one of: {', '.join(DATASETS)}, "
-                f"or name a {IMAGE_FILE_SUFFIX} file of your images"
+                "`model='completion'` and `arch='conv'` need images; for a table use the "
+                "vae, hvae or cvae model with mlp networks"
             )
         if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
             raise ConfigError(
                 "`objective='iwae'` has no separate KL term to scale; drop `beta` and "
                 "`warmup_epochs` or use `objective='elbo'`"
             )
+
+    def default_likelihood(self) -> str:
+        return "mixed" if self.is_table else "bernoulli"
 
     @property
     def data_dim(self) -> int:
@@ -206,16 +171,6 @@ class TrainConfig(ModelConfig):
     def build_vae(self) -> VAE:
         """A freshly initialized model of this configuration, for its data's facts."""
         return self.build(self.image_shape, self.num_classes)
-
-    def load_data(self, device: torch.device | str = "cpu") -> ImageData:
-        """The dataset this configuration trains on (``subset`` trims the training split only)."""
-        return load_images(
-            self.dataset,
-            self.data_root,
-            binarize=self.binarize == "dynamic",
-            subset=self.subset,
-            device=device,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

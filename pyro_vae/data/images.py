@@ -145,11 +145,7 @@ class ImageData:
                     f"{split} has {images.shape[0]} images but labels of shape "
                     f"{tuple(labels.shape)}; give one label per image"
                 )
-            bad = (~torch.isfinite(images)).sum().item()
-            if bad:
-                raise ConfigError(
-                    f"{split} images contain {bad} NaN or infinite values; clean or impute them"
-                )
+            self.check_values(split, images)
         for split in ("train", "val"):
             if getattr(self, split).shape[0] == 0:
                 raise ConfigError(f"{split} holds no images; training needs at least one")
@@ -158,6 +154,15 @@ class ImageData:
                 "binarize=True draws Bernoulli(pixel) training images, which needs grey levels in "
                 f"[0, 1], but train ranges over [{self.train.min().item():g}, "
                 f"{self.train.max().item():g}]; rescale the data or set binarize=False"
+            )
+
+    def check_values(self, split: str, images: torch.Tensor) -> None:
+        """Raise :class:`ConfigError` for values the data may not hold: here, any NaN or
+        infinite value."""
+        bad = (~torch.isfinite(images)).sum().item()
+        if bad:
+            raise ConfigError(
+                f"{split} images contain {bad} NaN or infinite values; clean or impute them"
             )
 
     @property

@@ -246,7 +246,7 @@ def _show_grid(
         spine.set_visible(False)
 
 
-def _agg_figure(figsize: tuple[float, float]) -> Figure:
+def agg_figure(figsize: tuple[float, float]) -> Figure:
     """A figure drawn by the Agg backend, whatever pyplot's backend is."""
     fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -261,7 +261,7 @@ def _grid_figure(
     Tiles shrink from :data:`TILE_INCHES` so that a grid spans at most ``extent`` inches.
     """
     tile = min(TILE_INCHES, extent / max(rows, cols))
-    return _agg_figure(figsize=(panels * cols * tile + label_inches, rows * tile + 1.2))
+    return agg_figure(figsize=(panels * cols * tile + label_inches, rows * tile + 1.2))
 
 
 def reconstructions_figure(inputs: FigureInputs, per_class: int = 8) -> Figure:
@@ -372,7 +372,7 @@ def latent_figure(inputs: FigureInputs) -> Figure:
         jitter = torch.rand(len(labels), generator=torch.Generator().manual_seed(PLOT_SEED))
         xy = torch.stack([z[:, 0], labels + 0.6 * (jitter - 0.5)], dim=1)
         axes, how = ("z1", "class"), "posterior means"
-    fig = _agg_figure(figsize=(8.5, 6.5))
+    fig = agg_figure(figsize=(8.5, 6.5))
     ax = fig.subplots()
     colours = matplotlib.colormaps["tab10" if len(inputs.class_names) <= 10 else "tab20"]
     for c, name in enumerate(inputs.class_names):  # one scatter per class, for the legend
@@ -389,7 +389,8 @@ def latent_figure(inputs: FigureInputs) -> Figure:
         ax.set_yticks(range(len(inputs.class_names)), inputs.class_names)
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
-    ax.set_title(f"Latent space: {how} of {len(labels)} test images")
+    examples = "rows" if len(inputs.image_shape) == 1 else "images"
+    ax.set_title(f"Latent space: {how} of {len(labels)} test {examples}")
     return fig
 
 
@@ -430,7 +431,7 @@ def manifold_figure(inputs: FigureInputs, steps: int = 20) -> Figure:
 def training_figure(inputs: FigureInputs) -> Figure:
     """Train loss and validation -ELBO (and -IWAE bound, for runs trained on it) per epoch;
     KL per latent dimension at the end."""
-    fig = _agg_figure(figsize=(12, 4.5))
+    fig = agg_figure(figsize=(12, 4.5))
     curves, bars = fig.subplots(1, 2, width_ratios=(1, 1.3))
     epochs = [row["epoch"] for row in inputs.metrics]
     iwae = bool(inputs.metrics) and "val_iwae" in inputs.metrics[0]  # trained on the IWAE bound
@@ -510,7 +511,7 @@ def comparison_figure(summaries: Sequence[RunSummary]) -> Figure:
     """Runs side by side (``pyro-vae compare``): validation ELBO per epoch (left) and, for
     the runs evaluated, test log-likelihood ± its standard error over the test images."""
     evaluated = [summary for summary in summaries if summary.evaluation is not None]
-    fig = _agg_figure(figsize=(12, 4.5) if evaluated else (7, 4.5))
+    fig = agg_figure(figsize=(12, 4.5) if evaluated else (7, 4.5))
     axes = fig.subplots(1, 2 if evaluated else 1, squeeze=False)[0]
     draw_validation_curves(axes[0], {summary.name: summary.metrics for summary in summaries})
     axes[0].set_title("Validation ELBO by epoch")
@@ -567,7 +568,7 @@ def evaluation_figure(
     reference = read_examples(run_dir, test) if same_model(test, evaluated) else None
     if reference is not None:
         samples = {f"{own} test": reference, **samples}
-    fig = _agg_figure(figsize=(7, 4.5))
+    fig = agg_figure(figsize=(7, 4.5))
     axis = fig.subplots()
     bins = np.histogram_bin_edges(np.concatenate(list(samples.values())), bins=60)
     for name, scores in samples.items():

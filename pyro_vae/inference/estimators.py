@@ -69,7 +69,7 @@ class LogDensities:
         return self.log_likelihood + self.log_prior - self.log_guide
 
 
-def _sample_sites(
+def sample_sites(
     trace: poutine.Trace, observed: bool | None = None, auxiliary: bool = False
 ) -> list[dict]:
     """Random-variable sites of a trace (not plates), optionally only (un)observed ones;
@@ -84,9 +84,22 @@ def _sample_sites(
     ]
 
 
-def _log_prob_sum(sites: list[dict]) -> torch.Tensor | float:
+def log_prob_sum(sites: list[dict]) -> torch.Tensor | float:
     """Sum of the sites' (unscaled) log-densities, per (particle, example)."""
     return sum((site["fn"].log_prob(site["value"]) for site in sites), 0.0)
+
+
+def vectorized_traces(
+    model: Callable, guide: Callable, *args, num_particles: int = 1, **kwargs
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """The traces of ``guide`` run with ``num_particles`` particles (an outer plate) and of
+    ``model`` replayed against it."""
+    with pyro.plate("particles", num_particles, dim=-2):
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
+    return guide_trace, model_trace
 
 
 def log_densities(
@@ -100,22 +113,18 @@ def log_densities(
     it); wrap in ``torch.no_grad()`` to evaluate.
     """
     shape = (num_particles, args[0].shape[0])
-    with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
-    latents = _sample_sites(guide_trace)
+    guide_trace, model_trace = vectorized_traces(
+        model, guide, *args, num_particles=num_particles, **kwargs
+    )
+    latents = sample_sites(guide_trace)
     means = [s["fn"].mean.expand(s["value"].shape)[0] for s in latents if s["fn"].event_dim == 1]
     return LogDensities(
-        log_likelihood=torch.as_tensor(_log_prob_sum(_sample_sites(model_trace, True))).expand(
-            shape
-        ),
-        log_prior=torch.as_tensor(_log_prob_sum(_sample_sites(model_trace, False))).expand(shape),
-        log_guide=torch.as_tensor(_log_prob_sum(latents)).expand(shape),
+        log_likelihood=torch.as_tensor(log_prob_sum(sample_sites(model_trace, True))).expand(shape),
+        log_prior=torch.as_tensor(log_prob_sum(sample_sites(model_trace, False))).expand(shape),
+        log_guide=torch.as_tensor(log_prob_sum(latents)).expand(shape),
         posterior_mean=torch.cat(means, dim=-1) if means else None,
         log_auxiliary=torch.as_tensor(
-            _log_prob_sum(_sample_sites(model_trace, auxiliary=True))
+            log_prob_sum(sample_sites(model_trace, auxiliary=True))
         ).expand(shape),
     )
 

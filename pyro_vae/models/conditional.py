@@ -38,6 +38,7 @@ from pyro_vae.components.networks import MultiInputGaussian, MultiInputMLP, mlp
 from pyro_vae.components.priors import Prior, build_prior
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.images import ImageData
+from pyro_vae.data.tables import TableSchema
 from pyro_vae.models.vae import VAE
 
 #: Observed quadrants, as (row half, column half), in the order of Pyro's CVAE
@@ -105,6 +106,7 @@ class LabelCVAE(VAE):
         A prior built on an encoder of x alone (the VampPrior) does not apply.
     :param likelihood: a :class:`~pyro_vae.components.likelihoods.Likelihood` or its registry
         name (options in ``likelihood_options``); default Bernoulli.
+    :param table: the schema of table data (see :class:`~pyro_vae.models.vae.VAE`).
     :param encoder: ``(x, y) -> (loc, scale)``; default MLP over ``[x, y]``.
     :param decoder: ``(z, y) -> likelihood params``; default MLP over ``[z, y]``.
     """
@@ -125,8 +127,11 @@ class LabelCVAE(VAE):
         likelihood: Likelihood | str = "bernoulli",
         prior_options: dict[str, Any] | None = None,
         likelihood_options: dict[str, Any] | None = None,
+        table: TableSchema | None = None,
     ):
-        likelihood = build_likelihood(likelihood, data_dim=data_dim, options=likelihood_options)
+        likelihood = build_likelihood(
+            likelihood, data_dim=data_dim, options=likelihood_options, table=table
+        )
         if not isinstance(prior, ConditionalPrior):
             # encoder=None: this model's encoder also takes y, so a prior built on it cannot be
             prior = LabelIndependentPrior(

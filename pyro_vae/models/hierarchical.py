@@ -39,6 +39,7 @@ from pyro_vae.components.distributions import diagonal_normal
 from pyro_vae.components.likelihoods import Likelihood, build_likelihood
 from pyro_vae.components.networks import Architecture, MultiInputGaussian
 from pyro_vae.components.priors import Prior
+from pyro_vae.data.tables import TableSchema
 from pyro_vae.models.vae import VAE, image_shape_and_arch
 
 
@@ -78,8 +79,11 @@ class HierarchicalVAE(VAE):
         likelihood: Likelihood | str = "bernoulli",
         prior_options: dict[str, Any] | None = None,
         likelihood_options: dict[str, Any] | None = None,
+        table: TableSchema | None = None,
     ):
-        likelihood = build_likelihood(likelihood, data_dim=data_dim, options=likelihood_options)
+        likelihood = build_likelihood(
+            likelihood, data_dim=data_dim, options=likelihood_options, table=table
+        )
         shape, arch = image_shape_and_arch(data_dim, image_shape, arch)
         top = (latent_dim,)  # z2's size, an extra input of the networks of z1 and x
         super().__init__(
@@ -108,10 +112,11 @@ class HierarchicalVAE(VAE):
     @pyro_method
     def guide(self, x: torch.Tensor, *, beta: float = 1.0) -> None:
         r""":math:`q(z_2|x)\,q(z_1|x, z_2)`, the log-densities scaled by ``beta``."""
+        seen = self.likelihood.network_input(x)
         with pyro.plate("data", x.shape[0]):
             with poutine.scale(scale=beta):
-                z2 = pyro.sample("z2", diagonal_normal(*self.encoder(x)))
-                pyro.sample("z1", diagonal_normal(*self.encoder_z1(x, z2)))
+                z2 = pyro.sample("z2", diagonal_normal(*self.encoder(seen)))
+                pyro.sample("z1", diagonal_normal(*self.encoder_z1(seen, z2)))
 
     @torch.no_grad()
     def decode(self, z2: torch.Tensor) -> torch.Tensor:
@@ -123,8 +128,9 @@ class HierarchicalVAE(VAE):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         r"""Likelihood mean at the posterior means: :math:`z_2` of :math:`q(z_2|x)`, then
         :math:`z_1` of :math:`q(z_1|x, z_2)`."""
-        z2 = self.encoder(x)[0]
-        return self.likelihood.mean(self.decoder(self.encoder_z1(x, z2)[0], z2))
+        seen = self.likelihood.network_input(x)
+        z2 = self.encoder(seen)[0]
+        return self.likelihood.mean(self.decoder(self.encoder_z1(seen, z2)[0], z2))
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:

@@ -40,6 +40,7 @@ from pyro_vae.core.checks import check_value, positive, positive_widths
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import lookup
 from pyro_vae.data.images import ImageData
+from pyro_vae.data.tables import TableSchema
 
 _instance_numbers = itertools.count()
 
@@ -121,6 +122,8 @@ class VAE(PyroModule):
         :data:`~pyro_vae.components.likelihoods.LIKELIHOODS`; default ``"bernoulli"`` (logits).
     :param prior_options: options of a prior given by name, e.g. ``{"components": 50}``.
     :param likelihood_options: options of a likelihood given by name, e.g. ``{"scale": "global"}``.
+    :param table: for table data, its :class:`~pyro_vae.data.tables.TableSchema`, from which
+        a likelihood of tables (``"mixed"``) is built.
 
     Use with Pyro directly::
 
@@ -143,6 +146,7 @@ class VAE(PyroModule):
         likelihood: Likelihood | str = "bernoulli",
         prior_options: dict[str, Any] | None = None,
         likelihood_options: dict[str, Any] | None = None,
+        table: TableSchema | None = None,
     ):
         super().__init__(name=unique_pyro_name("vae"))
         # the checks of the options of the same names
@@ -152,7 +156,7 @@ class VAE(PyroModule):
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.likelihood = build_likelihood(
-            likelihood, data_dim=data_dim, options=likelihood_options
+            likelihood, data_dim=data_dim, options=likelihood_options, table=table
         )
         image_shape, arch = image_shape_and_arch(data_dim, image_shape, arch)
         self.encoder = (
@@ -201,7 +205,7 @@ class VAE(PyroModule):
     def guide(self, x: torch.Tensor, *conditions: torch.Tensor, beta: float = 1.0) -> None:
         r""":math:`q(z|x, c)`, with :math:`\log q(z|x, c)` scaled by ``beta``."""
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x, *conditions)
+            loc, scale = self.encoder(self.likelihood.network_input(x), *conditions)
             with poutine.scale(scale=beta):
                 pyro.sample("z", diagonal_normal(loc, scale))
 
@@ -210,7 +214,7 @@ class VAE(PyroModule):
         self, x: torch.Tensor, *conditions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and scale of q(z|x, c)."""
-        return self.encoder(x, *conditions)
+        return self.encoder(self.likelihood.network_input(x), *conditions)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, *conditions: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ METRICS_FILE = "metrics.jsonl"
 #: Per-image estimates, written beside each result file (``eval_examples.npz``, ...):
 #: what a paired comparison of two runs on the same images needs.
 EXAMPLES_SUFFIX = "_examples.npz"
+#: Suffix of the per-row estimates of a table's rows, as a table.
+ROWS_SUFFIX = "_rows.csv"
 
 
 def save_config(run_dir: Path, config: TrainConfig) -> None:
@@ -120,6 +122,12 @@ def examples_path(run_dir: str | Path, split: str = "test", dataset: str | None 
     """Where :func:`evaluate_run` writes the per-image estimates beside its summary: arrays
     ``log_likelihood``, ``elbo`` and ``kl``, one entry per image, in nats."""
     return Path(run_dir) / f"{evaluation_stem(split, dataset)}{EXAMPLES_SUFFIX}"
+
+
+def rows_path(run_dir: str | Path, split: str = "test", dataset: str | None = None) -> Path:
+    """Where :func:`evaluate_run` writes the per-row estimates of a table's rows as a
+    table: the row's number in the file, ``log_likelihood``, ``elbo`` and ``kl``."""
+    return Path(run_dir) / f"{evaluation_stem(split, dataset)}{ROWS_SUFFIX}"
 
 
 def read_evaluation(

@@ -20,6 +20,7 @@ from pyro_vae.core import distributed
 from pyro_vae.core.errors import CheckpointError, ConfigError, ConfigTypeError
 from pyro_vae.core.files import make_directory, remove_stale_temporaries
 from pyro_vae.data.images import ImageData
+from pyro_vae.data.tables import TableData
 from pyro_vae.inference.schedules import LR_SCHEDULES
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.callbacks import Callback, ordered_callbacks
@@ -136,13 +137,19 @@ def with_data_facts(
             f"cannot resume {out}: it was trained on images of shape "
             f"{tuple(checkpoint['config']['image_shape'])}, the data has {data.image_shape}"
         )
+    table = data.schema.to_dict() if isinstance(data, TableData) else None
+    if checkpoint is not None and checkpoint["config"].get("table") != table:
+        raise CheckpointError(
+            f"cannot resume {out}: the table's columns, their kinds or statistics differ from "
+            "those it was trained on; resume with the same table file and `columns`"
+        )
     if data.train.shape[0] < config.batch_size:
         raise ConfigError(
             f"`batch_size` {config.batch_size} is larger than the {data.train.shape[0]} training "
             "images; lower `batch_size`"
         )
     return dataclasses.replace(
-        config, image_shape=data.image_shape, num_classes=len(data.class_names)
+        config, image_shape=data.image_shape, num_classes=len(data.class_names), table=table
     )
 
 
@@ -235,10 +242,12 @@ def training_data(config: TrainConfig, data: ImageData | None, device: torch.dev
 def summary(config: TrainConfig, vae: VAE, data: ImageData, device: torch.device) -> str:
     """What is trained on what, in one line for the start of a run."""
     shape = "x".join(map(str, data.image_shape))
+    examples = "rows" if isinstance(data, TableData) else "images"
+    shape = f"{len(data.schema.columns)} columns" if isinstance(data, TableData) else shape
     parameters = sum(p.numel() for p in vae.parameters())
     prior = "learned conditional prior" if config.learns_prior else f"{config.prior} prior"
     return (
         f"{config.model} ({config.arch} networks, {prior}, {config.likelihood} likelihood): "
         f"{parameters:,} parameters; {data.train.shape[0]:,} training and "
-        f"{data.val.shape[0]:,} validation images ({shape}) on {device}"
+        f"{data.val.shape[0]:,} validation {examples} ({shape}) on {device}"
     )

@@ -1,5 +1,5 @@
 r"""Likelihoods p(x|z), one module per kind of data: :mod:`.pixels`, :mod:`.real`,
-and :mod:`.counts`.
+:mod:`.counts` and :mod:`.tables`.
 
 A likelihood maps the decoder's output to a Pyro distribution over a flattened
 data vector (``event_shape == (data_dim,)``), declares the data it accepts and
@@ -44,8 +44,10 @@ from pyro_vae.components.likelihoods.real import (
     LaplaceLikelihood,
     LocationScaleLikelihood,
 )
+from pyro_vae.components.likelihoods.tables import MixedLikelihood, TableDistribution
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import check_option_names, lookup
+from pyro_vae.data.tables import TableSchema
 
 #: Registry of likelihoods by CLI name.
 LIKELIHOODS: dict[str, type[Likelihood]] = {
@@ -59,13 +61,19 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
     "poisson": PoissonLikelihood,
     "negative-binomial": NegativeBinomialLikelihood,
     "zinb": ZeroInflatedNegativeBinomialLikelihood,
+    "mixed": MixedLikelihood,
 }
 
 
 def build_likelihood(
-    likelihood: "Likelihood | str", *, data_dim: int, options: dict[str, Any] | None = None
+    likelihood: "Likelihood | str",
+    *,
+    data_dim: int,
+    options: dict[str, Any] | None = None,
+    table: TableSchema | None = None,
 ) -> Likelihood:
-    """A :class:`Likelihood` from a registry name and options, or ``likelihood`` itself."""
+    """A :class:`Likelihood` from a registry name and options, or ``likelihood`` itself;
+    ``table``: the schema of table data, which a likelihood of tables is built from."""
     if not isinstance(likelihood, str):
         if options:
             raise ConfigError(
@@ -74,7 +82,14 @@ def build_likelihood(
         return likelihood
     cls = lookup(LIKELIHOODS, "likelihood", likelihood)
     check_option_names(LIKELIHOODS, "likelihood", likelihood, options or {})
-    return cls.build(data_dim=data_dim, **(options or {}))
+    if not cls.needs_table:
+        return cls.build(data_dim=data_dim, **(options or {}))
+    if table is None:
+        raise ConfigError(
+            f"the {likelihood!r} likelihood models the rows of a table; train on a table file "
+            "(.csv, .parquet, .h5ad) or choose another likelihood"
+        )
+    return cls.build(data_dim=data_dim, table=table, **(options or {}))
 
 
 def bits_per_dim(log_likelihood: torch.Tensor | float, data_dim: int) -> torch.Tensor | float:
@@ -98,8 +113,10 @@ __all__ = [
     "LaplaceLikelihood",
     "Likelihood",
     "LocationScaleLikelihood",
+    "MixedLikelihood",
     "NegativeBinomialLikelihood",
     "PoissonLikelihood",
+    "TableDistribution",
     "ZeroInflatedNegativeBinomialLikelihood",
     "bits_per_dim",
     "build_likelihood",

@@ -27,6 +27,8 @@ class Likelihood(PyroModule):
     help: str = ""
     options: tuple[Option, ...] = ()
     is_discrete: bool = False
+    #: Built from the schema of a table (``build(..., table=schema)``), for table data only.
+    needs_table: bool = False
     #: Human-readable description of the accepted data, used in error messages.
     domain: str = "real numbers"
     #: What to do about data outside the domain, used in error messages.
@@ -41,6 +43,11 @@ class Likelihood(PyroModule):
 
     def forward(self, params: torch.Tensor) -> dist.TorchDistribution:
         raise NotImplementedError
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of data ``x``: ``x`` itself, unless the likelihood takes
+        data the networks cannot (missing cells, for a table's)."""
+        return x
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z]: what figures show instead of noisy draws."""
