@@ -61,6 +61,7 @@ from pyro_vae.models.conditional import (  # noqa: E402
     LabelCVAE,
 )
 from pyro_vae.models.hierarchical import HierarchicalVAE  # noqa: E402
+from pyro_vae.models.semisupervised import SemiSupervisedVAE  # noqa: E402
 from pyro_vae.models.vae import VAE  # noqa: E402
 from pyro_vae.runs import Run, load_run, read_config, read_metrics  # noqa: E402
 from pyro_vae.training.fit import train  # noqa: E402
@@ -111,6 +112,7 @@ __all__ = [
     "Prior",
     "PyroVAEError",
     "RunInUseError",
+    "SemiSupervisedVAE",
     "Run",
     "StandardNormal",
     "TableData",

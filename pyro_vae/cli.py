@@ -408,6 +408,11 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         ),
         ("KL(q || p)", f"{result[f'{split}_kl']:.2f} nats"),
         *(
+            [("accuracy of q(y|x)", f"{result[f'{split}_accuracy']:.4f}")]
+            if f"{split}_accuracy" in result
+            else []
+        ),
+        *(
             [("bits/dim", f"{result[f'{split}_bits_per_dim']:.4f}")]
             if f"{split}_bits_per_dim" in result
             else []

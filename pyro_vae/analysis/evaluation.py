@@ -40,6 +40,7 @@ from pyro_vae.inference.estimators import (
     auroc,
     estimate_log_likelihood,
 )
+from pyro_vae.models.semisupervised import SemiSupervisedVAE
 from pyro_vae.runs import (
     Run,
     evaluation_path,
@@ -315,7 +316,7 @@ def _evaluate(
         estimates = estimate_log_likelihood(
             run.model.model,
             run.model.guide,
-            *run.model.batch_inputs(images, labels),
+            *run.model.scoring_inputs(images, labels),
             num_samples=settings["num_samples"],
             max_batch=max_batch,
             seed=settings["seed"],
@@ -325,10 +326,24 @@ def _evaluate(
             on_chunk=saved.add,
         )
     result = _summary(run, estimates, split, dataset, settings["seed"], saved.seconds)
+    if isinstance(run.model, SemiSupervisedVAE) and dataset is None:
+        result[f"{split}_accuracy"] = label_accuracy(run.model, images, labels)
     if world.is_main:
         _write_result(run.dir, result, estimates, rows, (split, dataset))
         saved.remove()  # the result is written: what led to it can go
     return result
+
+
+@torch.no_grad()
+def label_accuracy(
+    vae: SemiSupervisedVAE, images: torch.Tensor, labels: torch.Tensor, batch: int = 10_000
+) -> float:
+    """The share of ``images`` whose most probable label under :math:`q(y|x)` is theirs."""
+    right = sum(
+        int((vae.classify(x) == y).sum())
+        for x, y in zip(images.split(batch), labels.split(batch), strict=True)
+    )
+    return right / max(1, len(labels))
 
 
 def _other_dataset(config: TrainConfig, dataset: str | None) -> str | None:

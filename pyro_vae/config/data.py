@@ -55,6 +55,14 @@ class DataConfig:
         group=DATA,
         metavar="NAME",
     )
+    labels: int | None = option(
+        None,
+        "semi-supervised: keep the labels of N training images, balanced over the classes "
+        "and chosen with `seed`; the others are unlabelled (default: all are labelled)",
+        group=DATA,
+        check=positive,
+        metavar="N",
+    )
     data_root: str | None = option(
         None,
         f"where to look for (and download) the data; default {DEFAULT_DATA_ROOT} "

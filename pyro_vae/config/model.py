@@ -9,7 +9,7 @@ from pyro_vae.components.likelihoods import LIKELIHOODS
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.components.priors import PRIORS
 from pyro_vae.config.fields import MODEL, check_fields, option
-from pyro_vae.core.checks import positive, positive_widths
+from pyro_vae.core.checks import positive, positive_number, positive_widths
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import Factory, parse_options
 from pyro_vae.data.tables import TableSchema
@@ -20,6 +20,7 @@ from pyro_vae.models.conditional import (
     LabelCVAE,
 )
 from pyro_vae.models.hierarchical import HierarchicalVAE
+from pyro_vae.models.semisupervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 
 # The prior and the likelihood go in by registry name with their options: each
@@ -64,6 +65,21 @@ def _label_cvae(config: "ModelConfig", image_shape: tuple[int, ...], num_classes
     )
 
 
+def _semi_supervised(config: "ModelConfig", image_shape: tuple[int, ...], num_classes: int) -> VAE:
+    return SemiSupervisedVAE(
+        math.prod(image_shape),
+        num_classes,
+        config.latent_dim,
+        config.hidden_dims,
+        classifier_weight=config.classifier_weight or 1.0,  # set from the data by train()
+        prior=config.prior,
+        likelihood=config.likelihood,
+        prior_options=dict(config.prior_options),
+        likelihood_options=dict(config.likelihood_options),
+        table=config.table_schema,
+    )
+
+
 def _completion(config: "ModelConfig", image_shape: tuple[int, ...], num_classes: int) -> VAE:
     return CompletionCVAE(
         image_shape,
@@ -89,6 +105,11 @@ MODELS: dict[str, Factory[VAE]] = {
         "structured-output CVAE generating the missing quadrants of an image from the "
         "observed ones",
     ),
+    "semi-supervised": Factory(
+        _semi_supervised,
+        "M2 of Kingma et al. (2014): p(y) p(z) p(x|y,z) with a classifier q(y|x), the "
+        "label summed out by enumeration where `labels` leaves it unknown",
+    ),
 }
 #: The models whose networks ``arch`` chooses (the conditional ones are MLPs over x and c).
 ARCH_MODELS = ("vae", "hvae")
@@ -112,6 +133,15 @@ class ModelConfig:
     )
     conditional_prior: bool = option(
         False, "cvae: learn a Gaussian p(z|y) per class instead of using `prior`", group=MODEL
+    )
+    classifier_weight: float | None = option(
+        None,
+        "semi-supervised: alpha, the weight of log q(y|x) per labelled image (default: 0.1 x "
+        "training images / labelled images, Kingma et al.'s alpha = 0.1 N on their "
+        "objective summed over the data set)",
+        group=MODEL,
+        check=positive_number,
+        metavar="ALPHA",
     )
     latent_dim: int = option(50, "size of z", group=MODEL, check=positive)
     hidden_dims: tuple[int, ...] = option(
@@ -159,6 +189,11 @@ class ModelConfig:
                 f"`arch={self.arch!r}` is available for `model` {' and '.join(ARCH_MODELS)}; "
                 f"the {self.model} model's networks are MLPs over the data and the condition. "
                 "Drop `arch` or choose one of those models"
+            )
+        if self.classifier_weight is not None and self.model != "semi-supervised":
+            raise ConfigError(
+                "`classifier_weight` weighs the classifier of `model='semi-supervised'`; "
+                "drop it or use that model"
             )
         if self.conditional_prior and self.model != "cvae":
             raise ConfigError(

@@ -155,6 +155,16 @@ class TrainConfig(ModelConfig, DataConfig):
                 "`model='completion'` and `arch='conv'` need images; for a table use the "
                 "vae, hvae or cvae model with mlp networks"
             )
+        if self.labels is not None and self.model != "semi-supervised":
+            raise ConfigError(
+                "`labels` hides the other training labels, which only "
+                "`model='semi-supervised'` can learn without; drop it or use that model"
+            )
+        if self.model == "semi-supervised" and self.objective != "elbo":
+            raise ConfigError(
+                "`model='semi-supervised'` trains on the ELBO with its label enumerated "
+                "(TraceEnum_ELBO); drop `objective`"
+            )
         if self.objective == "iwae" and (self.beta != 1 or self.warmup_epochs):
             raise ConfigError(
                 "`objective='iwae'` has no separate KL term to scale; drop `beta` and "

@@ -203,6 +203,30 @@ class ImageData:
         return replace(self, **tensors)
 
 
+def keep_labels(data: ImageData, num: int, seed: int) -> ImageData:
+    """A copy of ``data`` whose training images keep their label for ``num`` of them, an
+    equal number per class (the first ``num % classes`` classes one more), chosen with
+    ``seed``; the others get the label -1 (unknown). :class:`ConfigError` if a class has
+    too few images."""
+    labels = data.train_labels.cpu()
+    classes = len(data.class_names)
+    generator = torch.Generator().manual_seed(seed)
+    kept = []
+    for label in range(classes):
+        wanted = num // classes + (label < num % classes)
+        members = torch.nonzero(labels == label).flatten()
+        if len(members) < wanted:
+            raise ConfigError(
+                f"`labels={num}` keeps {wanted} labels of class {data.class_names[label]!r}, "
+                f"which has {len(members)} training images; keep fewer labels"
+            )
+        kept.append(members[torch.randperm(len(members), generator=generator)[:wanted]])
+    hidden = torch.full_like(labels, -1)
+    index = torch.cat(kept)
+    hidden[index] = labels[index]
+    return replace(data, train_labels=hidden.to(data.train_labels.device))
+
+
 def draw_binary(probabilities: torch.Tensor) -> torch.Tensor:
     """A Bernoulli draw of every element, :math:`x_i = [u_i < p_i]`, as a tensor like
     ``probabilities``, determined by torch's global RNG state (which exact resume restores).

@@ -37,7 +37,6 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
@@ -50,8 +49,11 @@ from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.files import atomic_write, check_writable, make_directory
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData, load_images
+from pyro_vae.figures.canvas import DPI, agg_figure
+from pyro_vae.figures.classification import confusion_figure
 from pyro_vae.figures.samples import save_grid
 from pyro_vae.inference.estimators import auroc
+from pyro_vae.models.semisupervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE
 from pyro_vae.runs import (
     Run,
@@ -69,9 +71,8 @@ NUM_PRIOR_SAMPLES = 20_000
 TRAVERSAL_RANGE = 3.0
 #: The manifold grid spans these marginal quantiles (Kingma & Welling 2014, fig. 4).
 MANIFOLD_QUANTILES = (0.05, 0.95)
-#: Resolution of saved figures. An image tile is TILE_INCHES wide (a 28x28 image at ~2x
-#: zoom), smaller where a grid would exceed GRID_INCHES (keeping PNGs well under 500 KB).
-DPI = 100
+#: An image tile is TILE_INCHES wide (a 28x28 image at ~2x zoom, at the canvas's DPI),
+#: smaller where a grid would exceed GRID_INCHES (keeping PNGs well under 500 KB).
 TILE_INCHES = 0.6
 GRID_INCHES = 8.0
 #: Seed of every random choice in the figures (prior samples), so re-plotting is identical.
@@ -244,13 +245,6 @@ def _show_grid(
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
-
-
-def agg_figure(figsize: tuple[float, float]) -> Figure:
-    """A figure drawn by the Agg backend, whatever pyplot's backend is."""
-    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _grid_figure(
@@ -674,4 +668,9 @@ def plot_run(
             data.image_shape,
             read_metrics(run_dir),
         )
-        return save_figures(inputs, out)
+        paths = save_figures(inputs, out)
+        if isinstance(vae, SemiSupervisedVAE):  # a classifier: its test predictions
+            save_png(confusion_figure(vae, data.test, data.test_labels, data.class_names),
+                     out / "confusion.png")  # fmt: skip
+            paths.append(out / "confusion.png")
+        return paths

@@ -22,10 +22,10 @@ from pyro_vae.analysis.tables import generate_rows
 from pyro_vae.core.files import check_writable
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.tables import Column, TableData, table_frame
+from pyro_vae.figures.canvas import agg_figure
 from pyro_vae.figures.plots import (
     PLOT_SEED,
     FigureInputs,
-    agg_figure,
     latent_figure,
     save_png,
     training_figure,

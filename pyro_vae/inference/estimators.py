@@ -54,7 +54,13 @@ ChunkResults = dict[str, torch.Tensor]
 
 @dataclass
 class LogDensities:
-    """Per (particle, example) log-densities of one vectorized model/guide pass."""
+    r"""Per (particle, example) log-densities of one vectorized model/guide pass.
+
+    With a discrete latent site enumerated in the guide (``infer={"enumerate":
+    "parallel"}``, summed out exactly), the first three are expectations over its values
+    under the guide, :math:`\sum_y q(y|x)\,[\cdot]` (``log_guide`` including
+    :math:`\log q(y|x)`), and ``log_weights`` the sum :math:`\log \sum_y w_{k,y}`.
+    """
 
     log_likelihood: torch.Tensor  # sum over observed model sites, log p(x|z)
     log_prior: torch.Tensor  # sum over latent model sites, log p(z)
@@ -63,9 +69,11 @@ class LogDensities:
     # latent (the HVAE's z1) has its mean given the first particle's value of that latent
     posterior_mean: torch.Tensor | None
     log_auxiliary: torch.Tensor  # sum over auxiliary observed sites (training-only terms)
+    log_weights: torch.Tensor  # log p(x, z_k) - log q(z_k | x), enumerated sites summed out
 
     @property
-    def log_weights(self) -> torch.Tensor:
+    def elbo_terms(self) -> torch.Tensor:
+        """Per particle, the single-sample ELBO: log p(x|z) + log p(z) - log q(z|x)."""
         return self.log_likelihood + self.log_prior - self.log_guide
 
 
@@ -92,14 +100,32 @@ def log_prob_sum(sites: list[dict]) -> torch.Tensor | float:
 def vectorized_traces(
     model: Callable, guide: Callable, *args, num_particles: int = 1, **kwargs
 ) -> tuple[poutine.Trace, poutine.Trace]:
-    """The traces of ``guide`` run with ``num_particles`` particles (an outer plate) and of
-    ``model`` replayed against it."""
+    """The traces of ``guide`` run with ``num_particles`` particles (an outer plate at dim
+    -2) and of ``model`` replayed against it; a guide site marked
+    ``infer={"enumerate": "parallel"}`` takes all its values at once, in dims left of -2."""
     with pyro.plate("particles", num_particles, dim=-2):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        guide_trace = poutine.trace(poutine.enum(guide, first_available_dim=-3)).get_trace(
+            *args, **kwargs
+        )
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             *args, **kwargs
         )
     return guide_trace, model_trace
+
+
+def _is_enumerated(site: dict) -> bool:
+    return site["infer"].get("enumerate") == "parallel"
+
+
+def _posterior_mean(site: dict, weight: torch.Tensor, enumerated: list) -> torch.Tensor | None:
+    """E_q of a vector latent site per example (its first particle's, ``(batch, d)``),
+    averaged over the values of enumerated sites with their weights; None for others."""
+    if site["fn"].event_dim != 1:
+        return None
+    mean = site["fn"].mean.expand(site["value"].shape)
+    if enumerated:
+        mean = (weight.unsqueeze(-1) * mean).reshape(-1, *mean.shape[-3:]).sum(0)
+    return mean[0]
 
 
 def log_densities(
@@ -109,7 +135,8 @@ def log_densities(
 
     ``model`` and ``guide`` are called with ``*args, **kwargs``; the batch size is
     read from the first argument. Every tensor comes out with shape
-    ``(num_particles, batch)``. Differentiable (the IWAE objective trains through
+    ``(num_particles, batch)``: the values of enumerated guide sites are summed out
+    (see :class:`LogDensities`). Differentiable (the IWAE objective trains through
     it); wrap in ``torch.no_grad()`` to evaluate.
     """
     shape = (num_particles, args[0].shape[0])
@@ -117,15 +144,32 @@ def log_densities(
         model, guide, *args, num_particles=num_particles, **kwargs
     )
     latents = sample_sites(guide_trace)
-    means = [s["fn"].mean.expand(s["value"].shape)[0] for s in latents if s["fn"].event_dim == 1]
+    enumerated = [site for site in latents if _is_enumerated(site)]
+    log_q_enumerated = torch.as_tensor(log_prob_sum(enumerated))
+    weight = log_q_enumerated.exp()  # q(y|x) of every enumerated value, 1 without any
+
+    def expected(log_p: torch.Tensor | float) -> torch.Tensor:
+        """``sum_y q(y|x) log_p`` over the enumeration dims, as ``(particles, batch)``."""
+        terms = (weight * log_p).reshape(-1, *shape) if enumerated else torch.as_tensor(log_p)
+        return terms.sum(0) if enumerated else terms.expand(shape)
+
+    log_likelihood = log_prob_sum(sample_sites(model_trace, True))
+    log_prior = log_prob_sum(sample_sites(model_trace, False))
+    log_guide = log_prob_sum([site for site in latents if not _is_enumerated(site)])
+    log_w = torch.as_tensor(log_likelihood + log_prior - log_guide).expand(
+        *log_q_enumerated.shape[:-2], *shape
+    )
+    means = [_posterior_mean(site, weight, enumerated) for site in latents]
+    means = [mean for mean in means if mean is not None]
     return LogDensities(
-        log_likelihood=torch.as_tensor(log_prob_sum(sample_sites(model_trace, True))).expand(shape),
-        log_prior=torch.as_tensor(log_prob_sum(sample_sites(model_trace, False))).expand(shape),
-        log_guide=torch.as_tensor(log_prob_sum(latents)).expand(shape),
+        log_likelihood=expected(log_likelihood),
+        log_prior=expected(log_prior),
+        log_guide=expected(log_guide + log_q_enumerated),
         posterior_mean=torch.cat(means, dim=-1) if means else None,
         log_auxiliary=torch.as_tensor(
             log_prob_sum(sample_sites(model_trace, auxiliary=True))
         ).expand(shape),
+        log_weights=torch.logsumexp(log_w.reshape(-1, *shape), 0) if enumerated else log_w,
     )
 
 
@@ -417,7 +461,7 @@ def _estimate_chunk(
         log_w = dens.log_weights
         part = torch.logsumexp(log_w, dim=0)
         log_sum_w = part if log_sum_w is None else torch.logaddexp(log_sum_w, part)
-        sum_log_w = sum_log_w + log_w.sum(dim=0)
+        sum_log_w = sum_log_w + dens.elbo_terms.sum(dim=0)
         sum_kl = sum_kl + (dens.log_guide - dens.log_prior).sum(dim=0)
         mean = dens.posterior_mean if mean is None else mean
     return {

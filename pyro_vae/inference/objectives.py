@@ -113,6 +113,28 @@ def _elbo(elbo_class: type[pyro.infer.ELBO]) -> Callable[[int], Objective]:
     return make
 
 
+def enumerated_elbo(num_particles: int) -> Objective:
+    """The ELBO with the guide's enumerated discrete sites summed out exactly
+    (:class:`~pyro.infer.TraceEnum_ELBO`), for models whose ``enumerates`` is true; also
+    without gradients (``differentiable_loss`` refuses to run then)."""
+    elbo = pyro.infer.TraceEnum_ELBO(
+        num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1
+    )
+
+    def loss(model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return elbo.differentiable_loss(model, guide, *args, **kwargs)
+        return torch.tensor(elbo.loss(model, guide, *args, **kwargs))
+
+    return loss
+
+
+def objective(name: str, num_particles: int, enumerates: bool = False) -> Objective:
+    """The objective registered as ``name``, or, for a model that enumerates a discrete
+    site, :func:`enumerated_elbo` (the only one such a model trains on)."""
+    return enumerated_elbo(num_particles) if enumerates else OBJECTIVES[name](num_particles)
+
+
 #: Registry: name -> factory taking the number of particles.
 OBJECTIVES: dict[str, Factory[Objective]] = {
     "elbo": Factory(_elbo(ReparamTrace_ELBO), "Trace_ELBO (without its host reads)"),

@@ -184,6 +184,9 @@ class VAE(PyroModule):
     #: Whether ``model`` and ``guide`` take the images' labels (then only images of the
     #: dataset the model was trained on can be scored).
     conditions_on_labels = False
+    #: Whether the guide has a discrete site enumerated in parallel, which the training
+    #: objective must sum out (:class:`~pyro.infer.TraceEnum_ELBO`).
+    enumerates = False
 
     def batch_inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The ``model``/``guide`` arguments ``(x, *conditions)`` for a batch of images.
@@ -192,6 +195,14 @@ class VAE(PyroModule):
         override it; the plain VAE models the images and ignores the labels.
         """
         return (images,)
+
+    def scoring_inputs(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The ``model``/``guide`` arguments with which validation and ``evaluate`` score
+        images: :meth:`batch_inputs`, unless a model scores images without labels it
+        trains with (the semi-supervised VAE)."""
+        return self.batch_inputs(images, labels)
 
     @pyro_method
     def model(self, x: torch.Tensor, *conditions: torch.Tensor, beta: float = 1.0) -> None:

@@ -19,9 +19,10 @@ from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import CheckpointError, ConfigError, ConfigTypeError
 from pyro_vae.core.files import make_directory, remove_stale_temporaries
-from pyro_vae.data.images import ImageData
+from pyro_vae.data.images import ImageData, keep_labels
 from pyro_vae.data.tables import TableData
 from pyro_vae.inference.schedules import LR_SCHEDULES
+from pyro_vae.models.semisupervised import kingma_classifier_weight
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.callbacks import Callback, ordered_callbacks
 from pyro_vae.training.guards import check_model_and_guide
@@ -91,6 +92,8 @@ def train(
         pyro.clear_param_store()
         pyro.set_rng_seed(config.seed)
         data = training_data(config, data, device)
+        if config.labels is not None:
+            data = keep_labels(data, config.labels, config.seed)
         config = with_data_facts(config, data, checkpoint, out)
         vae = _model(config, data, device)
         log = world.main_only(log)
@@ -130,8 +133,9 @@ def _run(trainer: Trainer, checkpoint: dict | None) -> None:
 def with_data_facts(
     config: TrainConfig, data: ImageData, checkpoint: dict | None, out: Path
 ) -> TrainConfig:
-    """A copy of ``config`` with the facts of ``data`` (image shape, number of classes),
-    checked against the run being resumed."""
+    """A copy of ``config`` with the facts of ``data`` (image shape, number of classes, a
+    table's schema; the semi-supervised model's default classifier weight), checked
+    against the run being resumed."""
     if checkpoint is not None and tuple(checkpoint["config"]["image_shape"]) != data.image_shape:
         raise CheckpointError(
             f"cannot resume {out}: it was trained on images of shape "
@@ -148,9 +152,11 @@ def with_data_facts(
             f"`batch_size` {config.batch_size} is larger than the {data.train.shape[0]} training "
             "images; lower `batch_size`"
         )
-    return dataclasses.replace(
-        config, image_shape=data.image_shape, num_classes=len(data.class_names), table=table
-    )
+    facts = {"image_shape": data.image_shape, "num_classes": len(data.class_names)}
+    if config.model == "semi-supervised" and config.classifier_weight is None:
+        labelled = int((data.train_labels >= 0).sum())
+        facts["classifier_weight"] = kingma_classifier_weight(data.train.shape[0], labelled)
+    return dataclasses.replace(config, table=table, **facts)
 
 
 def _model(config: TrainConfig, data: ImageData, device: torch.device) -> VAE:
@@ -206,7 +212,9 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> dict | None
         )
     checkpoint = runs.load_checkpoint(out, keys=runs.CHECKPOINT_KEYS)
     saved = runs.checkpoint_config(checkpoint, out)
-    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, *DATA_FIELDS))
+    # a weight left to its default is set from the data again, as it was
+    from_data = ("classifier_weight",) if config.classifier_weight is None else ()
+    changed = saved.differences(config, ignore=(*RESUMABLE_CHANGES, *DATA_FIELDS, *from_data))
     if changed:
         listed = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in changed.items())
         raise CheckpointError(

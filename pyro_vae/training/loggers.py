@@ -102,7 +102,9 @@ class TensorBoardLogger(Callback):
 
     def _kl(self, trainer: Trainer) -> float:
         data, vae = trainer.data, trainer.vae
-        inputs = vae.batch_inputs(data.val[: self.kl_examples], data.val_labels[: self.kl_examples])
+        inputs = vae.scoring_inputs(
+            data.val[: self.kl_examples], data.val_labels[: self.kl_examples]
+        )
         densities = log_densities(vae.model, vae.guide, *inputs)
         return (densities.log_guide - densities.log_prior).mean().item()
 

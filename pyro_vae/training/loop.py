@@ -69,7 +69,7 @@ from pyro_vae.core.errors import NumericalError
 from pyro_vae.core.seeding import seeded
 from pyro_vae.data.images import ImageData
 from pyro_vae.inference.estimators import bound_per_example
-from pyro_vae.inference.objectives import OBJECTIVES
+from pyro_vae.inference.objectives import objective
 from pyro_vae.models.vae import VAE
 from pyro_vae.training.callbacks import Callback, CallbackList
 from pyro_vae.training.checkpointing import checkpoint_state, position, restore_state, set_rng
@@ -105,7 +105,7 @@ def validation_bound(vae: VAE, *inputs: torch.Tensor, num_particles: int = 1) ->
     """Mean over examples of the ``num_particles``-sample importance-weighted bound (one:
     the single-sample ELBO), in nats, with a fixed seed.
 
-    :param inputs: the model's arguments for the validation set, ``vae.batch_inputs(...)``.
+    :param inputs: the model's arguments for the validation set, ``vae.scoring_inputs(...)``.
     """
     was_training = vae.training
     vae.eval()
@@ -172,7 +172,7 @@ def metrics_row(trainer: "Trainer") -> dict[str, Any]:
     the learning rate and the time."""
     p, config, spe = trainer.progress, trainer.config, trainer.steps_per_epoch
     vae, data = trainer.vae, trainer.data
-    val_inputs = vae.batch_inputs(data.val, data.val_labels)
+    val_inputs = vae.scoring_inputs(data.val, data.val_labels)
     row = {
         "epoch": p.epoch,
         "train_loss": p.loss_sum / trainer.num_train,
@@ -222,7 +222,7 @@ class Trainer:
         self.config, self.out, self.vae, self.optimizer = config, out, vae, optimizer
         self.data, self.show_progress, self.log, self.world = data, progress, log, world
         self.device = data.train.device
-        self.loss_fn = OBJECTIVES[config.objective](config.particles)
+        self.loss_fn = objective(config.objective, config.particles, vae.enumerates)
         self.steps = StepRunner(config, vae, optimizer, self.loss_fn, world, self.device, log)
         self.num_train = data.train.shape[0]
         self.steps_per_epoch = math.ceil(self.num_train / config.batch_size)
