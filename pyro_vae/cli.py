@@ -468,26 +468,17 @@ def _add_sample_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="C",
-        help="class to sample (cvae), or class of the test images to complete (completion)",
+        help="class to sample (cvae, semi-supervised), or class of the test images to "
+        "complete (completion)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(handler=_run_sample)
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    if read_config(args.run).table is not None:
-        path = sample_rows_run(
-            args.run,
-            args.out,
-            num=args.num,
-            label=args.label,
-            seed=args.seed,
-            device=args.device,
-            checkpoint=args.checkpoint,
-        )
-        print(f"{args.num} rows written to {path}")
-        return
-    path = sample_run(
+    table = read_config(args.run).table is not None
+    draw = sample_rows_run if table else sample_run  # rows of a table, else an image grid
+    path = draw(
         args.run,
         args.out,
         num=args.num,
@@ -496,7 +487,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         device=args.device,
         checkpoint=args.checkpoint,
     )
-    print(f"samples written to {path}")
+    print(f"{args.num} rows written to {path}" if table else f"samples written to {path}")
 
 
 def _add_encode_parser(subparsers: argparse._SubParsersAction) -> None:

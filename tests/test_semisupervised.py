@@ -3,6 +3,7 @@ log p(x) with the label summed out, labels kept, and the command-line path."""
 
 import json
 import math
+import signal
 
 import numpy as np
 import pyro.distributions as dist
@@ -10,13 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import make_tiny_data, write_tiny_image_file
+from test_reliability import assert_same_run, start_training
 
 from pyro_vae import ConfigError, TrainConfig
 from pyro_vae.cli import main
-from pyro_vae.data.images import keep_labels
+from pyro_vae.data.images import keep_labels, repeat_labelled
 from pyro_vae.inference.estimators import estimate_log_likelihood
 from pyro_vae.inference.objectives import enumerated_elbo
 from pyro_vae.models.semisupervised import SemiSupervisedVAE
+from pyro_vae.runs import load_checkpoint
 
 C, D = 3, 4
 
@@ -94,6 +97,17 @@ def test_kept_labels_are_balanced_seeded_and_the_rest_unknown():
         keep_labels(data, 10_000, seed=0)
 
 
+def test_labelled_images_are_repeated_to_about_half_of_an_epoch():
+    data = keep_labels(make_tiny_data(), 20, seed=0)  # 20 labelled, 492 unlabelled
+    repeated = repeat_labelled(data)
+    known = repeated.train_labels >= 0
+    assert int(known.sum()) == 20 * 24 and int((~known).sum()) == 492
+    assert torch.equal(repeated.train[: len(data.train)], data.train)
+    again = repeated.train[len(data.train) :].reshape(23, 20, -1)
+    assert all(torch.equal(copy, data.train[data.train_labels >= 0]) for copy in again)
+    assert repeat_labelled(make_tiny_data()).train.shape == data.train.shape  # all labelled
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -129,6 +143,21 @@ def test_the_cli_trains_evaluates_samples_plots_and_resumes(tmp_path):
     assert main(["sample", "--run", run, "--out", str(tmp_path / "grid.png"), "--num", "8"]) == 0
     assert main(["plot", "--run", run]) == 0
     assert (tmp_path / "run" / "figures" / "confusion.png").is_file()
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    write_tiny_image_file(tmp_path / "images.npz")
+    options = ["--dataset", str(tmp_path / "images.npz"), "--model", "semi-supervised"]
+    options += ["--labels", "40", "--latent-dim", "4", "--hidden-dim", "32", "--epochs", "2"]
+    options += ["--batch-size", "64", "--no-progress", "--device", "cpu"]
+    assert main(["train", *options, "--out", str(tmp_path / "straight")]) == 0
+    out = tmp_path / "run"
+    process = start_training([*options, "--checkpoint-every", "1"], out, resume=False)
+    process.kill()
+    assert process.wait() == -signal.SIGKILL  # killed while training, not after the end
+    assert load_checkpoint(out)["epoch"] < 2
+    assert main(["train", *options, "--out", str(out), "--resume"]) == 0
+    assert_same_run(out, tmp_path / "straight")
 
 
 def test_samples_hold_the_style_and_change_the_class(tiny_model):

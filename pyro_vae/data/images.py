@@ -227,6 +227,22 @@ def keep_labels(data: ImageData, num: int, seed: int) -> ImageData:
     return replace(data, train_labels=hidden.to(data.train_labels.device))
 
 
+def repeat_labelled(data: ImageData) -> ImageData:
+    """A copy of ``data`` whose labelled training images (label 0 or more) are repeated
+    until they are about as many as the unlabelled ones, so that every batch holds
+    labelled images in the proportion of Kingma et al.'s (2014) training, which draws a
+    labelled and an unlabelled batch at every step. Unchanged when the labelled images
+    are not outnumbered."""
+    known = data.train_labels >= 0
+    labelled, unlabelled = int(known.sum()), int((~known).sum())
+    extra = unlabelled // labelled - 1 if labelled else 0
+    if extra < 1:
+        return data
+    images = torch.cat([data.train, data.train[known].repeat(extra, 1)])
+    labels = torch.cat([data.train_labels, data.train_labels[known].repeat(extra)])
+    return replace(data, train=images, train_labels=labels)
+
+
 def draw_binary(probabilities: torch.Tensor) -> torch.Tensor:
     """A Bernoulli draw of every element, :math:`x_i = [u_i < p_i]`, as a tensor like
     ``probabilities``, determined by torch's global RNG state (which exact resume restores).

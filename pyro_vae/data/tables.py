@@ -149,11 +149,6 @@ class TableSchema:
             }
         )
 
-    def cell_mask(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Which cells ``(N, columns)`` of the vectors are observed (not NaN)."""
-        first = torch.as_tensor(self.offsets, device=vectors.device)
-        return ~torch.isnan(vectors[:, first])
-
 
 def _key(value: Any) -> Any:
     """A cell's value as a JSON-able key: whole numbers as int, other numbers as float,

@@ -19,7 +19,7 @@ from pyro_vae.config import DATA_FIELDS, TrainConfig, resolve_device
 from pyro_vae.core import distributed
 from pyro_vae.core.errors import CheckpointError, ConfigError, ConfigTypeError
 from pyro_vae.core.files import make_directory, remove_stale_temporaries
-from pyro_vae.data.images import ImageData, keep_labels
+from pyro_vae.data.images import ImageData, keep_labels, repeat_labelled
 from pyro_vae.data.tables import TableData
 from pyro_vae.inference.schedules import LR_SCHEDULES
 from pyro_vae.models.semisupervised import kingma_classifier_weight
@@ -95,6 +95,8 @@ def train(
         if config.labels is not None:
             data = keep_labels(data, config.labels, config.seed)
         config = with_data_facts(config, data, checkpoint, out)
+        if config.labels is not None:
+            data = repeat_labelled(data)
         vae = _model(config, data, device)
         log = world.main_only(log)
         if checkpoint is None and config.init_from is not None:
