@@ -26,17 +26,23 @@ def test_expand_to_own_shape_is_the_distribution_itself():
     assert normal.expand(torch.Size([5])) is normal
 
 
-def test_real_expansion_is_torchs():
+def test_a_real_expansion_gives_torchs_values_bit_for_bit():
     loc, scale = torch.randn(5, 3), torch.rand(5, 3) + 0.1
     expanded = diagonal_normal(loc, scale).expand((4, 5))
+    theirs = dist.Normal(loc, scale).to_event(1).expand((4, 5))
     assert isinstance(expanded, Independent)
     assert expanded.batch_shape == (4, 5) and expanded.event_shape == (3,)
+    assert expanded.base_dist.unexpanded == (loc, scale)  # what the log-density reads
+    torch.manual_seed(0)
+    ours_drawn = expanded.rsample((2,))
+    torch.manual_seed(0)
+    assert torch.equal(ours_drawn, theirs.rsample((2,)))
+    assert ours_drawn.shape == (2, 4, 5, 3)
     x = torch.randn(4, 5, 3)
-    torch.testing.assert_close(
-        expanded.log_prob(x), dist.Normal(loc, scale).to_event(1).expand((4, 5)).log_prob(x)
-    )
+    assert torch.equal(expanded.log_prob(x), theirs.log_prob(x))
     prior = diagonal_normal(torch.zeros(3), torch.ones(3))  # batch shape (): to the batch
     assert prior.expand((5,)).batch_shape == (5,)
+    assert prior.expand((5,)).sample().shape == (5, 3)
 
 
 def test_a_site_in_a_plate_keeps_the_distribution_object():

@@ -12,6 +12,8 @@ modified after construction); any real expansion, such as a prior of batch
 shape ``()`` to the batch, or ``(B,)`` to ``(K, B)`` particles, is torch's.
 """
 
+import math
+
 import pyro.distributions as dist
 import torch
 
@@ -36,7 +38,38 @@ def independent(base: dist.TorchDistribution, event_dims: int = 1) -> Independen
     return Independent(base, event_dims)
 
 
+class BroadcastNormal(dist.Normal):
+    r""":class:`pyro.distributions.Normal` whose log-density, once expanded, broadcasts the
+    parameters as they were before the expansion.
+
+    torch's ``log_prob`` of an expanded Normal computes :math:`\sigma^2` and
+    :math:`\log \sigma` on the expanded views: ``K`` times per example for ``K``
+    particles, once per example for a prior. From the parameters before the expansion the
+    values are the same, bit for bit, for a fraction of the work (a few per cent of an
+    importance-weighted evaluation's pass). Everything else (draws, means, KL
+    divergences) is torch's, on the expanded views.
+    """
+
+    #: ``(loc, scale)`` before the first expansion; None for a distribution never expanded
+    unexpanded: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def expand(self, batch_shape: torch.Size, _instance: dist.Normal | None = None) -> dist.Normal:
+        new = super().expand(batch_shape, _instance)
+        new.unexpanded = self.unexpanded or (self.loc, self.scale)
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        loc, scale = self.unexpanded or (self.loc, self.scale)
+        # torch's formula, operation for operation
+        var = scale**2
+        log_p = -((value - loc) ** 2) / (2 * var) - scale.log() - math.log(math.sqrt(2 * math.pi))
+        return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+
+
 def diagonal_normal(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
     r""":math:`\mathcal N(\mu, \operatorname{diag}\sigma^2)` over the last dimension:
-    ``Normal(loc, scale).to_event(1)``, as an :class:`Independent`."""
-    return Independent(dist.Normal(loc, scale), 1)
+    ``Normal(loc, scale).to_event(1)``, as an :class:`Independent` of a
+    :class:`BroadcastNormal`."""
+    return Independent(BroadcastNormal(loc, scale), 1)

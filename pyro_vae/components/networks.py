@@ -65,7 +65,9 @@ class HiddenLayer:
 
 
 def _relu(dim: int) -> nn.Module:
-    return nn.ReLU()
+    # in place: it follows a linear map or convolution, whose output nothing else reads, and
+    # one large temporary less per layer shows in the evaluation's passes (about 1%)
+    return nn.ReLU(inplace=True)
 
 
 #: :math:`h = \max(0, W u + b)`.

@@ -25,8 +25,10 @@ class IndependentBernoulli(Independent):
 
     When ``x`` is shared by many particles (importance sampling: logits
     ``(K, B, D)``, data ``(B, D)``) the dot product is one batched matrix product,
-    about twice as fast as broadcasting ``binary_cross_entropy_with_logits``; in
-    training (one sample per example) torch's fused BCE kernel is the faster one.
+    about twice as fast as broadcasting ``binary_cross_entropy_with_logits``, and
+    without gradients the softplus takes the cheaper form of
+    :func:`shared_value_log_prob`; in training (one sample per example) torch's fused
+    BCE kernel is the faster one.
 
     Its support is [0, 1], not {0, 1}: a grey level is taken as the probability of a
     black pixel (the cross-entropy), as dynamic binarization draws it.
@@ -37,10 +39,47 @@ class IndependentBernoulli(Independent):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits = self.base_dist.logits
         if logits.dim() > value.dim() == 2 and logits.shape[-2:] == value.shape:
+            if not logits.requires_grad:
+                return shared_value_log_prob(logits, value)
             dot = torch.einsum("...bd,bd->...b", logits, value)
             return dot - F.softplus(logits).sum(-1)
         logits, value = torch.broadcast_tensors(logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
+def shared_value_log_prob(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    r""":math:`\sum_d x_d \ell_d - \operatorname{softplus}(\ell_d)` for logits
+    ``(..., B, D)`` and data ``(B, D)`` shared by the leading dimensions, without gradients,
+
+    .. math:: \sum_d (x_d - \tfrac12)\,\ell_d - \tfrac12 |\ell_d|
+              + \log \sigma(|\ell_d|).
+
+    The last sum is taken as a sum of logs of products: :math:`\sigma(|\ell|) \in
+    [\frac12, 1)`, so a product of 64 of them stays above :math:`2^{-64}`, and one
+    ``log`` serves 64 pixels. torch's ``softplus`` runs a ``log1p`` per pixel, whose
+    cost dominated the importance-weighted evaluation after the matrix products;
+    this form runs a ``sigmoid`` and in-place products, with one temporary, about
+    twice as fast. Its rounding errors are about those of the softplus form (against
+    float64, both within :math:`6 \cdot 10^{-4}` nats for 784 pixels).
+    """
+    magnitude = logits.abs()
+    linear = torch.einsum("...bd,bd->...b", logits, value - 0.5) - 0.5 * magnitude.sum(-1)
+    return linear + sum_of_logs(magnitude.sigmoid_())
+
+
+def sum_of_logs(factors: torch.Tensor, group: int = 64) -> torch.Tensor:
+    """``factors.log().sum(-1)`` as logs of products of up to ``group`` factors: the
+    halves of the last dimension multiplied in place, so ``factors`` is overwritten,
+    and must be such that ``group`` of them multiply to a finite, normal number."""
+    logs = []
+    while factors.shape[-1] > 1 and group > 1:
+        width = factors.shape[-1]
+        half = width // 2
+        if width % 2:
+            logs.append(factors[..., -1].log())
+        factors = factors[..., :half].mul_(factors[..., half : 2 * half])
+        group //= 2
+    return sum(logs, factors.log().sum(-1))
 
 
 class IndependentContinuousBernoulli(IndependentBernoulli):
