@@ -132,7 +132,7 @@ def same_seed_log_weights(models, images: torch.Tensor, num_particles: int) -> l
 
 
 class EagerForward:
-    """In place of :class:`~pyro_vae.training.graphs.RecordedForward`: the forward pass
+    """In place of :class:`~pyro_vae.core.recording.RecordedForward`: the forward pass
     called on every step, with the same arguments, so that Python in it runs every time."""
 
     def __init__(self, forward):

@@ -1,6 +1,7 @@
 """The importance-weighted estimator against exact answers (probabilistic PCA)."""
 
 import json
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -13,12 +14,13 @@ import torch
 from conftest import prototype_images
 from PIL import Image
 
-from pyro_vae import TrainConfig, load_run, train
+from pyro_vae import ModelConfig, TrainConfig, load_run, train
 from pyro_vae.analysis.evaluation import detection_auroc, generalization_gap
 from pyro_vae.cli import main
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.images import DATASETS
 from pyro_vae.figures.plots import evaluation_figure
+from pyro_vae.inference import estimators
 from pyro_vae.inference.estimators import auroc, estimate_log_likelihood, log_importance_weights
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.runs import evaluation_stem
@@ -478,3 +480,53 @@ def test_the_evaluation_guide_s_out_of_distribution_example_matches_its_record()
     upright = np.load(record / "eval_examples.npz")["log_likelihood"]
     flipped = np.load(record / "eval-fashion-flipped_examples.npz")["log_likelihood"]
     assert f"{(upright > flipped).mean():.1%} of the images score lower" in guide
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"model": "hvae"},
+        {"model": "cvae"},
+        {"model": "completion"},
+        {"model": "semi-supervised"},
+        {"prior": "flow"},
+        {"prior": "vamp"},
+        {"likelihood": "autoregressive-bernoulli"},
+        {"likelihood": "discretized-logistic"},
+    ],
+    ids=lambda options: "-".join(options.values()) or "vae",
+)
+def test_recorded_passes_give_the_eager_estimates_bit_for_bit(options, caplog):
+    vae = ModelConfig(latent_dim=3, hidden_dims=(16,), **options).build((1, 8, 8), num_classes=4)
+    images, labels = prototype_images(5)
+    if options.get("likelihood") == "discretized-logistic":
+        images = (images * 255).round() / 255
+    inputs = vae.scoring_inputs(images, labels)
+    # 50 samples in passes of 40 and 10: two recorded graphs per input shape
+    settings = {"num_samples": 50, "max_batch": 40, "seed": 3}
+    with caplog.at_level(logging.INFO, logger=estimators.__name__):
+        recorded = estimate_log_likelihood(vae.model, vae.guide, *inputs, **settings)
+    assert "without recorded passes" not in caplog.text  # replayed, not run eagerly
+    eager = estimate_log_likelihood(vae.model, vae.guide, *inputs, record=False, **settings)
+    for key in ("log_likelihood", "elbo", "kl", "posterior_mean"):
+        assert torch.equal(getattr(recorded, key), getattr(eager, key)), key
+    assert torch.isfinite(recorded.log_likelihood).all()
+
+
+def test_a_guide_that_reads_values_on_the_host_is_evaluated_eagerly(caplog):
+    def host_reading_guide(x):
+        widen = 1.5 if float(x.sum()) > 0 else 1.0  # a Python branch on a value
+        std = POSTERIOR_COV.diagonal().sqrt()
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(posterior_mean(x), widen * std).to_event(1))
+
+    x = torch.randn(6, DATA_DIM) + B
+    settings = {"num_samples": 200, "max_batch": 400, "seed": 0}
+    with caplog.at_level(logging.INFO, logger=estimators.__name__):
+        estimates = estimate_log_likelihood(ppca_model, host_reading_guide, x, **settings)
+    assert "evaluating without recorded passes: it reads a tensor's value" in caplog.text
+    eager = estimate_log_likelihood(ppca_model, host_reading_guide, x, record=False, **settings)
+    assert torch.equal(estimates.log_likelihood, eager.log_likelihood)
+    exact = dist.MultivariateNormal(B, W @ W.T + NOISE**2 * torch.eye(DATA_DIM)).log_prob(x)
+    assert torch.allclose(estimates.log_likelihood, exact, atol=0.05)

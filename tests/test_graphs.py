@@ -10,16 +10,12 @@ from test_reliability import assert_same_run, quiet_train, tiny_config
 from pyro_vae import VAE, ImageData, NumericalError, TrainConfig, read_metrics, train
 from pyro_vae.cli import build_parser
 from pyro_vae.core.distributed import SINGLE, World
+from pyro_vae.core.recording import GraphCaptureError, RecordedForward
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import graphs as graphs_module
 from pyro_vae.training import steps as steps_module
-from pyro_vae.training.graphs import (
-    CapturedStep,
-    GraphCaptureError,
-    RecordedForward,
-    skip_update_unless_finite,
-)
+from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
 from pyro_vae.training.guards import training_steps
 from pyro_vae.training.steps import uses_cuda_graphs
 

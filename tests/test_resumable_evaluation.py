@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import pyro_vae.inference.estimators
 from pyro_vae.analysis import evaluation
 from pyro_vae.analysis.evaluation import default_max_batch
 from pyro_vae.cli import main
 from pyro_vae.components.networks import ARCHITECTURES
 from pyro_vae.config import TrainConfig
-from pyro_vae.inference.estimators import DEFAULT_MAX_BATCH, estimate_log_likelihood
+from pyro_vae.inference import estimators
+from pyro_vae.inference.estimators import (
+    DEFAULT_MAX_BATCH,
+    ImportancePasses,
+    estimate_log_likelihood,
+)
 
 # 50 test images, 2 per chunk (max-batch 40 // K 20): 25 chunks.
 EVALUATE = ["--num-samples", "20", "--max-batch", "40", "--no-progress"]
@@ -76,7 +80,7 @@ def interrupt_at(monkeypatch):
     """``interrupt_at(n)``: the n-th chunk evaluated from now on raises KeyboardInterrupt
     (as Ctrl-C would); returns the list whose length counts the chunks evaluated."""
     monkeypatch.setattr(evaluation, "EVALUATION_SAVE_SECONDS", 0.0)  # save after every chunk
-    real = pyro_vae.inference.estimators.log_densities
+    real = ImportancePasses.__call__
     calls: list[None] = []
     stop = {"at": None}
 
@@ -86,7 +90,7 @@ def interrupt_at(monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", counted)
+    monkeypatch.setattr(ImportancePasses, "__call__", counted)
 
     def arm(n: int | None) -> list[None]:
         calls.clear()
@@ -117,7 +121,7 @@ def test_ctrl_c_then_the_same_command_gives_the_uninterrupted_result(
 
 def test_sigterm_saves_the_chunks_done_like_ctrl_c(run_copy, uninterrupted, monkeypatch, capsys):
     monkeypatch.setattr(evaluation, "EVALUATION_SAVE_SECONDS", 1e9)  # saved only on the signal
-    real, calls = pyro_vae.inference.estimators.log_densities, []
+    real, calls = ImportancePasses.__call__, []
 
     def terminated_at_the_tenth(*args, **kwargs):
         calls.append(None)
@@ -125,11 +129,11 @@ def test_sigterm_saves_the_chunks_done_like_ctrl_c(run_copy, uninterrupted, monk
             signal.raise_signal(signal.SIGTERM)  # as a job scheduler stops a job
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", terminated_at_the_tenth)
+    monkeypatch.setattr(ImportancePasses, "__call__", terminated_at_the_tenth)
     assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 128 + signal.SIGTERM
     assert "images are saved in" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
-    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", real)
+    monkeypatch.setattr(ImportancePasses, "__call__", real)
     assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
     result = json.loads((run_copy / "eval.json").read_text())
     assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}
@@ -141,7 +145,7 @@ def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(
     """A pass too large for the device is a one-line error naming --max-batch; the chunks
     done are saved, and the same command continues from them to the uninterrupted result."""
     monkeypatch.setattr(evaluation, "EVALUATION_SAVE_SECONDS", 0.0)
-    real = pyro_vae.inference.estimators.log_densities
+    real = ImportancePasses.__call__
     calls: list[None] = []
     fail = {"at": 5}
 
@@ -151,7 +155,7 @@ def test_out_of_memory_names_the_fix_and_keeps_the_chunks_done(
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pyro_vae.inference.estimators, "log_densities", out_of_memory_at_the_fifth)
+    monkeypatch.setattr(ImportancePasses, "__call__", out_of_memory_at_the_fifth)
     assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 2
     error = capsys.readouterr().err
     assert "ran out of memory evaluating 40 (sample, image) pairs per pass" in error
@@ -232,3 +236,19 @@ def test_reusing_chunks_needs_a_seed():
         estimate_log_likelihood(
             lambda x: None, lambda x: None, x, seed=None, done={0: {"ll": torch.zeros(2)}}
         )
+
+
+def test_a_run_trained_without_recording_is_evaluated_without_it_to_the_same_result(
+    run_copy, uninterrupted, monkeypatch
+):
+    config = json.loads((run_copy / "config.json").read_text())
+    assert config["record_forward"] is True
+    (run_copy / "config.json").write_text(json.dumps({**config, "record_forward": False}))
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a pass was recorded")
+
+    monkeypatch.setattr(estimators, "RecordedForward", refused)
+    assert main(["evaluate", "--run", str(run_copy), *EVALUATE]) == 0
+    result = json.loads((run_copy / "eval.json").read_text())
+    assert {k: result[k] for k in RESULT_KEYS} == {k: uninterrupted[k] for k in RESULT_KEYS}

@@ -17,7 +17,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from pyro_vae.data.images import ImageData, is_image_file
 from pyro_vae.data.tables import TableData, is_table_file
 from pyro_vae.inference.estimators import (
     DEFAULT_MAX_BATCH,
+    ChunkBuffers,
     ChunkResults,
     Estimates,
     auroc,
@@ -85,6 +86,7 @@ class _EvaluationInProgress:
         settings: dict[str, Any],
         world: distributed.World,
         log: Callable[[str], None],
+        num_examples: int,
     ):
         fingerprint = {"model": _model_digest(run.state["model"]), "split": split}
         fingerprint |= {"dataset": dataset, **settings}
@@ -92,7 +94,7 @@ class _EvaluationInProgress:
         self.fingerprint, self.log = fingerprint, log
         rank = "" if world.size == 1 else f".{world.rank}"
         self.path = self.run_dir / f"{self.stem}.partial{rank}.pt"
-        self.chunks: dict[int, ChunkResults] = {}
+        self.chunks = ChunkBuffers(num_examples)
         self.seconds_before = 0.0  # spent by the interrupted calls
         for path in self.files():
             try:
@@ -107,17 +109,22 @@ class _EvaluationInProgress:
                     f"({_differences(saved['fingerprint'], fingerprint)})"
                 )
                 continue
-            self.chunks.update(_unpack_chunks(saved["chunks"]))
+            for start, results in _unpack_chunks(saved["chunks"]).items():
+                self.chunks.put(start, results)
             self.seconds_before = max(self.seconds_before, saved["seconds"])
         self.started = self.saved_at = time.perf_counter()
 
-    def announce(self, num_images: int) -> None:
+    def announce(self) -> None:
         """Say that the evaluation goes on from saved chunks, if it does."""
         if self.chunks:
             self.log(
                 f"continuing the evaluation saved in {self.path}: {self.examples_done} of "
-                f"{num_images} images done"
+                f"{self.chunks.num_examples} images done"
             )
+
+    @property
+    def examples_done(self) -> int:
+        return self.chunks.examples_done
 
     def files(self) -> list[Path]:
         """The partial files of these images, of every rank."""
@@ -128,17 +135,12 @@ class _EvaluationInProgress:
             path.unlink(missing_ok=True)
 
     @property
-    def examples_done(self) -> int:
-        return sum(chunk["ll"].numel() for chunk in self.chunks.values())
-
-    @property
     def seconds(self) -> float:
         """Seconds spent on this evaluation, by this call and the interrupted ones."""
         return self.seconds_before + time.perf_counter() - self.started
 
     def add(self, start: int, results: ChunkResults) -> None:
-        # kept where they are (the estimator holds them too); moved to the CPU in save()
-        self.chunks[start] = results
+        self.chunks.put(start, results)  # where they are; moved to the CPU in save()
         if time.perf_counter() - self.saved_at >= EVALUATION_SAVE_SECONDS:
             self.save()
 
@@ -152,7 +154,7 @@ class _EvaluationInProgress:
         self.saved_at = time.perf_counter()
 
 
-def _pack_chunks(chunks: dict[int, ChunkResults]) -> dict[str, Any]:
+def _pack_chunks(chunks: Mapping[int, ChunkResults]) -> dict[str, Any]:
     """Chunks as a few long tensors: thousands of small ones take seconds to save."""
     starts = sorted(chunks)
     keys = chunks[starts[0]].keys() if starts else ()
@@ -309,8 +311,9 @@ def _evaluate(
     images, labels, rows = examples
     if world.is_main:
         check_writable(run.dir)  # before the work, not after it
-    saved = _EvaluationInProgress(run, split, dataset, settings, world, world.main_only(log))
-    saved.announce(images.shape[0])
+    log = world.main_only(log)
+    saved = _EvaluationInProgress(run, split, dataset, settings, world, log, images.shape[0])
+    saved.announce()
     max_batch = settings["max_batch"]
     with _saved_on_failure(saved, images.shape[0], max_batch, images.device):
         estimates = estimate_log_likelihood(
@@ -324,6 +327,7 @@ def _evaluate(
             world=world,
             done=saved.chunks,
             on_chunk=saved.add,
+            record=run.config.record_forward,
         )
     result = _summary(run, estimates, split, dataset, settings["seed"], saved.seconds)
     if isinstance(run.model, SemiSupervisedVAE) and dataset is None:

@@ -129,8 +129,9 @@ class TrainConfig(ModelConfig, DataConfig):
     record_forward: bool = option(
         True,
         "on a CPU, replay the objective's forward pass from an FX graph recorded at the "
-        "first step (pyro_vae.training.graphs), the same operations without Pyro's Python on "
-        "every step; off, it runs eagerly (to debug a model that a recording gets wrong)",
+        "first step (pyro_vae.core.recording), the same operations without Pyro's Python on "
+        "every step, and evaluate's passes likewise (on any device); off, both run eagerly "
+        "(to debug a model that a recording gets wrong)",
         group=RUN,
         flag="no-record-forward",
     )

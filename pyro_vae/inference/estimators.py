@@ -20,11 +20,10 @@ density (the completion model's baseline): the estimates leave them out, and
 the training objectives add them back (:attr:`LogDensities.log_auxiliary`).
 """
 
-import ctypes
-import ctypes.util
+import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -38,12 +37,13 @@ from tqdm.auto import tqdm
 
 from pyro_vae.core.distributed import SINGLE, World
 from pyro_vae.core.errors import ConfigError
+from pyro_vae.core.recording import GraphCaptureError, RecordedForward
 from pyro_vae.core.seeding import derived_seed, seeded
+
+LOGGER = logging.getLogger(__name__)
 
 #: Default bound on particles x examples evaluated in one pass (bounds peak memory).
 DEFAULT_MAX_BATCH = 20_000
-#: Seconds between hand-backs of freed memory to the operating system (:class:`MemoryRelease`).
-MEMORY_RELEASE_SECONDS = 2.0
 #: Burda et al.'s threshold on Cov_x(E_q[z_i]) for a latent unit to count as active.
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -258,15 +258,15 @@ class Estimates:
     seconds: float
 
     @classmethod
-    def from_chunks(
-        cls, chunks: dict[str, list[torch.Tensor]], num_samples: int, seconds: float
+    def from_results(
+        cls, results: dict[str, torch.Tensor], num_samples: int, seconds: float
     ) -> "Estimates":
-        """The estimates of chunks in order (lists of :data:`ChunkResults` values by key)."""
+        """The estimates of all examples, from their :data:`ChunkResults` keys."""
         return cls(
-            log_likelihood=torch.cat(chunks["ll"]),
-            elbo=torch.cat(chunks["elbo"]),
-            kl=torch.cat(chunks["kl"]),
-            posterior_mean=torch.cat(chunks["mean"]) if chunks["mean"] else None,
+            log_likelihood=results["ll"],
+            elbo=results["elbo"],
+            kl=results["kl"],
+            posterior_mean=results.get("mean"),
             num_samples=num_samples,
             seconds=seconds,
         )
@@ -303,36 +303,46 @@ class Estimates:
         }
 
 
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
-        return None
+class ChunkBuffers(Mapping[int, ChunkResults]):
+    """The results of chunks of examples, in tensors allocated once for all examples: by
+    the first index of each chunk, views of its part.
 
+    Copying each chunk's results in, rather than keeping its result tensors, keeps the
+    estimator's memory flat. On glibc, every allocation that outlives a pass takes a piece
+    of a large block that the pass freed; the next pass's large temporaries then no longer
+    fit there, so the heap grew by megabytes per pass (tens of GB over a 10,000-image
+    evaluation) and every pass faulted in fresh pages (about 2,000 per test image).
 
-_MALLOC_TRIM = _glibc_malloc_trim()
-
-
-class MemoryRelease:
-    """Hands memory that has been freed back to the operating system (glibc; else a
-    no-op), at most every ``every`` seconds.
-
-    Every pass of the estimator allocates and frees tens of MB. Once glibc's mmap
-    threshold has adapted upwards such blocks come from its heap, and the small
-    result tensors kept per chunk pin the heap, so without trimming the resident
-    memory of a 10k x 5000 evaluation grew to 22 GB although nothing was live. But the
-    memory handed back must be faulted in again by the next pass (~15 ms for 60 MB on
-    a 2-core CPU): trimming after every pass made the evaluation 20% slower, trimming
-    every few seconds bounds the growth at what a few seconds of passes leave.
+    :param num_examples: examples in all chunks together.
     """
 
-    def __init__(self, every: float = MEMORY_RELEASE_SECONDS):
-        self.every, self.last = every, time.monotonic()
+    def __init__(self, num_examples: int):
+        self.num_examples = num_examples
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.sizes: dict[int, int] = {}  # by first index
 
-    def __call__(self) -> None:
-        if _MALLOC_TRIM is not None and time.monotonic() - self.last >= self.every:
-            _MALLOC_TRIM(0)
-            self.last = time.monotonic()
+    def put(self, start: int, results: ChunkResults) -> None:
+        """Copy in the results of the chunk of examples from ``start``."""
+        size = results["ll"].shape[0]
+        for key, value in results.items():
+            if key not in self.tensors:
+                self.tensors[key] = value.new_empty((self.num_examples, *value.shape[1:]))
+            self.tensors[key][start : start + size] = value
+        self.sizes[start] = size
+
+    def __getitem__(self, start: int) -> ChunkResults:
+        size = self.sizes[start]
+        return {key: tensor[start : start + size] for key, tensor in self.tensors.items()}
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.sizes)
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def examples_done(self) -> int:
+        return sum(self.sizes.values())
 
 
 @torch.no_grad()
@@ -347,6 +357,7 @@ def estimate_log_likelihood(
     world: World = SINGLE,
     done: Mapping[int, ChunkResults] | None = None,
     on_chunk: Callable[[int, ChunkResults], None] | None = None,
+    record: bool = True,
     **kwargs,
 ) -> Estimates:
     r"""Importance-weighted :math:`\log p(x)` of every example, with the guide as proposal.
@@ -369,34 +380,47 @@ def estimate_log_likelihood(
         arguments and a ``seed``; the estimates are then those of an uninterrupted call.
     :param on_chunk: called with (first index, results) after each chunk this call
         evaluates, e.g. to save progress (:func:`pyro_vae.analysis.evaluation.evaluate_run` does).
+    :param record: replay the passes from recorded graphs (:class:`ImportancePasses`).
     """
     if done and seed is None:
         raise ValueError("results of earlier chunks (done) can only be reused with a seed")
     check_observed_support(model, guide, *data, max_batch=max_batch, **kwargs)
-    done = done or {}
     started = time.perf_counter()
     num_examples = data[0].shape[0]
-    per_pass = min(num_samples, max_batch)  # particles
     examples_per_pass = max(1, max_batch // num_samples)
     starts = range(0, num_examples, examples_per_pass)[world.rank :: world.size]
-    results: dict[str, list[torch.Tensor]] = {"ll": [], "elbo": [], "kl": [], "mean": []}
     sizes = {start: min(examples_per_pass, num_examples - start) for start in starts}
-    estimate = partial(_estimate_chunk, model, guide, num_samples=num_samples, per_pass=per_pass)
-    release_memory = MemoryRelease()
-    with _progress_bar(sizes, done, num_samples, progress) as bar:
-        for start in starts:
-            chunk_results = done.get(start)
-            if chunk_results is None:
-                chunk = [tensor[start : start + sizes[start]] for tensor in data]
-                chunk_results = _seeded(estimate, chunk, seed, start, kwargs)
-                if on_chunk is not None:
-                    on_chunk(start, chunk_results)
-                release_memory()
-                bar.update(sizes[start])
-            for key, value in chunk_results.items():
-                results[key].append(value)
-    ordered = _in_order(results, world, len(range(0, num_examples, examples_per_pass)))
-    return Estimates.from_chunks(ordered, num_samples, time.perf_counter() - started)
+    passes = ImportancePasses(model, guide, kwargs, record)
+    per_pass = min(num_samples, max_batch)  # particles
+    estimate = partial(_estimate_chunk, passes, num_samples=num_samples, per_pass=per_pass)
+    with _progress_bar(sizes, done or {}, num_samples, progress) as bar:
+        results = _chunk_results(data, sizes, estimate, seed, done or {}, on_chunk, bar)
+    merged = _merged(results, world)
+    return Estimates.from_results(merged, num_samples, time.perf_counter() - started)
+
+
+def _chunk_results(
+    data: tuple[torch.Tensor, ...],
+    sizes: dict[int, int],
+    estimate: Callable[[list[torch.Tensor]], ChunkResults],
+    seed: int | None,
+    done: Mapping[int, ChunkResults],
+    on_chunk: Callable[[int, ChunkResults], None] | None,
+    bar: tqdm,
+) -> ChunkBuffers:
+    """The results of the chunks ``sizes`` (their sizes by first index): those ``done`` as
+    given, the others estimated (see :func:`estimate_log_likelihood`)."""
+    results = ChunkBuffers(data[0].shape[0])
+    for start, size in sizes.items():
+        chunk_results = done.get(start)
+        if chunk_results is None:
+            chunk = [tensor[start : start + size] for tensor in data]
+            chunk_results = _seeded(estimate, chunk, seed, start)
+            if on_chunk is not None:
+                on_chunk(start, chunk_results)
+            bar.update(size)
+        results.put(start, chunk_results)
+    return results
 
 
 def _progress_bar(
@@ -415,39 +439,90 @@ def _progress_bar(
 
 
 def _seeded(
-    estimate: Callable[..., ChunkResults],
+    estimate: Callable[[list[torch.Tensor]], ChunkResults],
     chunk: list[torch.Tensor],
     seed: int | None,
     start: int,
-    kwargs: dict,
 ) -> ChunkResults:
-    """``estimate(chunk, kwargs)`` with the samples seeded by ``(seed, start)``, which
-    leaves the caller's RNG as it was; with ``seed=None``, drawn from (and advancing) it."""
+    """``estimate(chunk)`` with the samples seeded by ``(seed, start)``, which leaves the
+    caller's RNG as it was; with ``seed=None``, drawn from (and advancing) it."""
     if seed is None:
-        return estimate(chunk, kwargs)
+        return estimate(chunk)
     with seeded(derived_seed(seed, start), chunk[0].device):
-        return estimate(chunk, kwargs)
+        return estimate(chunk)
 
 
-def _in_order(
-    results: dict[str, list[torch.Tensor]], world: World, num_chunks: int
-) -> dict[str, list[torch.Tensor]]:
-    """Every rank's chunk results, gathered in the order of the examples: rank ``r`` holds
-    chunks ``r, r + size, ...``, so the ranks' lists are interleaved."""
-    gathered = world.all_gather({key: [t.cpu() for t in chunks] for key, chunks in results.items()})
-    return {
-        key: [gathered[i % world.size][key][i // world.size] for i in range(num_chunks)]
-        if gathered[0][key]
-        else []
-        for key in results
+def _merged(results: ChunkBuffers, world: World) -> dict[str, torch.Tensor]:
+    """Every rank's chunk results together, on the CPU: rank ``r`` holds chunks ``r, r +
+    size, ...`` of the examples."""
+    if world.size == 1:
+        return {key: tensor.cpu() for key, tensor in results.tensors.items()}
+    gathered = world.all_gather(
+        ({key: tensor.cpu() for key, tensor in results.tensors.items()}, results.sizes)
+    )
+    merged = next((dict(tensors) for tensors, _ in gathered if tensors), {})
+    for tensors, sizes in gathered:
+        for start, size in sizes.items():
+            for key, tensor in tensors.items():
+                merged[key][start : start + size] = tensor[start : start + size]
+    return merged
+
+
+class ImportancePasses:
+    """The passes of the estimator over one chunk of examples: from ``num_particles``
+    importance samples, :func:`pass_results`.
+
+    With ``record`` (the default) each pass is replayed from a graph of its aten
+    operations, recorded once per number of particles and input shapes
+    (:class:`~pyro_vae.core.recording.RecordedForward`): Pyro's Python (traces, effect
+    handlers, distribution objects) runs once instead of on every pass, which took about
+    2 ms of a 35 ms pass on a 2-core CPU. The estimates are the same, bit for bit. A
+    model that reads tensor values on the host cannot be recorded: its passes run
+    eagerly, as they do without ``record``.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, kwargs: dict, record: bool = True):
+        self.model, self.guide, self.kwargs, self.record = model, guide, kwargs, record
+        self.recorded: dict[int, RecordedForward] = {}
+
+    def __call__(self, chunk: list[torch.Tensor], num_particles: int) -> ChunkResults:
+        compute = partial(
+            pass_results, self.model, self.guide, num_particles=num_particles, **self.kwargs
+        )
+        if not self.record:
+            return compute(*chunk)
+        recorded = self.recorded.get(num_particles)
+        if recorded is None:
+            recorded = self.recorded[num_particles] = RecordedForward(compute)
+        try:
+            return recorded(*chunk)
+        except GraphCaptureError as error:
+            LOGGER.info("evaluating without recorded passes: %s", error)
+            self.record = False
+            return compute(*chunk)
+
+
+def pass_results(
+    model: Callable, guide: Callable, *args, num_particles: int, **kwargs
+) -> ChunkResults:
+    """Of one pass of ``num_particles`` samples per example: ``"log_sum_w"``, the
+    log-sum of the importance weights; ``"sum_elbo"`` and ``"sum_kl"``, the sums over the
+    samples of the ELBO and KL terms; ``"mean"``, E_q[z|x] (when the guide has vector
+    latents). Without Pyro's checks of distribution arguments (a few per cent of a pass):
+    :func:`check_observed_support` ran the model and guide with them on every example."""
+    with pyro.validation_enabled(False):
+        dens = log_densities(model, guide, *args, num_particles=num_particles, **kwargs)
+    results = {
+        "log_sum_w": torch.logsumexp(dens.log_weights, dim=0),
+        "sum_elbo": dens.elbo_terms.sum(dim=0),
+        "sum_kl": (dens.log_guide - dens.log_prior).sum(dim=0),
     }
+    return results if dens.posterior_mean is None else {**results, "mean": dens.posterior_mean}
 
 
 def _estimate_chunk(
-    model: Callable,
-    guide: Callable,
+    passes: ImportancePasses,
     chunk: list[torch.Tensor],
-    kwargs: dict,
     *,
     num_samples: int,
     per_pass: int,
@@ -456,14 +531,12 @@ def _estimate_chunk(
     drawn ``per_pass`` at a time and combined with a running log-sum-exp."""
     log_sum_w, sum_log_w, sum_kl, mean = None, 0.0, 0.0, None
     for drawn in range(0, num_samples, per_pass):
-        k = min(per_pass, num_samples - drawn)
-        dens = log_densities(model, guide, *chunk, num_particles=k, **kwargs)
-        log_w = dens.log_weights
-        part = torch.logsumexp(log_w, dim=0)
+        results = passes(chunk, min(per_pass, num_samples - drawn))
+        part = results["log_sum_w"]
         log_sum_w = part if log_sum_w is None else torch.logaddexp(log_sum_w, part)
-        sum_log_w = sum_log_w + dens.elbo_terms.sum(dim=0)
-        sum_kl = sum_kl + (dens.log_guide - dens.log_prior).sum(dim=0)
-        mean = dens.posterior_mean if mean is None else mean
+        sum_log_w = sum_log_w + results["sum_elbo"]
+        sum_kl = sum_kl + results["sum_kl"]
+        mean = results.get("mean") if mean is None else mean
     return {
         "ll": log_sum_w - math.log(num_samples),
         "elbo": sum_log_w / num_samples,

@@ -11,9 +11,9 @@ graph launch, whatever the Python that built it costs.
 :class:`CapturedStep` wraps such a step; :func:`skip_update_unless_finite` is the
 non-finite guard that works inside one (a graph cannot branch on a value on the host).
 
-On a CPU the same Python costs about a millisecond of every step's forward pass.
-:class:`RecordedForward` records the objective's forward pass once as an FX graph of
-the aten operations it runs (``make_fx``) and replays those operations; autograd then
+On a CPU the same Python costs about a millisecond of every step's forward pass:
+there the objective's forward pass is replayed from a recorded graph of its aten
+operations instead (:class:`pyro_vae.core.recording.RecordedForward`); autograd then
 takes the backward pass as usual. Loss and gradients are bit-identical to the eager
 step's for the same random numbers.
 """
@@ -22,12 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.fx.experimental.proxy_tensor import make_fx
 
-
-class GraphCaptureError(RuntimeError):
-    """The step could not be recorded as a CUDA graph (it reads device values on the host,
-    or uses an operation that graphs do not allow); it still runs eagerly."""
+from pyro_vae.core.recording import GraphCaptureError
 
 
 @contextmanager
@@ -110,43 +106,3 @@ class CapturedStep:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise GraphCaptureError(f"{type(error).__name__}: {first_line}") from error
         self.graph = graph
-
-
-class RecordedForward:
-    """``forward(*inputs) -> loss``, replayed from an FX graph recorded per input shapes.
-
-    The first call with inputs of new shapes records ``forward`` with ``make_fx`` on the
-    real tensors, inside ``fork_rng`` so that recording draws nothing from the caller's
-    RNG, then every call replays the recorded aten operations on its inputs. Tensors
-    that ``forward`` reads besides its inputs (the parameters) are read by reference,
-    so in-place updates (the optimizer's, a restored checkpoint's) are seen; random
-    operations draw anew from torch's generator on every call, as the eager call does.
-
-    What ``forward`` must allow: no host reads of tensor values (``.item()``, ``bool()``),
-    whose values a graph cannot hold: recording one raises :class:`GraphCaptureError`.
-    Python values read at recording are frozen: pass what changes between calls (the KL
-    weight) as a tensor input.
-    """
-
-    def __init__(self, forward: Callable[..., torch.Tensor]):
-        self.forward = forward
-        self.graphs: dict[tuple, torch.fx.GraphModule] = {}
-
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        shapes = tuple(tuple(value.shape) for value in inputs)
-        graph = self.graphs.get(shapes)
-        if graph is None:
-            graph = self.graphs[shapes] = self._record(inputs)
-        return graph(*inputs)
-
-    def _record(self, inputs: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
-        try:
-            with torch.random.fork_rng():
-                return make_fx(self.forward)(*inputs)
-        except RuntimeError as error:  # make_fx refuses to read a value it records
-            if "_local_scalar_dense" in str(error):
-                reason = "it reads a tensor's value on the host (.item(), bool(), an if on a value)"
-            else:
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                reason = f"{type(error).__name__}: {first_line}"
-            raise GraphCaptureError(reason) from error

@@ -16,14 +16,10 @@ import torch
 
 from pyro_vae.config import TrainConfig
 from pyro_vae.core import distributed
+from pyro_vae.core.recording import GraphCaptureError, RecordedForward
 from pyro_vae.core.seeding import derived_seed, seeded
 from pyro_vae.models.vae import VAE
-from pyro_vae.training.graphs import (
-    CapturedStep,
-    GraphCaptureError,
-    RecordedForward,
-    skip_update_unless_finite,
-)
+from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
 from pyro_vae.training.guards import StopSignals
 
 
