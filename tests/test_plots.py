@@ -259,6 +259,71 @@ def test_kl_per_dimension_matches_a_monte_carlo_estimate(tiny_data):
     torch.testing.assert_close(kl_per_dimension(vae, images, marginals), q_kl, atol=0.03, rtol=0.02)
 
 
+@pytest.mark.parametrize("conditional_prior", [False, True])
+def test_a_label_conditional_run_is_drawn_at_the_test_labels(
+    tmp_path, tiny_data, conditional_prior
+):
+    config = tiny_config(model="cvae", conditional_prior=conditional_prior, epochs=3)
+    vae = train(config, tmp_path / "run", data=tiny_data, progress=False)
+    paths = plot_run(tmp_path / "run", data=tiny_data)
+    assert [path.stem for path in paths] == list(FIGURES)
+    for path in paths:
+        check_png(path)
+    inputs = inputs_for(vae, tiny_data)
+    y = vae.one_hot(tiny_data.test_labels)
+    torch.testing.assert_close(inputs.encodings, vae.encode(tiny_data.test, y)[0])
+    # p(z) summarized over the test labels: one N(0, I) for all, or a mixture of p(z|y)
+    assert inputs.marginals.exact is not conditional_prior
+    if conditional_prior:
+        mixture_mean = vae.prior(y).mean.mean(0)
+        torch.testing.assert_close(inputs.marginals.loc, mixture_mean, atol=0.05, rtol=0)
+
+    # Reconstructions given each image's own label, which they depend on.
+    fig = reconstructions_figure(inputs, per_class=2)
+    index = torch.cat([torch.nonzero(tiny_data.test_labels == c)[:2, 0] for c in range(4)])
+    shown = tiny_data.test[index]
+    expected = vae.reconstruct(shown, y[index])
+    np.testing.assert_allclose(plotted(fig, 1), image_grid(expected, (1, 8, 8), 2), atol=1e-6)
+    relabelled = vae.reconstruct(shown, y[index].roll(1, dims=1))
+    assert (expected - relabelled).abs().max() > 1e-3
+
+    # Samples: a row per class, each drawn from p(z|y) and decoded under y.
+    torch.manual_seed(3)
+    fig = samples_figure(inputs, side=3)
+    torch.manual_seed(3)
+    classes = vae.one_hot(torch.arange(4))
+    rows = vae.decode(vae.prior(classes).sample((3,)), classes).transpose(0, 1)
+    np.testing.assert_allclose(
+        plotted(fig), image_grid(rows.flatten(0, 1), (1, 8, 8), 3), atol=1e-6
+    )
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == list(tiny_data.class_names)
+
+    # Interpolation: the labels move with z, from the first image's to the second's.
+    fig = interpolation_figure(inputs, num_pairs=1, steps=3)
+    a, b = (int(torch.nonzero(tiny_data.test_labels == c)[0, 0]) for c in (0, 1))
+    za, zb = inputs.encodings[[a, b]]
+    middle = vae.decode((za + zb) / 2, (y[a] + y[b]) / 2)
+    linear = torch.stack([tiny_data.test[a], vae.decode(za, y[a]), middle, vae.decode(zb, y[b]),
+                          tiny_data.test[b]])  # fmt: skip
+    np.testing.assert_allclose(plotted(fig)[:12], image_grid(linear, (1, 8, 8), 5)[:12], atol=1e-6)
+
+    # Traversals and the manifold decode under the label of the image they start from.
+    fig = traversals_figure(inputs, steps=3, example=5)
+    name = tiny_data.class_names[tiny_data.test_labels[5]]
+    assert f"({name}) under its label" in fig.axes[0].get_title()
+    d = int(inputs.kl.argmax())  # the first row
+    z = inputs.encodings[5].repeat(3, 1)
+    z[:, d] = inputs.marginals.loc[d] + torch.tensor([-3.0, 0.0, 3.0]) * inputs.marginals.scale[d]
+    first_row = image_grid(vae.decode(z, y[5]), (1, 8, 8), 3)
+    np.testing.assert_allclose(plotted(fig)[:12], first_row, atol=1e-6)
+    fig = manifold_figure(inputs, steps=3, example=5)
+    assert f"under the label of test image 6 ({name})" in fig.axes[0].get_title()
+    q = inputs.marginals.quantiles(torch.linspace(0.05, 0.95, 3))
+    z = torch.stack([torch.stack([q[c, 0], q[2 - r, 1]]) for r in range(3) for c in range(3)])
+    grid = image_grid(vae.decode(z, y[5]), (1, 8, 8), 3)
+    np.testing.assert_allclose(plotted(fig), grid, atol=1e-5)
+
+
 def test_lerp_and_slerp():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     t = torch.linspace(0, 1, 5)

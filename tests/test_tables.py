@@ -374,6 +374,8 @@ def test_a_label_column_colours_the_rows_and_conditions_a_cvae(tmp_path):
     codes = np.load(tmp_path / "z.npz")
     assert codes["rows"].tolist() == split_rows(200)["test"].tolist()
     assert main(["plot", "--run", run]) == 0
+    written = sorted(path.name for path in (tmp_path / "run" / "figures").iterdir())
+    assert written == ["columns.png", "latent.png", "marginals.png", "training.png"]
 
 
 def test_resuming_on_a_changed_table_is_refused(table_run):

@@ -25,9 +25,18 @@ interface, summarized per dimension by :func:`prior_marginals`:
   that moment-matched Gaussian: an approximation that ranks dimensions by how far their
   posteriors move from the prior's bulk, not the exact KL (a non-factorized prior has no
   per-dimension KL). Spherical interpolation is omitted: its rationale is the Gaussian shell.
+
+A label-conditional model (:attr:`~pyro_vae.models.vae.VAE.conditions_on_labels`) is drawn
+at the test images' own conditions (their one-hot labels): encodings and reconstructions
+given each image's label, samples a row per class, traversals and the manifold under the
+label of the image they start from, interpolations with the labels interpolated along
+with z. Its p(z) is summarized as the mixture of :math:`p(z|y)` over the test labels:
+exact when every :math:`p(z|y)` is the same factorized Gaussian (a label-independent
+N(0, I)), from draws otherwise.
 """
 
 import io
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,23 +112,34 @@ class PriorMarginals:
 def prior_marginals(
     prior: torch.distributions.Distribution, num_samples: int = NUM_PRIOR_SAMPLES
 ) -> PriorMarginals:
-    """Summarize ``prior`` (event shape ``(latent_dim,)``) per dimension; see the module doc."""
+    """Summarize ``prior`` (event shape ``(latent_dim,)``) per dimension; see the module doc.
+
+    A prior with a batch shape (a conditional prior at the conditions of several examples)
+    is summarized as the equally weighted mixture of its batch entries.
+    """
     base = prior.base_dist if isinstance(prior, Independent) else prior
-    if isinstance(base, Normal) and prior.event_shape == base.batch_shape:
-        shape = prior.event_shape
-        return PriorMarginals(base.loc.expand(shape), base.scale.expand(shape), exact=True)
-    draws = prior.sample((num_samples,))
+    latent_dim = prior.event_shape[-1]
+    if isinstance(base, Normal) and base.batch_shape == prior.batch_shape + prior.event_shape:
+        loc = base.loc.expand(base.batch_shape).reshape(-1, latent_dim)
+        scale = base.scale.expand(base.batch_shape).reshape(-1, latent_dim)
+        if (loc == loc[0]).all() and (scale == scale[0]).all():  # one Gaussian for all
+            return PriorMarginals(loc[0], scale[0], exact=True)
+    per_entry = math.ceil(num_samples / prior.batch_shape.numel())
+    draws = prior.sample((per_entry,)).reshape(-1, latent_dim)
     return PriorMarginals(draws.mean(0), draws.std(0), exact=False, draws=draws)
 
 
 @torch.no_grad()
-def kl_per_dimension(vae: VAE, images: torch.Tensor, marginals: PriorMarginals) -> torch.Tensor:
-    r"""Average over ``images`` of :math:`\mathrm{KL}(q(z_d|x)\,\|\,\mathcal N(m_d, s_d^2))`.
+def kl_per_dimension(
+    vae: VAE, images: torch.Tensor, marginals: PriorMarginals, *conditions: torch.Tensor
+) -> torch.Tensor:
+    r"""Average over ``images`` of :math:`\mathrm{KL}(q(z_d|x, c)\,\|\,\mathcal N(m_d, s_d^2))`.
 
     Closed form; exact per-dimension KL for a factorized Gaussian prior (see the module
-    doc for other priors). Shape ``(latent_dim,)``, nats.
+    doc for other priors). ``conditions``: those of a conditional model, one per image.
+    Shape ``(latent_dim,)``, nats.
     """
-    loc, scale = vae.encode(images)
+    loc, scale = vae.encode(images, *conditions)
     return kl_divergence(Normal(loc, scale), Normal(marginals.loc, marginals.scale)).mean(0)
 
 
@@ -171,7 +191,9 @@ class FigureInputs:
     """What the figures are drawn from: a trained VAE, test images, and per-run summaries.
 
     ``encodings`` are the posterior means of ``images``; ``kl`` the average KL per latent
-    dimension (:func:`kl_per_dimension`); ``metrics`` the run's per-epoch rows.
+    dimension (:func:`kl_per_dimension`); ``metrics`` the run's per-epoch rows;
+    ``conditions`` the model's conditions of each image (a cvae's one-hot labels; none for
+    an unconditional model).
     """
 
     vae: VAE
@@ -183,6 +205,7 @@ class FigureInputs:
     marginals: PriorMarginals
     encodings: torch.Tensor
     kl: torch.Tensor
+    conditions: tuple[torch.Tensor, ...] = ()
 
     @classmethod
     @torch.no_grad()
@@ -195,7 +218,8 @@ class FigureInputs:
         image_shape: Sequence[int],
         metrics: list[dict[str, Any]] | None = None,
     ) -> "FigureInputs":
-        """Move ``images`` to the VAE's device, encode them and summarize the prior."""
+        """Move ``images`` to the VAE's device, encode them (given their labels, for a
+        label-conditional model) and summarize the prior."""
         image_shape = tuple(image_shape)
         if images.shape[1] != vae.data_dim or np.prod(image_shape) != vae.data_dim:
             raise ConfigError(
@@ -204,7 +228,10 @@ class FigureInputs:
             )
         device = next(vae.parameters()).device
         images, labels = images.to(device), labels.cpu()
-        marginals = prior_marginals(vae.prior())
+        conditions = ()
+        if vae.conditions_on_labels:
+            conditions = vae.batch_inputs(images, labels.to(device))[1:]
+        marginals = prior_marginals(vae.prior(*conditions))
         return cls(
             vae=vae,
             images=images,
@@ -213,12 +240,19 @@ class FigureInputs:
             image_shape=image_shape,
             metrics=list(metrics or []),
             marginals=marginals,
-            encodings=vae.encode(images)[0],
-            kl=kl_per_dimension(vae, images, marginals),
+            encodings=vae.encode(images, *conditions)[0],
+            kl=kl_per_dimension(vae, images, marginals, *conditions),
+            conditions=conditions,
         )
 
     def class_name(self, index: int) -> str:
         return self.class_names[int(self.labels[index])]
+
+    def conditions_of(self, index: torch.Tensor | int) -> tuple[torch.Tensor, ...]:
+        """The conditions of the images ``index`` (none for an unconditional model)."""
+        if isinstance(index, torch.Tensor):
+            index = index.to(self.images.device)
+        return tuple(condition[index] for condition in self.conditions)
 
 
 def image_grid(images: torch.Tensor, image_shape: tuple[int, ...], ncols: int) -> np.ndarray:
@@ -263,23 +297,34 @@ def reconstructions_figure(inputs: FigureInputs, per_class: int = 8) -> Figure:
     index = examples_per_class(inputs.labels, per_class)
     rows, cols = index.shape
     x = inputs.images[index.flatten().to(inputs.images.device)]
+    conditions = inputs.conditions_of(index.flatten())
     fig = _grid_figure(rows, cols, panels=2)
     left, right = fig.subplots(1, 2)
     names = [inputs.class_name(i) for i in index[:, 0]]
     _show_grid(left, x, inputs.image_shape, cols, row_labels=names)
     left.set_title("test images")
-    _show_grid(right, inputs.vae.reconstruct(x), inputs.image_shape, cols)
-    right.set_title("reconstructions")
+    _show_grid(right, inputs.vae.reconstruct(x, *conditions), inputs.image_shape, cols)
+    right.set_title("reconstructions" + (" given their labels" if conditions else ""))
     fig.suptitle("Reconstructions: decoder mean E[x|z] at the posterior mean of q(z|x)")
     return fig
 
 
 def samples_figure(inputs: FigureInputs, side: int = 10) -> Figure:
-    """A ``side x side`` grid of decoder means at draws from the prior."""
-    fig = _grid_figure(side, side, label_inches=0.3)
+    """A ``side x side`` grid of decoder means at draws from the prior; for a conditional
+    model, ``side`` draws per class, a row each, under that class's conditions."""
+    if not inputs.conditions:
+        fig = _grid_figure(side, side, label_inches=0.3)
+        ax = fig.subplots()
+        _show_grid(ax, inputs.vae.sample(side * side), inputs.image_shape, side)
+        ax.set_title("Samples: decoder mean E[x|z] at z ~ p(z)")
+        return fig
+    first = examples_per_class(inputs.labels, 1).flatten()  # one image per class: its label
+    images = inputs.vae.sample(side, *inputs.conditions_of(first))  # (side, classes, D)
+    fig = _grid_figure(len(first), side, label_inches=1.5)
     ax = fig.subplots()
-    _show_grid(ax, inputs.vae.sample(side * side), inputs.image_shape, side)
-    ax.set_title("Samples: decoder mean E[x|z] at z ~ p(z)")
+    names = [inputs.class_name(i) for i in first]
+    _show_grid(ax, images.transpose(0, 1).flatten(0, 1), inputs.image_shape, side, names)
+    ax.set_title("Samples: decoder mean E[x|z, y] at z ~ p(z|y), a row per class y")
     return fig
 
 
@@ -301,7 +346,10 @@ def interpolation_figure(inputs: FigureInputs, num_pairs: int = 5, steps: int = 
     if inputs.marginals.exact:
         m, s = inputs.marginals.loc, inputs.marginals.scale
         paths["spherical"] = slerp((z[:, 0] - m) / s, (z[:, 1] - m) / s, t) * s + m
-    decoded = {kind: inputs.vae.decode(path) for kind, path in paths.items()}  # (pairs, T, D)
+    # a conditional model's conditions (one-hot labels) move along with z: (pairs, T, C)
+    pair_conditions = inputs.conditions_of(ends.flatten())
+    conditions = [lerp(*c.reshape(-1, 2, c.shape[-1]).unbind(1), t) for c in pair_conditions]
+    decoded = {kind: inputs.vae.decode(path, *conditions) for kind, path in paths.items()}
 
     x = inputs.images[ends.to(device)]  # (pairs, 2, D)
     rows = torch.stack(
@@ -317,7 +365,8 @@ def interpolation_figure(inputs: FigureInputs, num_pairs: int = 5, steps: int = 
     cols = ["start"] + [f"{v:.2g}" for v in t.tolist()] + ["end"]
     _show_grid(ax, rows.flatten(0, 2), inputs.image_shape, steps + 2, labels, cols)
     ax.set_xlabel("interpolation weight t (first and last columns: the test images)")
-    ax.set_title("Interpolation between test encodings: decoder mean along each path")
+    along = ", labels interpolated with z" if conditions else ""
+    ax.set_title(f"Interpolation between test encodings: decoder mean along each path{along}")
     return fig
 
 
@@ -338,10 +387,12 @@ def traversals_figure(inputs: FigureInputs, steps: int = 7, example: int = 0) ->
     fig = _grid_figure(latent_dim, steps, label_inches=1.8, extent=2.5 * GRID_INCHES)  # tall
     ax = fig.subplots()
     cols = [f"{round(v, 2) + 0.0:g}" for v in t.tolist()]  # + 0.0: no "-0"
-    _show_grid(ax, inputs.vae.decode(z).flatten(0, 1), inputs.image_shape, steps, labels, cols)
+    decoded = inputs.vae.decode(z, *inputs.conditions_of(example))  # under the image's label
+    _show_grid(ax, decoded.flatten(0, 1), inputs.image_shape, steps, labels, cols)
     ax.set_xlabel("t: z_d = m_d + t·s_d  (prior marginal location m_d, scale s_d)")
     ax.set_title(
-        f"Latent traversals of test image {example + 1} ({inputs.class_name(example)}),\n"
+        f"Latent traversals of test image {example + 1} ({inputs.class_name(example)})"
+        f"{' under its label' if inputs.conditions else ''},\n"
         "rows sorted by average KL(q(z_d|x) || p(z_d)) on the test set"
     )
     return fig
@@ -388,11 +439,12 @@ def latent_figure(inputs: FigureInputs) -> Figure:
     return fig
 
 
-def manifold_figure(inputs: FigureInputs, steps: int = 20) -> Figure:
+def manifold_figure(inputs: FigureInputs, steps: int = 20, example: int = 0) -> Figure:
     """Decoded grid over the prior's marginal quantiles (Kingma & Welling 2014, fig. 4).
 
     For a 2-D latent, the classic figure. For more dimensions, the plane of the two
     dimensions with the highest KL, the others held at their prior location ``m_d``.
+    A conditional model decodes under the conditions of test image ``example``.
     """
     latent_dim = inputs.kl.shape[0]
     dims = inputs.kl.argsort(descending=True)[:2].tolist() if latent_dim > 2 else [0, 1]
@@ -408,13 +460,16 @@ def manifold_figure(inputs: FigureInputs, steps: int = 20) -> Figure:
     ax = fig.subplots()
     ticks = [f"{v:.2g}" for v in q[:, dims[0]].tolist()]
     row_ticks = [f"{v:.2g}" for v in q.flip(0)[:, dims[1]].tolist()] if len(dims) == 2 else []
-    _show_grid(ax, inputs.vae.decode(z).flatten(0, 1), inputs.image_shape, steps, row_ticks, ticks)
+    decoded = inputs.vae.decode(z, *inputs.conditions_of(example)).flatten(0, 1)
+    _show_grid(ax, decoded, inputs.image_shape, steps, row_ticks, ticks)
     ax.tick_params(axis="x", labelrotation=90)
     ax.set_xlabel(f"z{dims[0] + 1}")
     if len(dims) == 2:
         ax.set_ylabel(f"z{dims[1] + 1}")
     where = "" if latent_dim <= 2 else f", other {latent_dim - 2} dims at their prior location"
     source = "" if inputs.marginals.exact else " (empirical, from prior draws)"
+    if inputs.conditions:
+        where += f",\nunder the label of test image {example + 1} ({inputs.class_name(example)})"
     ax.set_title(
         f"Learned manifold: decoder mean over prior quantiles {MANIFOLD_QUANTILES[0]:g}–"
         f"{MANIFOLD_QUANTILES[1]:g}{source}{where}"

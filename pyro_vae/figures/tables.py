@@ -7,8 +7,7 @@
   training rows' mean (numbers) or most frequent value (categories);
 - ``marginals``: each column's distribution in the test rows and in rows drawn from the
   model (:func:`~pyro_vae.analysis.tables.generate_rows`);
-- ``training``: the learning curves and the KL per latent dimension (models with an
-  unconditional prior).
+- ``training``: the learning curves and the KL per latent dimension.
 """
 
 from pathlib import Path
@@ -139,23 +138,6 @@ def _draw_marginal(ax, column: Column, real: pd.Series, generated: pd.Series) ->
     ax.set_title(f"{column.name} ({column.kind})", fontsize="medium")
 
 
-def _latent_inputs(run: Run, data: TableData) -> FigureInputs:
-    """What the latent map is drawn from: the test rows' posterior means (given their
-    labels, for a cvae)."""
-    vae = run.model
-    return FigureInputs(
-        vae,
-        data.test,
-        data.test_labels.cpu(),
-        data.class_names,
-        data.image_shape,
-        run.metrics,
-        marginals=None,  # not drawn
-        encodings=vae.encode(*vae.batch_inputs(data.test, data.test_labels))[0],
-        kl=None,
-    )
-
-
 @torch.no_grad()
 def plot_table_run(
     run_dir: str | Path,
@@ -171,22 +153,15 @@ def plot_table_run(
     data, vae = run.data, run.model
     with seeded(PLOT_SEED, run.device):
         generated = generate_rows(vae, data.schema, GENERATED_ROWS)
+        inputs = FigureInputs.create(
+            vae, data.test, data.test_labels, data.class_names, data.image_shape, run.metrics
+        )
         figures = {
-            "latent": latent_figure(_latent_inputs(run, data)),
+            "latent": latent_figure(inputs),
             "columns": columns_figure(vae, data),
             "marginals": marginals_figure(data, generated),
+            "training": training_figure(inputs),
         }
-        if not vae.conditions_on_labels:  # the KL per dimension needs an unconditional p(z)
-            figures["training"] = training_figure(
-                FigureInputs.create(
-                    vae,
-                    data.test,
-                    data.test_labels,
-                    data.class_names,
-                    data.image_shape,
-                    run.metrics,
-                )  # fmt: skip
-            )
     paths = []
     for name, fig in figures.items():
         save_png(fig, out / f"{name}.png")
