@@ -8,7 +8,7 @@ from conftest import tiny_schema
 from pyro import poutine
 
 from pyro_vae import VAE
-from pyro_vae.components.distributions import Independent, diagonal_normal
+from pyro_vae.components.distributions import Independent, diagonal_normal, unit_normal
 from pyro_vae.components.likelihoods import LIKELIHOODS, build_likelihood
 
 
@@ -43,6 +43,43 @@ def test_a_real_expansion_gives_torchs_values_bit_for_bit():
     prior = diagonal_normal(torch.zeros(3), torch.ones(3))  # batch shape (): to the batch
     assert prior.expand((5,)).batch_shape == (5,)
     assert prior.expand((5,)).sample().shape == (5, 3)
+
+
+def test_the_density_of_a_draw_comes_from_its_noise_with_the_same_gradient():
+    loc = torch.randn(5, 3, requires_grad=True)
+    scale = (torch.rand(5, 3) + 0.1).requires_grad_()
+    theirs = dist.Normal(loc, scale).to_event(1).expand((4, 5))
+    ours = diagonal_normal(loc, scale).expand((4, 5))
+    torch.manual_seed(1)
+    z = ours.rsample((2,))
+    torch.manual_seed(1)
+    assert torch.equal(z, theirs.rsample((2,)))  # torch's draw
+    ours_log_q, their_log_q = ours.log_prob(z), theirs.log_prob(z)
+    torch.testing.assert_close(ours_log_q, their_log_q, rtol=1e-6, atol=1e-5)
+    # the reparameterized gradient: d/dloc is 0, d/dscale is -1/scale per draw
+    d_loc, d_scale = torch.autograd.grad(ours_log_q.sum(), (loc, scale), allow_unused=True)
+    their_d_loc, their_d_scale = torch.autograd.grad(their_log_q.sum(), (loc, scale))
+    assert d_loc is None  # exactly 0: the draw's standardized value does not depend on loc
+    torch.testing.assert_close(their_d_loc, torch.zeros(5, 3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(d_scale, -8 / scale.detach())  # 8 draws of each coordinate
+    torch.testing.assert_close(their_d_scale, d_scale, rtol=1e-4, atol=1e-4)
+    # a value it did not draw, or its draw changed in place: torch's formula
+    other = z.detach().clone()
+    assert torch.equal(ours.log_prob(other), theirs.log_prob(other))
+    drawn = ours.rsample()
+    with torch.no_grad():
+        drawn.add_(1.0)
+    assert torch.equal(ours.log_prob(drawn), theirs.log_prob(drawn))
+
+
+def test_the_unit_normal_density_is_torchs_bit_for_bit():
+    ours = unit_normal(torch.zeros(3), torch.ones(3)).expand((4, 5))
+    theirs = dist.Normal(torch.zeros(3), torch.ones(3)).to_event(1).expand((4, 5))
+    x = torch.randn(2, 4, 5, 3) * 3
+    x[0, 0, 0] = torch.tensor([0.0, -0.0, 1e-30])
+    assert torch.equal(ours.log_prob(x), theirs.log_prob(x))
+    z = ours.rsample()
+    assert torch.equal(ours.log_prob(z), theirs.log_prob(z))
 
 
 def test_a_site_in_a_plate_keeps_the_distribution_object():

@@ -25,7 +25,7 @@ from pyro.distributions.torch_distribution import ExpandedDistribution
 from pyro.nn import PyroModule
 from torch import nn
 
-from pyro_vae.components.distributions import diagonal_normal
+from pyro_vae.components.distributions import diagonal_normal, unit_normal
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.core.registry import Option, check_option_names, lookup, positive_int
 
@@ -151,7 +151,7 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        return diagonal_normal(self.loc, self.scale)
+        return unit_normal(self.loc, self.scale)
 
 
 class LearnedNormal(Prior):
@@ -298,7 +298,7 @@ class FlowPrior(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        base = diagonal_normal(self.loc, self.scale)
+        base = unit_normal(self.loc, self.scale)
         # Sampling applies these left to right: f_L^{-1} first, f_1^{-1} last.
         return dist.TransformedDistribution(base, [layer.inv for layer in reversed(self.layers)])
 
