@@ -374,30 +374,11 @@ def _add_evaluate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_evaluate)
 
 
-def _run_evaluate(args: argparse.Namespace) -> None:
-    if args.figure is not None:  # before an hour of evaluation, not after
-        check_writable(check_png_path(args.figure).parent)
-    result = evaluate_run(
-        args.run,
-        split=args.split,
-        num_samples=args.num_samples,
-        subset=args.subset,
-        max_batch=args.max_batch,
-        device=args.device,
-        seed=args.seed,
-        progress=not args.no_progress,
-        checkpoint=args.checkpoint,
-        dataset=args.dataset,
-        data_root=args.data_root,
-    )
-    if not distributed.is_main_process():
-        return
-    config = read_config(args.run)
-    dataset = foreign_dataset(config, args.dataset)
-    examples = "images" if config.table is None else "rows"
+def _evaluation_rows(result: dict, examples: str) -> list[tuple[str, str]]:
+    """The lines ``evaluate`` prints of its ``result``: (name, value) pairs."""
     split = result["split"]
     active = result["active_units"]
-    rows = [
+    return [
         (examples, f"{result['num_examples']} ({split})"),
         ("samples per " + examples[:-1], str(result["num_samples"])),
         ("ELBO", f"{result[f'{split}_elbo']:.2f} nats"),
@@ -420,7 +401,31 @@ def _run_evaluate(args: argparse.Namespace) -> None:
         ("active units", f"{active}/{result['latent_units']}" if active is not None else "n/a"),
         ("seconds", f"{result['seconds']:.1f} on {result['device']}"),
     ]
-    for name, value in rows:
+
+
+def _run_evaluate(args: argparse.Namespace) -> None:
+    if args.figure is not None:  # before an hour of evaluation, not after
+        check_writable(check_png_path(args.figure).parent)
+    result = evaluate_run(
+        args.run,
+        split=args.split,
+        num_samples=args.num_samples,
+        subset=args.subset,
+        max_batch=args.max_batch,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        data_root=args.data_root,
+    )
+    if not distributed.is_main_process():
+        return
+    config = read_config(args.run)
+    dataset = foreign_dataset(config, args.dataset)
+    examples = "images" if config.table is None else "rows"
+    split = result["split"]
+    for name, value in _evaluation_rows(result, examples):
         print(f"{name:<18} {value}")
     print(f"written to {evaluation_path(args.run, split, dataset)}")
     gap = generalization_gap(args.run) if dataset is None else None

@@ -44,6 +44,18 @@ RESUMABLE_CHANGES = (
 )
 
 
+def _checked_arguments(config: TrainConfig, out: str | Path) -> Path:
+    """``out`` as a path, once ``config`` and ``out`` are of the kinds :func:`train` takes."""
+    if not isinstance(config, TrainConfig):
+        raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not str(out).strip():
+        raise ConfigError("`out` is empty; name the run directory to write")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"`out` {out} is a file, not a directory; choose another `out`")
+    return out
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -74,14 +86,8 @@ def train(
     data's image shape and number of classes. Under ``torchrun`` this trains one model
     data-parallel (:mod:`pyro_vae.core.distributed`); every rank gets the model.
     """
-    if not isinstance(config, TrainConfig):
-        raise ConfigTypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not str(out).strip():
-        raise ConfigError("`out` is empty; name the run directory to write")
-    out = Path(out)
+    out = _checked_arguments(config, out)
     world, device = distributed.init(resolve_device(config.device))
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"`out` {out} is a file, not a directory; choose another `out`")
     # one writer per run directory; the other ranks of a torchrun job write nothing
     lock = runs.locked_run(out, "training", create=not resume) if world.is_main else nullcontext()
     with lock:
