@@ -70,6 +70,9 @@ def test_the_density_of_a_draw_comes_from_its_noise_with_the_same_gradient():
     with torch.no_grad():
         drawn.add_(1.0)
     assert torch.equal(ours.log_prob(drawn), theirs.log_prob(drawn))
+    with torch.inference_mode():  # no version counters: torch's formula
+        drawn = ours.rsample()
+        assert torch.equal(ours.log_prob(drawn), theirs.log_prob(drawn))
 
 
 def test_the_unit_normal_density_is_torchs_bit_for_bit():

@@ -75,7 +75,8 @@ class BroadcastNormal(dist.Normal):
         shape = self._extended_shape(sample_shape)
         noise = _standard_normal(shape, dtype=self.loc.dtype, device=self.loc.device)
         value = self.loc + noise * self.scale  # torch's draw
-        self.last_draw = (value, value._version, noise)
+        if not value.is_inference():  # inference tensors have no version to check
+            self.last_draw = (value, value._version, noise)
         return value
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
