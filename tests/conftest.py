@@ -147,8 +147,10 @@ def faulty_objective(monkeypatch):
     """Wrap the ``elbo`` objective: ``faulty_objective(action)`` runs ``action(call, loss)``
     on every training step's call (1-based count), and uses what it returns as the loss when
     not None. (Calls without gradients, the check before training, are not counted.) The
-    forward pass runs eagerly, as a recorded one would run the action only when recorded."""
+    forward pass and the step run eagerly, as recorded ones would run the action only
+    when recorded."""
     monkeypatch.setattr(steps_module, "RecordedForward", EagerForward)
+    monkeypatch.setattr(steps_module, "records_steps", lambda *args: False)
 
     def install(action):
         make = OBJECTIVES["elbo"]

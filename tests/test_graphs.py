@@ -10,14 +10,15 @@ from test_reliability import assert_same_run, quiet_train, tiny_config
 from pyro_vae import VAE, ImageData, NumericalError, TrainConfig, read_metrics, train
 from pyro_vae.cli import build_parser
 from pyro_vae.core.distributed import SINGLE, World
-from pyro_vae.core.recording import GraphCaptureError, RecordedForward
+from pyro_vae.core.recording import GraphCaptureError, RecordedForward, record
 from pyro_vae.inference.objectives import OBJECTIVES
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import graphs as graphs_module
 from pyro_vae.training import steps as steps_module
-from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
+from pyro_vae.training.callbacks import Callback
+from pyro_vae.training.graphs import CapturedStep, RecordedStep, skip_update_unless_finite
 from pyro_vae.training.guards import training_steps
-from pyro_vae.training.steps import uses_cuda_graphs
+from pyro_vae.training.steps import records_steps, uses_cuda_graphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -80,6 +81,7 @@ class _UncapturedStep:
 def graph_branch_on_cpu(monkeypatch):
     """Train as on one GPU, with the step function called directly instead of replayed."""
     monkeypatch.setattr(steps_module, "uses_cuda_graphs", lambda *args: True)
+    monkeypatch.setattr(steps_module, "records_steps", lambda *args: False)  # a GPU's
     monkeypatch.setattr(steps_module, "CapturedStep", _UncapturedStep)
     return _UncapturedStep
 
@@ -359,3 +361,138 @@ def test_a_forward_pass_that_reads_values_on_the_host_runs_eagerly(tmp_path, tin
     assert len(read_metrics(tmp_path / "run")) == 1
     with pytest.raises(GraphCaptureError, match="reads a tensor's value on the host"):
         RecordedForward(lambda x: x * bool(x.sum() > 0))(torch.ones(2))
+
+
+# ------------------------------------------------------------- recorded step (CPU)
+
+
+def _count_recordings(monkeypatch) -> list[float]:
+    """The learning rate of every training step recorded from here on."""
+    rates: list[float] = []
+    captured_step = steps_module.StepRunner._captured_step
+
+    def counted(self):
+        step = captured_step(self)
+        if step.graph is None:
+            rates.append(self.lr)
+        return step
+
+    monkeypatch.setattr(steps_module.StepRunner, "_captured_step", counted)
+    return rates
+
+
+def test_steps_are_recorded_on_a_cpu_in_one_process_unless_switched_off():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert records_steps(TrainConfig(), cpu, SINGLE)
+    assert not records_steps(TrainConfig(record_forward=False), cpu, SINGLE)
+    assert not records_steps(TrainConfig(), gpu, SINGLE)
+    assert not records_steps(TrainConfig(), cpu, World(rank=0, size=2))
+
+
+def test_cpu_training_records_its_step_once_per_learning_rate(tmp_path, tiny_data, monkeypatch):
+    """The first step runs eagerly (it makes Adam's state), the second is recorded and the
+    full batches after it replay that recording; a resume at another rate records anew."""
+    rates = _count_recordings(monkeypatch)
+    out = tmp_path / "run"
+    quiet_train(tiny_config(epochs=2, lr=3e-3), out, data=tiny_data)
+    assert rates == [3e-3]
+    quiet_train(tiny_config(epochs=3, lr=1e-3), out, data=tiny_data, resume=True)
+    assert rates == [3e-3, 1e-3]
+    metrics = read_metrics(out)
+    assert [row["lr"] for row in metrics] == [3e-3, 3e-3, 1e-3]
+    assert metrics[-1]["val_elbo"] > metrics[0]["val_elbo"]
+
+
+def test_a_replayed_step_leaves_no_stale_gradient(tmp_path, tiny_data):
+    """The gradients of a replayed step live inside its graph: the parameters hold none
+    rather than those of the step that was recorded."""
+    grads = []
+
+    class Gradients(Callback):
+        def on_step_end(self, trainer, step):
+            grads.append([p.grad for p in trainer.vae.parameters()])
+
+    config = tiny_config(epochs=1)
+    train(
+        config, tmp_path / "run", data=tiny_data, progress=False, log=print, callbacks=[Gradients()]
+    )
+    assert all(g is not None for g in grads[0])  # the first step is eager
+    assert all(g is None for step in grads[1:] for g in step)
+
+
+def test_a_nan_batch_stops_a_recorded_run_with_its_checkpoint_intact(tmp_path, monkeypatch):
+    """The recorded step skips the update of a non-finite loss (Adam's ``found_inf``), so
+    the fault is named with its own step and nothing non-finite is saved."""
+    draw, calls = ImageData.training_batch, [0]
+
+    def poisoned(self, index):
+        calls[0] += 1  # the eleventh batch is the third of epoch 2
+        batch = draw(self, index)
+        return batch.index_fill(0, torch.tensor([0, 9]), float("nan")) if calls[0] == 11 else batch
+
+    monkeypatch.setattr(ImageData, "training_batch", poisoned)
+    rates = _count_recordings(monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(NumericalError, match="^non-finite loss at epoch 2, step 3 of 8: the "):
+        quiet_train(tiny_config(epochs=2, checkpoint_every=2), out, data=make_tiny_data())
+    assert rates == [3e-3]
+    checkpoint = load_checkpoint(out)
+    assert (checkpoint["epoch"], checkpoint["step"]) == (1, 2)
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+
+
+def test_a_step_that_cannot_be_recorded_runs_eagerly_drawing_what_it_would_have_drawn():
+    weight = torch.nn.Parameter(torch.ones(3))
+
+    def step(x):
+        noisy = x + torch.randn(3)
+        return (noisy * weight).sum() * bool(noisy.sum() > -100)
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with pytest.raises(GraphCaptureError, match="reads a tensor's value on the host"):
+        RecordedStep(step)(torch.zeros(3))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def _adam_step(weight: torch.nn.Parameter):
+    """A training step of ``weight`` whose graph has operations that return their input."""
+    optimizer = torch.optim.Adam([weight], lr=0.1, fused=True)
+
+    def step(x):
+        loss = (x @ weight.t().t().t()).view(2, 4).expand(2, 4).relu().sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()  # inside torch.profiler.record_function
+        return loss.detach()
+
+    return step
+
+
+def test_recording_drops_the_operations_that_return_their_input():
+    """Autograd's backward pass and the optimizer, recorded, hold many: aliases,
+    transposes of transposes, views to the same shape, profiler markers. Without them the
+    replays compute what the eager steps do."""
+    start = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    xs = torch.randn(3, 2, 3, generator=torch.Generator().manual_seed(1))
+    eager, recorded = (torch.nn.Parameter(start.clone()) for _ in range(2))
+    eager_step, recorded_step = _adam_step(eager), _adam_step(recorded)
+    eager_step(xs[0]), recorded_step(xs[0])  # Adam's state
+    graph = record(recorded_step, (xs[1],))
+    eager_step(xs[1])
+    nodes = [node for node in graph.graph.nodes if node.op == "call_function"]
+    targets = {str(node.target) for node in nodes}
+    reshapes = (torch.ops.aten.view.default, torch.ops.aten.expand.default)
+    assert "aten.alias.default" not in targets
+    assert not [
+        node
+        for node in nodes
+        if node.target in reshapes and node.meta["val"].shape == node.args[0].meta["val"].shape
+    ]
+    assert not any("profiler" in target for target in targets)
+    transposes = [node for node in nodes if node.target is torch.ops.aten.t.default]
+    assert transposes and not any(node.args[0] in transposes for node in transposes)
+    assert "aten._fused_adam_.default" in targets
+    with torch.no_grad():
+        loss = graph(xs[2])
+    assert torch.equal(loss, eager_step(xs[2])) and torch.equal(recorded, eager)

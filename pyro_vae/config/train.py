@@ -128,10 +128,12 @@ class TrainConfig(ModelConfig, DataConfig):
     )
     record_forward: bool = option(
         True,
-        "on a CPU, replay the objective's forward pass from an FX graph recorded at the "
-        "first step (pyro_vae.core.recording), the same operations without Pyro's Python on "
-        "every step, and evaluate's passes likewise (on any device); off, both run eagerly "
-        "(to debug a model that a recording gets wrong)",
+        "on a CPU, replay each full-batch training step (objective, backward, update) from "
+        "an FX graph recorded at the second step (pyro_vae.training.graphs), the same "
+        "operations without Pyro's, autograd's and the optimizer's Python on every step "
+        "(with several processes, the forward pass only), and evaluate's passes likewise "
+        "(on any device); off, all run eagerly (to debug a model that a recording gets "
+        "wrong)",
         group=RUN,
         flag="no-record-forward",
     )

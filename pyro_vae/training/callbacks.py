@@ -49,7 +49,8 @@ class Callback:
 
     def on_step_end(self, trainer: Trainer, step: int) -> None:
         """Optimizer step ``step`` (counted from 1 over the whole run) is done. Runs on
-        every step: keep it cheap, and read nothing from the device."""
+        every step: keep it cheap, and read nothing from the device. A step replayed from
+        an FX graph (a CPU, ``record_forward``) leaves the parameters' ``.grad`` at None."""
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         """An epoch ended; ``row`` is its metrics row, already in ``trainer.metrics``."""

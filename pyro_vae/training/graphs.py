@@ -9,13 +9,15 @@ update) and launches them all again with one call: every later step costs one
 graph launch, whatever the Python that built it costs.
 
 :class:`CapturedStep` wraps such a step; :func:`skip_update_unless_finite` is the
-non-finite guard that works inside one (a graph cannot branch on a value on the host).
+non-finite guard that works inside one (a graph cannot branch on a value on the host),
+and inside the recorded step below.
 
-On a CPU the same Python costs about a millisecond of every step's forward pass:
-there the objective's forward pass is replayed from a recorded graph of its aten
-operations instead (:class:`pyro_vae.core.recording.RecordedForward`); autograd then
-takes the backward pass as usual. Loss and gradients are bit-identical to the eager
-step's for the same random numbers.
+On a CPU the same Python costs about a millisecond of every step, besides autograd's
+bookkeeping and the optimizer's Python: there :class:`RecordedStep` records the
+aten operations of one whole step (objective, backward, clipping, update) as an FX
+graph (:func:`pyro_vae.core.recording.record`) and replays them without autograd. Loss,
+gradients and parameters are bit-identical to the eager step's for the same random
+numbers.
 """
 
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-from pyro_vae.core.recording import GraphCaptureError
+from pyro_vae.core.recording import GraphCaptureError, record
 
 
 @contextmanager
@@ -106,3 +108,44 @@ class CapturedStep:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise GraphCaptureError(f"{type(error).__name__}: {first_line}") from error
         self.graph = graph
+
+
+class RecordedStep:
+    r"""``step(*inputs) -> outputs`` on CPU tensors of fixed shapes, replayed from an FX graph.
+
+    The first call runs ``step`` while recording its aten operations
+    (:func:`~pyro_vae.core.recording.record`): its outputs and effects are that call's.
+    Every later call replays them on its own inputs, under ``torch.no_grad()``: the
+    graph holds the backward pass as the operations it ran, so autograd has nothing to
+    record. Tensors that ``step`` reads or updates besides its inputs (parameters,
+    optimizer state) are the graph's by reference: updated in place by every replay, and
+    seen when something else changes them in place.
+
+    What ``step`` must allow is what a CUDA graph needs (:class:`CapturedStep`): no host
+    reads, no Python values that change between calls, and state that exists before the
+    recording (an optimizer's moments: take one step eagerly first). A recording that
+    fails raises :class:`GraphCaptureError` with the RNG as before the call, so that the
+    eager step that replaces it draws what it would have drawn.
+    """
+
+    def __init__(self, step: Callable[..., tuple[torch.Tensor | None, ...]]):
+        self.step = step
+        self.graph: torch.fx.GraphModule | None = None
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if self.graph is not None:
+            with torch.no_grad():
+                return self.graph(*inputs)
+        outputs = []
+
+        def recorded(*tensors: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+            outputs.append(self.step(*tensors))
+            return outputs[-1]
+
+        before = torch.get_rng_state()
+        try:
+            self.graph = record(recorded, inputs)
+        except GraphCaptureError:
+            torch.set_rng_state(before)
+            raise
+        return outputs[-1]

@@ -6,10 +6,11 @@ without its host reads) followed by a plain, fused ``torch.optim.Adam`` step ove
 VAE's parameters: the same objective as ``SVI(model, guide, pyro.optim.Adam,
 Trace_ELBO())`` without SVI's per-parameter optimizers. Data stays on the device as
 one tensor; batches are index slices of a fresh permutation each epoch. The loss is
-read on the host once per step, for the running loss and the finiteness check. On
-one GPU each full-batch step (objective, backward, clipping, update) is recorded
-once as a CUDA graph and replayed (:mod:`pyro_vae.training.graphs`): Pyro's Python then
-runs at capture only, and the step costs about what a hand-written one does.
+read on the host once per step, for the running loss and the finiteness check. Each
+full-batch step (objective, backward, clipping, update) is recorded once and replayed
+(:mod:`pyro_vae.training.graphs`), as a CUDA graph on one GPU and as an FX graph on a
+CPU in one process: Pyro's Python then runs at recording only, and the step costs less
+than a hand-written one.
 
 After every epoch the validation ELBO (single sample, fixed seed) goes into the
 epoch's metrics row, and the callbacks (:mod:`pyro_vae.training.callbacks`) act on

@@ -1,5 +1,6 @@
-"""How one optimizer step runs: eagerly, replayed from a CUDA graph on one GPU, or with
-its forward pass replayed from an FX graph on a CPU.
+"""How one optimizer step runs: eagerly, or replayed from a graph of the whole step
+(a CUDA graph on one GPU, an FX graph on a CPU in one process), or eagerly with its
+forward pass replayed from an FX graph (a CPU, several processes).
 
 A step is the loss of the model/guide pair on a batch, its gradient (summed over ranks
 under ``torchrun``), optional clipping, and the optimizer's update. Eager steps stop
@@ -19,7 +20,7 @@ from pyro_vae.core import distributed
 from pyro_vae.core.recording import GraphCaptureError, RecordedForward
 from pyro_vae.core.seeding import derived_seed, seeded
 from pyro_vae.models.vae import VAE
-from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
+from pyro_vae.training.graphs import CapturedStep, RecordedStep, skip_update_unless_finite
 from pyro_vae.training.guards import StopSignals
 
 
@@ -27,6 +28,14 @@ def uses_cuda_graphs(config: TrainConfig, device: torch.device, world: distribut
     """Whether the training steps are replayed from a CUDA graph (:mod:`pyro_vae.training.graphs`):
     on one GPU, unless ``config.cuda_graph`` is off."""
     return config.cuda_graph and device.type == "cuda" and world.size == 1
+
+
+def records_steps(config: TrainConfig, device: torch.device, world: distributed.World) -> bool:
+    """Whether the training steps are replayed from an FX graph of the whole step
+    (:class:`~pyro_vae.training.graphs.RecordedStep`): on a CPU in one process, unless
+    ``config.record_forward`` is off. (With several processes the step's all-reduce
+    stays eager; its forward pass is still recorded.)"""
+    return config.record_forward and device.type == "cpu" and world.size == 1
 
 
 class StepRunner:
@@ -49,6 +58,7 @@ class StepRunner:
         self.world, self.device, self.log = world, device, log
         self.parameters = [p for p in vae.parameters() if p.requires_grad]
         self.captures = uses_cuda_graphs(config, device, world)
+        self.records_steps = records_steps(config, device, world)
         self.records = config.record_forward and device.type == "cpu"
         self.reset()
 
@@ -60,7 +70,7 @@ class StepRunner:
         """Forget the captured step: the optimizer's state tensors were replaced (a restore)."""
         for group in self.optimizer.param_groups:  # Adam may be captured exactly when graphs are
             group["capturable"] = self.captures
-        self.captured: CapturedStep | None = None
+        self.captured: CapturedStep | RecordedStep | None = None
         self.captured_lr = math.nan
         self.recorded = RecordedForward(self._objective) if self.records else None
 
@@ -95,32 +105,43 @@ class StepRunner:
     ) -> torch.Tensor:
         """The loss of the global batch (detached), its gradient in the parameters (summed
         over ranks)."""
-        loss = self._loss(inputs, beta, global_step)
+        loss = self._backward(self._loss(inputs, beta, global_step))
+        return self._sum_over_ranks(loss, stop)
+
+    def _backward(self, loss: torch.Tensor) -> torch.Tensor:
+        """Set the parameters' gradients to those of ``loss``; return it detached."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        return self._sum_over_ranks(loss.detach(), stop)
+        return loss.detach()
 
     def _replayed_step(
         self, inputs: tuple[torch.Tensor, ...], beta: float, batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The step replayed from a CUDA graph: its loss and whether it was clipped (device
+        """The step replayed from a graph: its loss and whether it was clipped (device
         tensors); None where the step runs eagerly instead.
 
-        Graphs are used on a single GPU (``config.cuda_graph``) for full batches; a short
-        last batch runs eagerly, as does everything once a step cannot be captured (an
-        objective that reads values on the host, such as ``analytic-kl``'s NaN warning):
-        that is logged, and training goes on without graphs.
+        Graphs are used for full batches: CUDA graphs on a single GPU
+        (``config.cuda_graph``), FX graphs on a CPU in one process
+        (``config.record_forward``, once the optimizer's state exists: the first step is
+        eager). A short last batch runs eagerly, as does everything once a step cannot
+        be recorded (an objective that reads values on the host, such as
+        ``analytic-kl``'s NaN warning): that is logged, and training goes on without.
         """
-        if not (self.captures and batch_size == self.config.batch_size):
+        replays = self.captures or (self.records_steps and self.records and self.optimizer.state)
+        if not (replays and batch_size == self.config.batch_size):
             return None
         try:
             return self._captured_step()(*inputs, torch.full((), beta, device=self.device))
         except GraphCaptureError as error:
-            self.captures = False
-            self.log(f"training without CUDA graphs: the step could not be captured ({error})")
+            if self.captures:
+                self.captures = False
+                self.log(f"training without CUDA graphs: the step could not be captured ({error})")
+            else:
+                self.records_steps = False
+                self.log(f"training without a recorded step: it could not be recorded ({error})")
             return None
 
-    def _captured_step(self) -> CapturedStep:
+    def _captured_step(self) -> CapturedStep | RecordedStep:
         """The graph of a full-batch step at the current learning rate, which the fused Adam
         update holds as a constant: a new one after the schedule changes it or a restore
         replaces the optimizer's state tensors (:meth:`reset` drops the old one)."""
@@ -128,11 +149,16 @@ class StepRunner:
             batch_size = self.config.batch_size
 
             def step(*tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-                loss = self.gradient(tensors[:-1], tensors[-1], 0, None)
+                # the objective's own operations: the graph records them whole
+                loss = self._backward(self._objective(*tensors))
                 with skip_update_unless_finite(self.optimizer, loss):
-                    return loss, self.finish(batch_size)
+                    outputs = loss, self.finish(batch_size)
+                if not self.captures:  # an FX graph's gradients live in it: leave none stale
+                    self.optimizer.zero_grad(set_to_none=True)
+                return outputs
 
-            self.captured, self.captured_lr = CapturedStep(step), self.lr
+            graph = CapturedStep if self.captures else RecordedStep
+            self.captured, self.captured_lr = graph(step), self.lr
         return self.captured
 
     def _loss(
