@@ -4,22 +4,26 @@
 
 Whole-epoch timings (scripts/benchmark.py) on a shared VM vary by 10-20% from run
 to run. This isolates the step: in one process, the same 784-400-50 MLP and the
-same randomly ordered batches, blocks of ``--steps`` steps alternate between
+same consecutive batches, blocks of ``--steps`` steps alternate (in an order rotated
+every block) between
 
-* ``pyro-vae-eager``: pyro-vae's step run eagerly, as `pyro-vae train` runs it on a CPU,
-  inside :func:`pyro_vae.training.guards.training_steps`: the ``elbo`` objective
+* ``pyro-vae-eager``: pyro-vae's step run eagerly (``record_forward`` and ``cuda_graph``
+  off), inside :func:`pyro_vae.training.guards.training_steps`: the ``elbo`` objective
   (ReparamTrace_ELBO) of the model/guide, backward, the loss read on the host and
   checked, fused Adam;
+* ``pyro-vae-recorded`` (CPU) or ``pyro-vae-cuda-graph`` (CUDA): the same step as
+  `pyro-vae train` runs it there, recorded once and replayed, as an FX graph of its aten
+  operations (:class:`pyro_vae.training.graphs.RecordedStep`) or a CUDA graph
+  (:class:`pyro_vae.training.graphs.CapturedStep`): Pyro's Python (traces, handlers,
+  distributions), autograd's and the optimizer's run only when it is recorded;
 * ``pytorch``: the textbook step (closed-form KL, ``binary_cross_entropy_with_logits``,
   ``torch.optim.Adam``);
-* ``pyro-vae-cuda-graph`` (CUDA only): the same step recorded once in a CUDA graph and
-  replayed (:class:`pyro_vae.training.graphs.CapturedStep`), as `pyro-vae train` runs it on one
-  GPU: Pyro's Python (traces, handlers, distributions) runs only at capture.
 
 and the median time per step of each is printed with its ratio to ``pytorch``.
 """
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
@@ -31,9 +35,10 @@ from benchmark import textbook_loss, textbook_optimizer  # scripts/ is on sys.pa
 
 from pyro_vae import VAE, TrainConfig
 from pyro_vae.config import resolve_device
+from pyro_vae.core.distributed import SINGLE
 from pyro_vae.inference.objectives import OBJECTIVES
-from pyro_vae.training.graphs import CapturedStep, skip_update_unless_finite
 from pyro_vae.training.guards import training_steps
+from pyro_vae.training.steps import StepRunner
 
 
 def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
@@ -41,37 +46,25 @@ def _batch(images: torch.Tensor, step: int, batch: int) -> torch.Tensor:
     return images[first : first + batch]
 
 
-def pyro_vae_steps(images: torch.Tensor, batch: int, graph: bool) -> Callable[[int, int], None]:
-    """pyro-vae's step as `pyro-vae train` takes it: eagerly (the loss is read and checked
-    before the update), or with ``graph`` replayed from a CUDA graph that skips the update
-    of a non-finite loss (:class:`~pyro_vae.training.graphs.CapturedStep`, as on one GPU)."""
-    vae = VAE().to(images.device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True, capturable=graph)
-    loss_fn = OBJECTIVES["elbo"](1)
-
-    def gradient(x: torch.Tensor) -> torch.Tensor:
-        loss = loss_fn(vae.model, vae.guide, x, beta=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return loss.detach()
-
-    def graphed_step(x: torch.Tensor) -> tuple[torch.Tensor]:
-        loss = gradient(x)
-        with skip_update_unless_finite(optimizer, loss):
-            optimizer.step()
-        return (loss,)
-
-    captured = CapturedStep(graphed_step) if graph else None
+def pyro_vae_steps(images: torch.Tensor, config: TrainConfig) -> Callable[[int, int], None]:
+    """pyro-vae's step as `pyro-vae train` takes it with ``config``
+    (:class:`~pyro_vae.training.steps.StepRunner`): replayed from a recorded graph of the
+    whole step (an FX graph on a CPU, a CUDA graph on one GPU) unless ``config`` switches
+    that off; eager steps read and check the loss before the update."""
+    device = images.device
+    vae = VAE().to(device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, fused=True)
+    runner = StepRunner(config, vae, optimizer, OBJECTIVES["elbo"](1), SINGLE, device, print)
+    batch = config.batch_size
 
     def run(first: int, count: int) -> None:
         with training_steps(vae):
             for i in range(first, first + count):
-                x = _batch(images, i, batch)
-                loss = gradient(x) if captured is None else captured(x)[0]
+                loss, _, pending = runner.begin((_batch(images, i, batch),), 1.0, batch, i, None)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"non-finite loss at step {i}")
-                if captured is None:  # eager: the update follows the check
-                    optimizer.step()
+                if pending:  # eager: the update follows the check
+                    runner.finish(batch)
 
     return run
 
@@ -103,19 +96,23 @@ def main() -> None:
     pyro.set_rng_seed(0)
     # Fashion-MNIST, binarized once; batches are consecutive rows.
     images = TrainConfig(device=str(device)).load_data(device).training_images()
+    config = TrainConfig(batch_size=args.batch_size, device=str(device))
+    graph = "pyro-vae-cuda-graph" if device.type == "cuda" else "pyro-vae-recorded"
     ways = {
-        "pyro-vae-eager": pyro_vae_steps(images, args.batch_size, graph=False),
+        "pyro-vae-eager": pyro_vae_steps(
+            images, dataclasses.replace(config, cuda_graph=False, record_forward=False)
+        ),
+        graph: pyro_vae_steps(images, config),
         "pytorch": pytorch_steps(images, args.batch_size),
     }
-    if device.type == "cuda":
-        ways["pyro-vae-cuda-graph"] = pyro_vae_steps(images, args.batch_size, graph=True)
     times: dict[str, list[float]] = {name: [] for name in ways}
-    for block in range(args.blocks):
-        for name, run in ways.items():
+    names = list(ways)
+    for block in range(args.blocks):  # the order rotated, so no way always follows another
+        for name in names[block % len(names) :] + names[: block % len(names)]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            run(block * args.steps, args.steps)
+            ways[name](block * args.steps, args.steps)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - started) / args.steps * 1000)
