@@ -10,9 +10,11 @@ each is reported, with the per-epoch ratios of back-to-back epochs:
 1. ``pyro-vae``: one `pyro_vae.train` run (what `pyro-vae train` runs), whose
    callback runs the other ways' epochs between its own. Two times per epoch:
    its training steps alone (``train_seconds`` of metrics.jsonl) and the **whole
-   epoch** a user waits for (``seconds``: drawing the epoch's binary images, the
-   steps, the validation ELBO; the epoch's checkpoint and ``best.pt`` are written in
-   the background during the next epoch, which so pays for them);
+   epoch** a user waits for: the wall time of pyro-vae's loop from one epoch's end to
+   the next's, the other ways' epochs left out. That is metrics.jsonl's ``seconds``
+   (drawing the epoch's binary images, the steps, the validation ELBO) and the epoch's
+   callbacks: the snapshots of ``best.pt`` and the checkpoint, whose background writes
+   the next epoch pays for, and a wait for ``best.pt`` to be written;
 2. ``pytorch``: the textbook hand-written VAE: closed-form Gaussian KL,
    ``binary_cross_entropy_with_logits``, ``torch.optim.Adam``, device tensors; its
    epoch is its steps and the drawing of each batch's binary images (with pyro-vae's
@@ -107,7 +109,7 @@ def pyro_example(vae: VAE, lr: float, batch_size: int) -> EpochFn:
 
 class Interleaved(Callback):
     """Runs one epoch of each other way between two of pyro-vae's, and records the times
-    of all: pyro-vae's from its metrics row, the others' timed here. Each other way's
+    of all: pyro-vae's steps from its metrics row, the rest timed here. Each other way's
     epoch draws from an RNG seeded by its epoch, so pyro-vae's own draws are those of a
     run alone."""
 
@@ -115,11 +117,15 @@ class Interleaved(Callback):
         self.ways, self.data, self.seed = ways, data, seed
         self.times: dict[str, list[float]] = {name: [] for name in (*PYRO_VAE_TIMES, *ways)}
 
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.resumed = time.perf_counter()
+
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         device, epoch = self.data.train.device, row["epoch"]
-        waited = time.perf_counter()
         trainer.writes.wait()  # best.pt, written in the background, counts for pyro-vae
-        self.times["pyro-vae"].append(row["seconds"] + time.perf_counter() - waited)
+        # since pyro-vae's loop resumed after the last epoch's other ways: its callbacks
+        # after this one (the checkpoint's snapshot) count in the next epoch
+        self.times["pyro-vae"].append(time.perf_counter() - self.resumed)
         self.times["pyro-vae steps"].append(row["train_seconds"])
         names = list(self.ways)  # rotated each epoch, so no way always follows the same other
         for name in names[epoch % len(names) :] + names[: epoch % len(names)]:
@@ -130,6 +136,7 @@ class Interleaved(Callback):
                 _synchronize(device)
                 self.times[name].append(time.perf_counter() - started)
         print(f"epoch {epoch}: " + "  ".join(f"{n} {t[-1]:.2f}s" for n, t in self.times.items()))
+        self.resumed = time.perf_counter()
 
 
 def _synchronize(device: torch.device) -> None:
