@@ -308,16 +308,45 @@ def test_the_hierarchical_conv_vampprior_vae_is_captured(tmp_path, monkeypatch):
 # ------------------------------------------------------------- recorded forward pass (CPU)
 
 
-def test_a_run_with_its_forward_pass_recorded_ends_exactly_as_an_eager_one(tmp_path, tiny_data):
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"model": "completion"},  # its prior network reads the baseline's guess detached
+        {"model": "hvae", "prior": "vamp", "prior_options": {"components": 5}},
+        {"objective": "iwae", "particles": 3},
+        {"clip_grad_norm": 1.0, "weight_decay": 0.01, "warmup_epochs": 1},
+    ],
+    ids=["vae", "completion", "hvae-vamp", "iwae", "clip-decay-warmup"],
+)
+def test_a_run_with_its_steps_recorded_ends_exactly_as_an_eager_one(tmp_path, tiny_data, options):
+    """Recorded steps and the eager first and last (short) steps, against every step
+    eager: the same parameters and metrics, bit for bit."""
+    config = dict(epochs=2, batch_size=48, image_shape=tiny_data.image_shape, num_classes=4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit for bit
     try:
-        quiet_train(tiny_config(epochs=2), tmp_path / "recorded", data=tiny_data)
-        eager = tiny_config(epochs=2, record_forward=False)
+        quiet_train(tiny_config(**config, **options), tmp_path / "recorded", data=tiny_data)
+        eager = tiny_config(**config, **options, record_forward=False)
         quiet_train(eager, tmp_path / "eager", data=tiny_data)
     finally:
         torch.set_num_threads(threads)
     assert_same_run(tmp_path / "recorded", tmp_path / "eager")
+
+
+def test_a_recorded_forward_pass_keeps_what_it_detaches_out_of_the_gradient():
+    """``make_fx`` records ``detach()`` as an alias: replayed with autograd it must
+    still stop the gradient."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+
+    def forward(x):
+        guess = (x * weight).detach()
+        return (guess * weight).sum()
+
+    x = torch.tensor([0.5, 1.5, -1.0])
+    (recorded,) = torch.autograd.grad(RecordedForward(forward)(x), weight)
+    (eager,) = torch.autograd.grad(forward(x), weight)
+    assert torch.equal(recorded, eager) and torch.equal(eager, x * weight.detach())
 
 
 def test_a_recorded_forward_pass_sees_parameter_updates_and_draws_as_the_eager_one():

@@ -32,7 +32,9 @@ class GraphCaptureError(RuntimeError):
     not allow. Callers run it eagerly instead."""
 
 
-def record(function: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
+def record(
+    function: Callable[..., Any], inputs: tuple[torch.Tensor, ...], differentiable: bool = False
+) -> torch.fx.GraphModule:
     """The graph of the aten operations that ``function(*inputs)`` runs, recorded by
     running it: its effects (random draws, in-place updates) happen, once.
 
@@ -40,6 +42,12 @@ def record(function: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> to
     operations that return their input as it is (:func:`without_identities`);
     operations that change a tensor stay. A function that reads a tensor's value on
     the host raises :class:`GraphCaptureError`.
+
+    :param differentiable: whether the graph will be replayed with autograd on, its
+        gradient taken outside it. ``make_fx`` records ``Tensor.detach()`` as
+        ``aten.alias``, through which autograd would pass gradients: each becomes
+        ``aten.detach`` again. (In a graph replayed without autograd an alias is only a
+        view, and goes.)
     """
     try:
         graph = make_fx(function)(*inputs)
@@ -50,6 +58,10 @@ def record(function: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> to
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
             reason = f"{type(error).__name__}: {first_line}"
         raise GraphCaptureError(reason) from error
+    if differentiable:
+        for node in graph.graph.nodes:
+            if node.target is aten.alias.default:
+                node.target = aten.detach.default
     without_identities(graph.graph)
     graph.graph.eliminate_dead_code()
     graph.recompile()
@@ -62,7 +74,7 @@ def without_identities(graph: torch.fx.Graph) -> None:
     input's own sizes and strides. Each is a view of the same storage with the same
     geometry, so its readers may read the input instead, with the same values and
     gradients; a replay then spends no Python on them (autograd's backward pass,
-    recorded whole, holds many)."""
+    recorded whole, holds many). (``detach`` stays: it is not an identity for autograd.)"""
     for node in reversed(list(graph.nodes)):  # readers before what they read
         if node.op != "call_function":
             continue
@@ -127,5 +139,5 @@ class RecordedForward:
         graph = self.graphs.get(shapes)
         if graph is None:
             with torch.random.fork_rng():
-                graph = self.graphs[shapes] = record(self.forward, inputs)
+                graph = self.graphs[shapes] = record(self.forward, inputs, differentiable=True)
         return graph(*inputs)
