@@ -377,14 +377,14 @@ def test_a_recorded_forward_pass_sees_parameter_updates_and_draws_as_the_eager_o
         assert len(recorded.graphs) == 2
 
 
-def test_a_forward_pass_that_reads_values_on_the_host_runs_eagerly(tmp_path, tiny_data):
+def test_a_step_that_reads_values_on_the_host_runs_eagerly(tmp_path, tiny_data):
     """analytic-kl's Trace ELBO checks the loss for NaN on the host: it cannot be recorded."""
     lines = []
     config = tiny_config(epochs=1, objective="analytic-kl")
     train(config, tmp_path / "run", data=tiny_data, progress=False, log=lines.append)
     (line,) = [line for line in lines if "recorded" in line]
     assert line == (
-        "training without a recorded forward pass: it could not be recorded (it reads a "
+        "training without a recorded step: it could not be recorded (it reads a "
         "tensor's value on the host (.item(), bool(), an if on a value))"
     )
     assert len(read_metrics(tmp_path / "run")) == 1

@@ -136,8 +136,8 @@ class StepRunner:
             if self.captures:
                 self.captures = False
                 self.log(f"training without CUDA graphs: the step could not be captured ({error})")
-            else:
-                self.records_steps = False
+            else:  # what a step cannot record, its forward pass mostly cannot either
+                self.records_steps, self.records, self.recorded = False, False, None
                 self.log(f"training without a recorded step: it could not be recorded ({error})")
             return None
 
@@ -184,8 +184,11 @@ class StepRunner:
     ) -> torch.Tensor:
         """The objective, from its recorded forward pass where there is one (a CPU,
         ``config.record_forward``); a forward pass that cannot be recorded runs eagerly
-        from then on, which is logged."""
-        if self.recorded is not None:
+        from then on, which is logged. A full batch whose whole step is recorded
+        (:func:`records_steps`) runs eagerly here only before that, once: a recording of
+        its forward pass would serve that one step."""
+        full = inputs[0].shape[0] == self.config.batch_size
+        if self.recorded is not None and not (self.records_steps and full):
             try:
                 return self.recorded(*inputs, torch.as_tensor(beta, dtype=torch.float32))
             except GraphCaptureError as error:
